@@ -1,0 +1,184 @@
+"""Typed settings for every service, read from a TOML file and NPUFLOW_* environment variables.
+
+Nothing is read at import time: `load_settings()` is called by the CLI and the result is passed
+to each service explicitly. Precedence: defaults < TOML file < environment.
+
+    [server]
+    host = "127.0.0.1"          # NPUFLOW_HOST
+    port = 8000                 # NPUFLOW_PORT
+    api_keys = ["sk-local"]     # NPUFLOW_API_KEYS (comma separated); empty = no auth
+    max_body_bytes = 4194304    # NPUFLOW_MAX_BODY_BYTES; larger bodies get 413
+    request_timeout_s = 600     # NPUFLOW_REQUEST_TIMEOUT_S; deadline of one request
+    grpc_host = "127.0.0.1"     # NPUFLOW_GRPC_HOST
+    grpc_port = 50051           # NPUFLOW_GRPC_PORT (0 = no gRPC server)
+    run_dir = "/tmp/npuflow-0"  # NPUFLOW_RUN_DIR: where ipc:// socket files live
+    cache_dir = "~/.cache/npuflow"  # NPUFLOW_CACHE_DIR: downloaded and converted models
+    log_level = "info"          # NPUFLOW_LOG_LEVEL
+
+    [tokenizer]
+    endpoint = "ipc://{run_dir}/tokenizer.sock"   # NPUFLOW_TOKENIZER_ENDPOINT
+
+    [[models]]                  # none listed = the default model
+    id = "smollm2-135m-instruct"
+    source = "default"          # "default", a .gguf file, a safetensors folder or a package folder
+    engine = "cpu"
+    context_length = 2048       # at most the model's own
+    max_batch = 4               # sequences decoded together
+    threads = 2                 # onnxruntime intra-op threads
+    max_queue = 64              # waiting requests before 429
+    endpoint = "ipc://{run_dir}/worker-{id}.sock"
+    [models.sampling]           # defaults for requests that leave a value out
+    temperature = 0.7
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()
+    max_body_bytes: int = 4 * 1024 * 1024
+    request_timeout_s: float = 600.0
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    run_dir: str = ""
+    cache_dir: str = ""
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    endpoint: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    id: str = DEFAULT_MODEL_ID
+    source: str = "default"
+    engine: str = "cpu"
+    context_length: int = 2048
+    max_batch: int = 4
+    threads: int = 2
+    max_queue: int = 64
+    endpoint: str = ""
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+    models: tuple[ModelSettings, ...] = ()
+    config_path: str = ""
+
+    def model(self, model_id: str) -> ModelSettings:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise ConfigError(f"no model '{model_id}' in the configuration")
+
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def _coerce(cls, values: Mapping[str, Any], where: str):
+    known = {f.name: f for f in fields(cls)}
+    out = {}
+    for key, val in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown setting '{key}'")
+        default = getattr(cls(), key) if key != "sampling" else {}
+        try:
+            if isinstance(default, bool):
+                val = val if isinstance(val, bool) else str(val).lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                val = int(val)
+            elif isinstance(default, float):
+                val = float(val)
+            elif isinstance(default, tuple):
+                val = tuple(s.strip() for s in val.split(",") if s.strip()) if isinstance(val, str) else tuple(val)
+            elif isinstance(default, str):
+                val = str(val)
+            elif key == "sampling" and not isinstance(val, Mapping):
+                raise TypeError("a table")
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}.{key}: bad value {val!r} ({e})") from None
+        out[key] = val
+    return cls(**out)
+
+
+def _env_overrides(env: Mapping[str, str], cls, prefix: str) -> dict[str, str]:
+    return {f.name: env[prefix + f.name.upper()] for f in fields(cls) if prefix + f.name.upper() in env}
+
+
+def load_settings(config_path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
+                  **cli_overrides: Any) -> Settings:
+    """Build Settings from defaults, the TOML file, NPUFLOW_* variables and CLI flags (in that order)."""
+    env = os.environ if env is None else env
+    path = config_path or env.get("NPUFLOW_CONFIG") or ""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(pathlib.Path(path).expanduser().read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+    unknown = set(data) - {"server", "tokenizer", "models"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+
+    server_vals = dict(data.get("server", {}))
+    server_vals.update(_env_overrides(env, ServerSettings, "NPUFLOW_"))
+    server_vals.update({k: v for k, v in cli_overrides.items() if v is not None})
+    server = _coerce(ServerSettings, server_vals, "server")
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    server = replace(server,
+                     run_dir=server.run_dir or f"/tmp/npuflow-{uid}",
+                     cache_dir=str(pathlib.Path(server.cache_dir or _default_cache_dir()).expanduser()))
+    if not (0 < server.port < 65536) or not (0 <= server.grpc_port < 65536):
+        raise ConfigError("server.port / server.grpc_port must be valid TCP ports")
+    if server.max_body_bytes < 1024:
+        raise ConfigError("server.max_body_bytes must be at least 1024")
+
+    tok_vals = dict(data.get("tokenizer", {}))
+    tok_vals.update(_env_overrides(env, TokenizerSettings, "NPUFLOW_TOKENIZER_"))
+    tokenizer = _coerce(TokenizerSettings, tok_vals, "tokenizer")
+    tokenizer = replace(tokenizer, endpoint=(tokenizer.endpoint or "ipc://{run_dir}/tokenizer.sock")
+                        .format(run_dir=server.run_dir))
+
+    raw_models = data.get("models") or [{}]
+    if not isinstance(raw_models, list):
+        raise ConfigError(f"{path}: 'models' must be an array of tables ([[models]])")
+    models = []
+    for i, mv in enumerate(raw_models):
+        m = _coerce(ModelSettings, mv, f"models[{i}]")
+        if not _ID_RE.match(m.id):
+            raise ConfigError(f"models[{i}].id {m.id!r}: use letters, digits and . _ : -")
+        if m.context_length < 16 or m.max_batch < 1 or m.threads < 1 or m.max_queue < 1:
+            raise ConfigError(f"models[{i}] ({m.id}): context_length, max_batch, threads, max_queue must be positive")
+        endpoint = (m.endpoint or "ipc://{run_dir}/worker-{id}.sock").format(run_dir=server.run_dir, id=m.id)
+        models.append(replace(m, endpoint=endpoint, sampling=dict(m.sampling)))
+    ids = [m.id for m in models]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("model ids must be unique")
+    return Settings(server=server, tokenizer=tokenizer, models=tuple(models), config_path=str(path))
+
+
+def _default_cache_dir() -> str:
+    import platformdirs
+    return platformdirs.user_cache_dir("npuflow")

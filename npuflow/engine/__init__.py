@@ -1,0 +1,1 @@
+"""Model engines: one interface (base.Engine), one implementation per runtime."""

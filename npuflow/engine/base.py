@@ -1,0 +1,44 @@
+"""The interface every model engine implements (CPU via onnxruntime, AX via pyaxengine).
+
+An engine owns a fixed number of KV slots. A sequence lives in one slot from its prefill until
+it is released. Positions are tracked by the engine: prefill appends tokens after what the slot
+already holds, decode appends one token to each named slot.
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+class EngineError(Exception):
+    """A request the engine cannot serve (bad ids, no room in the context); message is one line."""
+
+
+class Engine(Protocol):
+    vocab_size: int       # rows of the logits
+    context_length: int   # positions a slot can hold
+    max_slots: int        # sequences that can be alive at once
+
+    def prefill(self, slot: int, token_ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Append token_ids to the slot's sequence and return float32 logits: [vocab] for the last
+        token, or [len(token_ids), vocab] with all_logits. Raises EngineError for an empty list,
+        an id outside the vocabulary, or more tokens than the slot has room for."""
+        ...
+
+    def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        """Append one token to each slot (token_ids[i] to slots[i]) and return float32 logits
+        [len(slots), vocab]. Raises EngineError when a slot is full."""
+        ...
+
+    def release(self, slot: int) -> None:
+        """Forget the slot's sequence; the slot can be reused at once."""
+        ...
+
+    def length(self, slot: int) -> int:
+        """Tokens the slot currently holds."""
+        ...
+
+    def close(self) -> None:
+        """Free every runtime resource (sessions, device memory). Safe to call twice."""
+        ...

@@ -1,0 +1,77 @@
+"""The one place ZMQ sockets are made. Endpoints are ipc:// on one host, tcp:// across boards.
+
+Every frame on a socket is one serialized protobuf message (ROUTER sockets add the peer's
+identity frame in front). Names say the direction: a gateway's `send_to_worker`, a worker's
+`recv_from_gateway`.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import urllib.parse
+
+import zmq
+import zmq.asyncio
+
+
+def ipc_path(endpoint: str) -> pathlib.Path | None:
+    """The filesystem path of an ipc:// endpoint, None for other transports."""
+    if endpoint.startswith("ipc://"):
+        return pathlib.Path(endpoint[len("ipc://"):])
+    return None
+
+
+def check_endpoint(endpoint: str) -> str:
+    """Raise ValueError unless endpoint is a usable ipc:// or tcp:// address."""
+    u = urllib.parse.urlparse(endpoint)
+    if u.scheme == "ipc" and ipc_path(endpoint):
+        return endpoint
+    if u.scheme == "tcp" and u.hostname and u.port:
+        return endpoint
+    raise ValueError(f"endpoint {endpoint!r} is neither ipc://PATH nor tcp://HOST:PORT")
+
+
+def _prepare_bind(endpoint: str) -> None:
+    path = ipc_path(endpoint)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():  # left behind by a process that died; binding would fail or misroute
+            path.unlink()
+
+
+def make_socket(ctx: zmq.Context | zmq.asyncio.Context, kind: int, endpoint: str, *, bind: bool,
+                identity: bytes | None = None) -> zmq.Socket:
+    """Create, configure and bind/connect a socket.
+
+    linger 0 (never block shutdown on unsent frames); IMMEDIATE on connecting sockets so frames
+    are not queued for a peer that is not there (a restarted worker must not receive the
+    previous one's requests); reconnect quickly.
+    """
+    check_endpoint(endpoint)
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    if bind:
+        if kind == zmq.ROUTER:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        _prepare_bind(endpoint)
+        sock.bind(endpoint)
+    else:
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        sock.connect(endpoint)
+    return sock
+
+
+def remove_ipc_file(endpoint: str) -> None:
+    """Delete the socket file of an ipc:// endpoint this process bound."""
+    path = ipc_path(endpoint)
+    if path is not None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

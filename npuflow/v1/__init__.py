@@ -1,0 +1,1 @@
+"""Code generated from proto/npuflow/v1 by python -m npuflow.protogen."""
