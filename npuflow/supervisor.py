@@ -1,0 +1,155 @@
+"""`npuflow serve`: prepare the models, start tokenizer, workers and gateway, keep them alive.
+
+Children are separate processes started with this interpreter (`python -m npuflow.cli ROLE`).
+A child that exits unexpectedly is restarted with a growing back-off. SIGTERM / SIGINT stop the
+gateway first (it drains in-flight requests), then the workers and the tokenizer; whatever has
+not exited in time is killed, and the ipc socket files are removed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+from npuflow.config import Settings
+from npuflow.logs import get_logger
+from npuflow.transport import remove_ipc_file
+
+log = get_logger("supervisor")
+
+GATEWAY_DRAIN_S = 35.0
+CHILD_STOP_S = 10.0
+BACKOFF_MAX_S = 10.0
+HEALTHY_AFTER_S = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    restarts: int = 0
+    backoff: float = 0.5
+    next_start: float = 0.0
+    endpoints: list[str] = field(default_factory=list)
+
+    def start(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(self.argv, env=env)
+        self.started = time.monotonic()
+        log.info("child started", child=self.name, pid=self.proc.pid, restarts=self.restarts)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, cli_env: dict[str, str] | None = None):
+        self.settings = settings
+        self.env = {**os.environ, **(cli_env or {}), "NPUFLOW_SUPERVISED": "1"}
+        if settings.config_path:
+            self.env["NPUFLOW_CONFIG"] = os.path.abspath(settings.config_path)
+        base = [sys.executable, "-m", "npuflow.cli"]
+        self.children = [Child("tokenizer", base + ["tokenizer"], endpoints=[settings.tokenizer.endpoint])]
+        self.children += [Child(f"worker:{m.id}", base + ["worker", "--model", m.id], endpoints=[m.endpoint])
+                          for m in settings.models]
+        self.gateway = Child("gateway", base + ["gateway"])
+        self.children.append(self.gateway)
+        self.stopping = False
+
+    def prepare_models(self) -> None:
+        """Fetch and convert every configured model once, here, with progress, so the children
+        only load finished packages."""
+        from npuflow.models.resolve import resolve_model
+        for m in self.settings.models:
+            t = time.monotonic()
+            pkg = resolve_model(m.source, self.settings.server.cache_dir, m.id)
+            log.info("model ready", model=m.id, package=str(pkg.path), seconds=round(time.monotonic() - t, 2))
+
+    def _on_signal(self, signum, _frame) -> None:
+        if not self.stopping:
+            log.info("stopping", signal=signal.Signals(signum).name)
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self.prepare_models()
+        except Exception as e:  # one clear line instead of a traceback for a bad source
+            log.error("cannot prepare models", error=f"{type(e).__name__}: {e}")
+            return 1
+        if self.stopping:
+            return 0
+        for c in self.children:
+            c.start(self.env)
+        ready_logged = False
+        while not self.stopping:
+            time.sleep(0.1)
+            now = time.monotonic()
+            for c in self.children:
+                self._watch(c, now)
+            if not ready_logged and self._healthy():
+                s = self.settings.server
+                log.info("ready", url=f"http://{s.host}:{s.port}/v1", models=",".join(m.id for m in self.settings.models))
+                ready_logged = True
+        self.shutdown()
+        return 0
+
+    def _watch(self, c: Child, now: float) -> None:
+        if c.alive():
+            if now - c.started > HEALTHY_AFTER_S:
+                c.backoff = 0.5
+            return
+        if c.proc is not None:
+            log.error("child exited", child=c.name, pid=c.proc.pid, code=c.proc.returncode,
+                      restart_in_s=c.backoff)
+            c.proc = None
+            c.next_start = now + c.backoff
+            c.backoff = min(c.backoff * 2, BACKOFF_MAX_S)
+            for ep in c.endpoints:
+                remove_ipc_file(ep)
+        elif now >= c.next_start:
+            c.restarts += 1
+            c.start(self.env)
+
+    def _healthy(self) -> bool:
+        s = self.settings.server
+        try:
+            with urllib.request.urlopen(f"http://{s.host}:{s.port}/health", timeout=0.5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def shutdown(self) -> None:
+        """Gateway first (drains), then the others; kill what does not stop; remove ipc files."""
+        self._stop([self.gateway], GATEWAY_DRAIN_S)
+        self._stop([c for c in self.children if c is not self.gateway], CHILD_STOP_S)
+        for c in self.children:
+            for ep in c.endpoints:
+                remove_ipc_file(ep)
+        log.info("stopped")
+
+    @staticmethod
+    def _stop(children: list[Child], timeout: float) -> None:
+        live = [c for c in children if c.alive()]
+        for c in live:
+            c.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for c in live:
+            try:
+                c.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("child did not stop in time; killing", child=c.name, pid=c.proc.pid)
+                c.proc.kill()
+                c.proc.wait()
+
+
+def run_supervisor(settings: Settings, cli_env: dict[str, str] | None = None) -> int:
+    from npuflow.process import start_process
+    start_process("supervisor", settings.server.log_level)
+    return Supervisor(settings, cli_env).run()
