@@ -82,6 +82,7 @@ def test_sigterm_drains_in_flight_and_leaves_nothing_behind(keyed):
     children = keyed.children()
     assert len(children) >= 3
     result = {}
+    started = threading.Event()
 
     def stream():
         text = []
@@ -89,6 +90,7 @@ def test_sigterm_drains_in_flight_and_leaves_nothing_behind(keyed):
                 model=DEFAULT_ID, stream=True, max_tokens=60, temperature=0, extra_body={"ignore_eos": True},
                 messages=[{"role": "user", "content": "Tell me a story."}]):
             if c.choices:
+                started.set()
                 text.append(c.choices[0].delta.content or "")
                 if c.choices[0].finish_reason:
                     result["finish"] = c.choices[0].finish_reason
@@ -96,10 +98,7 @@ def test_sigterm_drains_in_flight_and_leaves_nothing_behind(keyed):
 
     t = threading.Thread(target=stream)
     t.start()
-    import time
-    deadline = time.monotonic() + 60
-    while keyed.worker(DEFAULT_ID).cpu_percent(0.05) < 1 and time.monotonic() < deadline:
-        pass
+    assert started.wait(60)
     assert keyed.stop(timeout=90) == 0
     t.join(30)
     assert result.get("finish") == "length" and result["text"]
