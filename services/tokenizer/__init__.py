@@ -1,0 +1,12 @@
+"""The tokenizer service: chat templates, encode and decode for every configured model.
+
+    run_tokenizer(settings)            # the process entry
+    ModelTokenizer.from_package(pkg)   # the same logic without sockets
+"""
+from .chat_template import ChatTemplate, MessageIn, TemplateError, ToolCallIn
+from .encoder import ModelTokenizer, TokenizeError
+from .run import run_tokenizer
+from .service import TokenizerService
+
+__all__ = ["ChatTemplate", "MessageIn", "ModelTokenizer", "TemplateError", "TokenizeError", "TokenizerService",
+           "ToolCallIn", "run_tokenizer"]

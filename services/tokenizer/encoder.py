@@ -1,0 +1,94 @@
+"""One model's tokenizer: chat rendering, encoding and decoding, without any sockets.
+
+    tok = ModelTokenizer.from_package(package)
+    ids, rendered = tok.encode_chat(messages, add_generation_prompt=True)
+    ids = tok.encode_text("hello", add_special_tokens=True)
+    text = tok.decode(ids, skip_special_tokens=True)
+
+Errors are TokenizeError(code, message, param) with a common_pb2.ErrorCode value.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from tokenizers import Tokenizer
+
+from npuflow.models.package import ModelPackage
+from npuflow.v1 import common_pb2
+
+from .chat_template import ChatTemplate, MessageIn, TemplateError, parse_tools
+
+
+class TokenizeError(Exception):
+    def __init__(self, code: int, message: str, param: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+def _invalid(message: str, param: str) -> TokenizeError:
+    return TokenizeError(common_pb2.ERROR_CODE_INVALID_ARGUMENT, message, param)
+
+
+class ModelTokenizer:
+    def __init__(self, model_id: str, tokenizer: Tokenizer, *, chat_template: str, vocab_size: int,
+                 bos_token_id: int | None = None, eos_token_ids: Sequence[int] = ()):
+        self.model_id = model_id
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.bos_token_id = bos_token_id
+        bos = tokenizer.id_to_token(bos_token_id) if bos_token_id is not None else None
+        eos = tokenizer.id_to_token(eos_token_ids[0]) if eos_token_ids else None
+        self._template_source = chat_template
+        self._template: ChatTemplate | None = None
+        self._template_error = ""
+        try:
+            self._template = ChatTemplate(chat_template, bos_token=bos or "", eos_token=eos or "")
+        except TemplateError as e:  # served anyway: text encode/decode still work
+            self._template_error = str(e)
+
+    @classmethod
+    def from_package(cls, package: ModelPackage) -> "ModelTokenizer":
+        tok = Tokenizer.from_file(str(package.tokenizer_path))
+        vocab = max(package.dims.vocab, tok.get_vocab_size(with_added_tokens=True))
+        return cls(package.id, tok, chat_template=package.chat_template, vocab_size=vocab,
+                   bos_token_id=package.bos_token_id, eos_token_ids=package.eos_token_ids)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._template is not None
+
+    def render_chat(self, messages: Sequence[MessageIn], *, add_generation_prompt: bool = True,
+                    tools: list[Any] | None = None) -> str:
+        if self._template is None:
+            raise _invalid(f"model '{self.model_id}' cannot render chat: {self._template_error}", "messages")
+        if not messages:
+            raise _invalid("messages must not be empty", "messages")
+        try:
+            return self._template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+        except TemplateError as e:
+            raise _invalid(str(e), "messages") from None
+
+    def encode_chat(self, messages: Sequence[MessageIn], *, add_generation_prompt: bool = True,
+                    tools_json: str = "") -> tuple[list[int], str]:
+        """(token ids, rendered text). The template places BOS and other special tokens itself,
+        so the rendered text is encoded without adding any; special tokens in it become their ids."""
+        try:
+            tools = parse_tools(tools_json)
+        except ValueError as e:
+            raise _invalid(str(e), "tools") from None
+        rendered = self.render_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+        return self.tokenizer.encode(rendered, add_special_tokens=False).ids, rendered
+
+    def encode_text(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if add_special_tokens and self.bos_token_id is not None:
+            ids = [self.bos_token_id, *ids]
+        return ids
+
+    def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        bad = next((t for t in token_ids if t >= self.vocab_size), None)
+        if bad is not None:
+            raise _invalid(f"token id {bad} is outside the vocabulary (size {self.vocab_size})", "token_ids")
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
