@@ -1,0 +1,77 @@
+"""The gateway's aiohttp application: routes, middlewares, and the clients' start/stop."""
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import zmq.asyncio
+from aiohttp import web
+
+from npuflow.config import Settings
+from npuflow.gateway.auth import auth_middleware
+from npuflow.gateway.client import Clients
+from npuflow.gateway.errors import error_middleware
+from npuflow.gateway.metrics import Metrics
+from npuflow.gateway.models_routes import get_model, health, list_models, metrics
+from npuflow.gateway.openai_chat import chat_completions
+from npuflow.gateway.openai_completions import completions
+from npuflow.gateway.state import STATE, GatewayState
+from npuflow.gateway.tokenizer_link import TokenizerLink
+from npuflow.gateway.worker_link import WorkerPool
+
+
+class ZmqClients:
+    """The real clients: a DEALER per worker and one to the tokenizer, on one asyncio ZMQ context."""
+
+    def __init__(self, settings: Settings):
+        self._ctx = zmq.asyncio.Context()
+        self.models = WorkerPool(settings, self._ctx)
+        self.tokenizer = TokenizerLink(settings, self._ctx)
+
+    async def start(self) -> None:
+        await self.tokenizer.start()
+        await self.models.start()
+
+    async def stop(self) -> None:
+        await self.models.stop()
+        await self.tokenizer.stop()
+        self._ctx.term()
+
+
+def _metrics_middleware(m: Metrics):
+    @web.middleware
+    async def count(request: web.Request, handler):
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        status = 499
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        finally:
+            m.requests.labels(route, str(status)).inc()
+
+    return count
+
+
+def create_app(settings: Settings, clients: Clients | None = None) -> web.Application:
+    """The gateway app. `clients` defaults to the ZMQ links of `settings`; tests pass fakes."""
+    clients = clients if clients is not None else ZmqClients(settings)
+    metrics_ = Metrics(lambda: clients.models.stats())
+    app = web.Application(client_max_size=settings.server.max_body_bytes,
+                          middlewares=[_metrics_middleware(metrics_), error_middleware,
+                                       auth_middleware(settings.server.api_keys)])
+    app[STATE] = GatewayState(settings=settings, clients=clients, metrics=metrics_)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await clients.start()
+        yield
+        await clients.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    return app

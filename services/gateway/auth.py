@@ -1,0 +1,30 @@
+"""Bearer API keys (settings.server.api_keys; empty = no auth). /health and /metrics stay open."""
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from npuflow.gateway.errors import ApiError
+
+OPEN_PATHS = frozenset({"/health", "/metrics"})
+
+
+def auth_middleware(keys: tuple[str, ...]):
+    encoded = [k.encode() for k in keys]
+
+    @web.middleware
+    async def check_key(request: web.Request, handler):
+        if encoded and request.path not in OPEN_PATHS:
+            header = request.headers.get("Authorization", "")
+            scheme, _, key = header.partition(" ")
+            if scheme.lower() != "bearer" or not key.strip():
+                raise ApiError(401, "You didn't provide an API key. You need to provide your API key in an "
+                                    "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                               code="invalid_api_key")
+            given = key.strip().encode()
+            if not any(hmac.compare_digest(given, k) for k in encoded):
+                raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return await handler(request)
+
+    return check_key

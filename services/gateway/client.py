@@ -1,0 +1,104 @@
+"""The narrow interface the OpenAI layer talks to; the ZMQ links implement it.
+
+Handlers never see sockets: they tokenize through a `TokenizerClient` and generate through a
+`ModelClient`, whose `generate` is an async iterator of merged `Delta` batches. Fakes of these
+two protocols are enough to exercise every route.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Protocol, Sequence
+
+from npuflow.v1 import common_pb2
+
+FR = common_pb2.FinishReason
+
+
+@dataclass
+class Delta:
+    """New output of one choice since the consumer last looked (deltas already merged)."""
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list = field(default_factory=list)       # npuflow.v1.TokenLogprob, one per token
+    finish: int = FR.FINISH_REASON_UNSPECIFIED           # FinishReason; != UNSPECIFIED on the last
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stop_reason: str = ""
+    error: tuple[int, str, str] | None = None             # (ErrorCode, message, param) when ERROR
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    ready: bool
+    context_length: int
+    max_batch: int
+    created: int
+    worker_id: str = ""
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    request_id: str
+    model: str
+    prompt_token_ids: Sequence[int]
+    sampling: common_pb2.SamplingParams
+    n: int = 1
+    deadline_unix_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str
+    content: str
+    name: str = ""
+    tool_call_id: str = ""
+    tool_calls: tuple[tuple[str, str, str, str], ...] = ()   # (id, type, function name, arguments)
+
+
+class ModelClient(Protocol):
+    def models(self) -> list[ModelInfo]:
+        """Every configured model, ready or not."""
+
+    async def wait_ready(self, model: str, timeout: float) -> ModelInfo:
+        """The model's info once its worker said Hello; ApiError 503 after `timeout` seconds."""
+
+    def generate(self, params: GenerateParams) -> AsyncIterator[list[Delta]]:
+        """Stream merged deltas until every choice finished. Closing the iterator early (client
+        gone, cancellation, deadline) aborts the request on the worker."""
+
+    def abort(self, model: str, request_id: str) -> None:
+        """Tell the worker to stop a request (the generate iterator does this itself)."""
+
+    def in_flight(self, model: str) -> int:
+        """Requests of this model the gateway is waiting on."""
+
+    def health(self) -> dict[str, bool]:
+        """Model id -> ready."""
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Model id -> {"in_flight", "queued", "restarts"} for metrics."""
+
+
+class TokenizerClient(Protocol):
+    ready: bool
+
+    async def encode_chat(self, model: str, messages: Sequence[ChatTurn], tools_json: str = "") -> list[int]:
+        """Render the model's chat template (with the generation prompt) and tokenize it."""
+
+    async def encode_text(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Tokenize plain text."""
+
+    async def decode(self, model: str, token_ids: Sequence[int]) -> str:
+        """Token ids back to text."""
+
+
+class Clients(Protocol):
+    """What create_app needs: both clients plus their start/stop."""
+    models: ModelClient
+    tokenizer: TokenizerClient
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...

@@ -1,0 +1,130 @@
+"""What chat and completions share: admission, the context check, a metered delta stream.
+
+Order of one request: model known (404) -> tokenize -> queue room (429) -> worker ready
+(bounded wait, 503) -> prompt + max_tokens within the context (400) -> generate.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import AsyncIterator, Sequence
+
+from npuflow.gateway.client import Delta, GenerateParams, ModelInfo
+from npuflow.gateway.errors import ApiError, model_not_found
+from npuflow.gateway.state import GatewayState
+from npuflow.gateway.validation import GenRequest
+from npuflow.v1 import common_pb2
+
+FR = common_pb2.FinishReason
+READY_WAIT_MAX_S = 120.0
+
+FINISH_NAMES = {FR.FINISH_REASON_STOP: "stop", FR.FINISH_REASON_LENGTH: "length",
+                FR.FINISH_REASON_TOOL_CALLS: "tool_calls"}
+
+
+def check_model(st: GatewayState, model: str) -> None:
+    if not any(m.id == model for m in st.models.models()):
+        raise model_not_found(model)
+
+
+def deadline_unix_ms(st: GatewayState, arrived: float) -> int:
+    return int((arrived + st.settings.server.request_timeout_s) * 1000)
+
+
+async def admit(st: GatewayState, req: GenRequest, prompt_lens: Sequence[int], deadline_ms: int,
+                what: str) -> ModelInfo:
+    """Queue room, worker readiness and the context check; raises ApiError."""
+    ms = st.settings.model(req.model)
+    info = next((m for m in st.models.models() if m.id == req.model), None)
+    limit = ms.max_queue + (info.max_batch if info else ms.max_batch)
+    if st.models.in_flight(req.model) + len(prompt_lens) > limit:
+        raise ApiError(429, f"Too many requests for model '{req.model}' are waiting; try again later.",
+                       type="requests", code="rate_limit_exceeded")
+    wait = min(READY_WAIT_MAX_S, deadline_ms / 1000.0 - time.time())
+    info = await st.models.wait_ready(req.model, wait)
+    for plen in prompt_lens:
+        check_context(info.context_length, plen, req.max_tokens, what)
+    return info
+
+
+def check_context(context_length: int, prompt_len: int, max_tokens: int | None, what: str) -> None:
+    completion = max_tokens or 0
+    if prompt_len + completion <= context_length and prompt_len < context_length:
+        return
+    total = prompt_len + completion
+    if what == "messages":
+        msg = (f"This model's maximum context length is {context_length} tokens. However, you requested {total} "
+               f"tokens ({prompt_len} in the messages, {completion} in the completion). Please reduce the length "
+               f"of the messages or completion.")
+    else:
+        msg = (f"This model's maximum context length is {context_length} tokens, however you requested {total} "
+               f"tokens ({prompt_len} in your prompt; {completion} for the completion). Please reduce your "
+               f"prompt; or completion length.")
+    raise ApiError(400, msg, param=what, code="context_length_exceeded")
+
+
+def delta_error(d: Delta) -> ApiError:
+    """The client-facing error of a choice that ended with ERROR or ABORT."""
+    if d.error is not None:
+        return ApiError.from_code(*d.error)
+    return ApiError(500, "The request was aborted by the worker.", code="aborted")
+
+
+async def metered(st: GatewayState, params: GenerateParams, arrived: float) -> AsyncIterator[list[Delta]]:
+    """The model client's stream plus TTFT, inter-token and token metrics. Closing it aborts."""
+    m = st.metrics
+    model = params.model
+    ttft, itl, tokens = m.ttft.labels(model), m.itl.labels(model), m.tokens.labels(model)
+    m.prompt_tokens.labels(model).inc(len(params.prompt_token_ids))
+    last = 0.0
+    async with contextlib.aclosing(st.models.generate(params)) as it:
+        async for batch in it:
+            now = time.perf_counter()
+            ntok = sum(len(d.token_ids) for d in batch)
+            if ntok:
+                if last:
+                    itl.observe((now - last) / ntok)
+                else:
+                    ttft.observe(now - arrived)
+                last = now
+                tokens.inc(ntok)
+            yield batch
+
+
+async def merge_streams(streams: list[AsyncIterator[list[Delta]]]) -> AsyncIterator[tuple[int, list[Delta]]]:
+    """Interleave several delta streams as (stream number, batch); closing it closes them all."""
+    if len(streams) == 1:
+        async with contextlib.aclosing(streams[0]) as it:
+            async for batch in it:
+                yield 0, batch
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(k: int, it: AsyncIterator[list[Delta]]) -> None:
+        try:
+            async with contextlib.aclosing(it):
+                async for batch in it:
+                    await queue.put((k, batch, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            await queue.put((k, None, e))
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return
+        await queue.put((k, None, None))
+
+    tasks = [asyncio.create_task(pump(k, it)) for k, it in enumerate(streams)]
+    open_ = len(tasks)
+    try:
+        while open_:
+            k, batch, err = await queue.get()
+            if batch is not None:
+                yield k, batch
+                continue
+            open_ -= 1
+            if err is not None and not isinstance(err, asyncio.CancelledError):
+                raise err
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,112 @@
+"""POST /v1/chat/completions, streamed (SSE) and not."""
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+
+from aiohttp import web
+
+from npuflow.gateway.client import GenerateParams
+from npuflow.gateway.errors import ApiError
+from npuflow.gateway.generation import (FINISH_NAMES, FR, admit, check_model, deadline_unix_ms, delta_error,
+                                        metered)
+from npuflow.gateway.sse import ChunkWriter, open_stream, send_error_and_done
+from npuflow.gateway.state import STATE, GatewayState
+from npuflow.gateway.validation import ChatRequest, parse_chat, read_json
+
+_FAILED = (FR.FINISH_REASON_ERROR, FR.FINISH_REASON_ABORT)
+
+
+def _token_text(b: bytes) -> str:
+    return b.decode("utf-8", errors="replace")
+
+
+def chat_logprobs(lps: list) -> dict:
+    return {"content": [{"token": _token_text(lp.token_bytes), "logprob": lp.logprob, "bytes": list(lp.token_bytes),
+                         "top_logprobs": [{"token": _token_text(t.token_bytes), "logprob": t.logprob,
+                                           "bytes": list(t.token_bytes)} for t in lp.top]}
+                        for lp in lps],
+            "refusal": None}
+
+
+def usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    st = request.app[STATE]
+    arrived, now = time.perf_counter(), time.time()
+    req = parse_chat(await read_json(request))
+    check_model(st, req.model)
+    deadline_ms = deadline_unix_ms(st, now)
+    prompt = await st.tokenizer.encode_chat(req.model, req.messages, req.tools_json)
+    await admit(st, req, [len(prompt)], deadline_ms, "messages")
+    params = GenerateParams(request_id="chatcmpl-" + uuid.uuid4().hex, model=req.model, prompt_token_ids=prompt,
+                            sampling=req.sampling, n=req.n, deadline_unix_ms=deadline_ms)
+    if req.stream:
+        return await _stream(request, st, req, params, arrived, int(now))
+    return await _whole(st, req, params, arrived, int(now))
+
+
+async def _whole(st: GatewayState, req: ChatRequest, params: GenerateParams, arrived: float,
+                 created: int) -> web.Response:
+    n = req.n
+    texts: list[list[str]] = [[] for _ in range(n)]
+    lps: list[list] = [[] for _ in range(n)]
+    counted, completion, finish = [0] * n, [0] * n, ["stop"] * n
+    async with contextlib.aclosing(metered(st, params, arrived)) as it:
+        async for batch in it:
+            for d in batch:
+                i = d.index
+                if i >= n:
+                    continue
+                if d.finish in _FAILED:
+                    raise delta_error(d)
+                texts[i].append(d.text)
+                counted[i] += len(d.token_ids)
+                if d.logprobs:
+                    lps[i].extend(d.logprobs)
+                if d.finish:
+                    finish[i] = FINISH_NAMES.get(d.finish, "stop")
+                    completion[i] = d.completion_tokens or counted[i]
+    choices = [{"index": i, "message": {"role": "assistant", "content": "".join(texts[i]), "refusal": None},
+                "logprobs": chat_logprobs(lps[i]) if req.logprobs else None, "finish_reason": finish[i]}
+               for i in range(n)]
+    return web.json_response({"id": params.request_id, "object": "chat.completion", "created": created,
+                              "model": req.model, "choices": choices,
+                              "usage": usage(len(params.prompt_token_ids), sum(completion))})
+
+
+async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, params: GenerateParams,
+                  arrived: float, created: int) -> web.StreamResponse:
+    resp = await open_stream(request)
+    w = ChunkWriter(resp, params.request_id, "chat.completion.chunk", created, req.model, req.include_usage)
+    await w.choices([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None} for i in range(req.n)])
+    counted, completion = [0] * req.n, [0] * req.n
+    try:
+        async with contextlib.aclosing(metered(st, params, arrived)) as it:
+            async for batch in it:
+                for d in batch:
+                    i = d.index
+                    if i >= req.n:
+                        continue
+                    if d.finish in _FAILED:
+                        raise delta_error(d)
+                    counted[i] += len(d.token_ids)
+                    if d.finish:
+                        completion[i] = d.completion_tokens or counted[i]
+                    elif not d.text and not d.logprobs:
+                        continue
+                    await w.choices([{
+                        "index": i, "delta": {"content": d.text} if d.text else {},
+                        "logprobs": chat_logprobs(d.logprobs) if req.logprobs and d.logprobs else None,
+                        "finish_reason": FINISH_NAMES.get(d.finish, "stop") if d.finish else None}])
+    except ApiError as e:
+        await send_error_and_done(resp, e)
+        return resp
+    if req.include_usage:
+        await w.usage(usage(len(params.prompt_token_ids), sum(completion)))
+    await w.done()
+    return resp

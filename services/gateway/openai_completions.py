@@ -1,0 +1,152 @@
+"""POST /v1/completions (the legacy text endpoint): one or many prompts, streamed and not."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+from aiohttp import web
+
+from npuflow.gateway.client import GenerateParams
+from npuflow.gateway.errors import ApiError
+from npuflow.gateway.generation import (FINISH_NAMES, FR, admit, check_model, deadline_unix_ms, delta_error,
+                                        merge_streams, metered)
+from npuflow.gateway.openai_chat import usage
+from npuflow.gateway.sse import ChunkWriter, open_stream, send_error_and_done
+from npuflow.gateway.state import STATE, GatewayState
+from npuflow.gateway.validation import CompletionRequest, parse_completion, read_json
+
+_FAILED = (FR.FINISH_REASON_ERROR, FR.FINISH_REASON_ABORT)
+
+
+class _Logprobs:
+    """The legacy logprobs object of one choice, built as tokens arrive."""
+
+    def __init__(self, offset: int):
+        self.tokens: list[str] = []
+        self.token_logprobs: list[float] = []
+        self.top_logprobs: list[dict[str, float]] = []
+        self.text_offset: list[int] = []
+        self.offset = offset
+
+    def add(self, lps: list) -> None:
+        for lp in lps:
+            tok = lp.token_bytes.decode("utf-8", errors="replace")
+            self.tokens.append(tok)
+            self.token_logprobs.append(lp.logprob)
+            self.top_logprobs.append({t.token_bytes.decode("utf-8", errors="replace"): t.logprob for t in lp.top})
+            self.text_offset.append(self.offset)
+            self.offset += len(tok)
+
+    def body(self) -> dict:
+        return {"tokens": self.tokens, "token_logprobs": self.token_logprobs, "top_logprobs": self.top_logprobs,
+                "text_offset": self.text_offset}
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    st = request.app[STATE]
+    arrived, now = time.perf_counter(), time.time()
+    req = parse_completion(await read_json(request))
+    check_model(st, req.model)
+    deadline_ms = deadline_unix_ms(st, now)
+    tok = st.tokenizer
+    prompts = await asyncio.gather(*(tok.encode_text(req.model, p) if isinstance(p, str) else _ids(p)
+                                     for p in req.prompts))
+    for ids in prompts:
+        if not ids:
+            raise ApiError(400, "The prompt is empty.", param="prompt", code="empty_prompt")
+    echo_texts = [""] * len(prompts)
+    if req.echo:
+        echo_texts = list(await asyncio.gather(*(_text(p) if isinstance(p, str) else tok.decode(req.model, p)
+                                                 for p in req.prompts)))
+    await admit(st, req, [len(p) for p in prompts], deadline_ms, "prompt")
+    rid = "cmpl-" + uuid.uuid4().hex
+    params = [GenerateParams(request_id=rid if len(prompts) == 1 else f"{rid}-{k}", model=req.model,
+                             prompt_token_ids=ids, sampling=req.sampling, n=req.n, deadline_unix_ms=deadline_ms)
+              for k, ids in enumerate(prompts)]
+    if req.stream:
+        return await _stream(request, st, req, rid, params, echo_texts, arrived, int(now))
+    return await _whole(st, req, rid, params, echo_texts, arrived, int(now))
+
+
+async def _ids(p: list[int]) -> list[int]:
+    return p
+
+
+async def _text(s: str) -> str:
+    return s
+
+
+def _streams(st: GatewayState, params: list[GenerateParams], arrived: float):
+    return merge_streams([metered(st, p, arrived) for p in params])
+
+
+async def _whole(st: GatewayState, req: CompletionRequest, rid: str, params: list[GenerateParams],
+                 echo: list[str], arrived: float, created: int) -> web.Response:
+    n, total = req.n, req.n * len(params)
+    texts = [[echo[c // n]] for c in range(total)]
+    lps = [_Logprobs(len(echo[c // n])) for c in range(total)]
+    counted, completion, finish = [0] * total, [0] * total, ["stop"] * total
+    async with contextlib.aclosing(_streams(st, params, arrived)) as it:
+        async for k, batch in it:
+            for d in batch:
+                if d.index >= n:
+                    continue
+                c = k * n + d.index
+                if d.finish in _FAILED:
+                    raise delta_error(d)
+                texts[c].append(d.text)
+                counted[c] += len(d.token_ids)
+                if d.logprobs:
+                    lps[c].add(d.logprobs)
+                if d.finish:
+                    finish[c] = FINISH_NAMES.get(d.finish, "stop")
+                    if finish[c] == "tool_calls":
+                        finish[c] = "stop"
+                    completion[c] = d.completion_tokens or counted[c]
+    choices = [{"text": "".join(texts[c]), "index": c, "logprobs": lps[c].body() if req.logprobs else None,
+                "finish_reason": finish[c]} for c in range(total)]
+    prompt_tokens = sum(len(p.prompt_token_ids) for p in params)
+    return web.json_response({"id": rid, "object": "text_completion", "created": created, "model": req.model,
+                              "choices": choices, "usage": usage(prompt_tokens, sum(completion))})
+
+
+async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest, rid: str,
+                  params: list[GenerateParams], echo: list[str], arrived: float, created: int) -> web.StreamResponse:
+    n, total = req.n, req.n * len(params)
+    resp = await open_stream(request)
+    w = ChunkWriter(resp, rid, "text_completion", created, req.model, usage_null=False)
+    counted, completion = [0] * total, [0] * total
+    if req.echo:
+        await w.choices([{"text": echo[c // n], "index": c, "logprobs": None, "finish_reason": None}
+                         for c in range(total)])
+    try:
+        async with contextlib.aclosing(_streams(st, params, arrived)) as it:
+            async for k, batch in it:
+                for d in batch:
+                    if d.index >= n:
+                        continue
+                    c = k * n + d.index
+                    if d.finish in _FAILED:
+                        raise delta_error(d)
+                    counted[c] += len(d.token_ids)
+                    if d.finish:
+                        completion[c] = d.completion_tokens or counted[c]
+                    elif not d.text and not d.logprobs:
+                        continue
+                    lp = None
+                    if req.logprobs and d.logprobs:
+                        lp = _Logprobs(0)
+                        lp.add(d.logprobs)
+                        lp = lp.body()
+                    reason = FINISH_NAMES.get(d.finish, "stop") if d.finish else None
+                    await w.choices([{"text": d.text, "index": c, "logprobs": lp,
+                                      "finish_reason": "stop" if reason == "tool_calls" else reason}])
+    except ApiError as e:
+        await send_error_and_done(resp, e)
+        return resp
+    if req.include_usage:
+        await w.usage(usage(sum(len(p.prompt_token_ids) for p in params), sum(completion)))
+    await w.done()
+    return resp

@@ -1,0 +1,146 @@
+"""The gateway's connection to the tokenizer service: one DEALER, one receive loop, a probe loop.
+
+Requests and answers are matched by request_id. `list_models` every 500 ms is the liveness
+probe: no frame for 1.5 s means the tokenizer is down; pending calls fail with 503 and new calls
+wait (bounded) for it to come back.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Sequence
+
+import zmq
+import zmq.asyncio
+
+from npuflow.config import Settings
+from npuflow.gateway.client import ChatTurn
+from npuflow.gateway.errors import ApiError
+from npuflow.gateway.worker_link import send_now
+from npuflow.logs import get_logger
+from npuflow.transport import make_socket
+from npuflow.v1 import tokenizer_pb2
+
+log = get_logger("gateway")
+
+PROBE_INTERVAL_S = 0.5
+DOWN_AFTER_S = 1.5
+
+
+def _down_error() -> ApiError:
+    return ApiError(503, "The tokenizer service is not available; try again later.", code="tokenizer_unavailable")
+
+
+class TokenizerLink:
+    """TokenizerClient over ZMQ."""
+
+    def __init__(self, settings: Settings, ctx: zmq.asyncio.Context, wait_s: float = 120.0):
+        self.endpoint = settings.tokenizer.endpoint
+        self.wait_s = min(wait_s, settings.server.request_timeout_s)
+        self._ctx = ctx
+        self.sock: zmq.asyncio.Socket | None = None
+        self.ready = False
+        self._ready_evt = asyncio.Event()
+        self.models: dict[str, int] = {}
+        self.last_rx = 0.0
+        self._pending: dict[str, asyncio.Future] = {}
+        self._ids = itertools.count()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self.sock = make_socket(self._ctx, zmq.DEALER, self.endpoint, bind=False)
+        self._tasks = [asyncio.create_task(self._recv_loop(), name="recv_from_tokenizer"),
+                       asyncio.create_task(self._probe_loop(), name="probe_tokenizer")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_all()
+        if self.sock is not None:
+            self.sock.close(linger=0)
+
+    async def _recv_loop(self) -> None:
+        FromString = tokenizer_pb2.TokenizerResponse.FromString
+        while True:
+            data = await self.sock.recv()
+            self.last_rx = time.monotonic()
+            try:
+                resp = FromString(data)
+            except Exception:
+                log.warning("undecodable frame from tokenizer", size=len(data))
+                continue
+            if not self.ready:
+                self.ready = True
+                self._ready_evt.set()
+                log.info("tokenizer ready")
+            if resp.WhichOneof("kind") == "models":
+                self.models = {m.model: m.vocab_size for m in resp.models.models}
+                continue
+            fut = self._pending.pop(resp.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(resp)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            req = tokenizer_pb2.TokenizerRequest(request_id=f"probe-{next(self._ids)}")
+            req.list_models.SetInParent()
+            send_now(self.sock, req.SerializeToString())
+            if self.ready and time.monotonic() - self.last_rx > DOWN_AFTER_S:
+                self.ready = False
+                self._ready_evt.clear()
+                log.warning("tokenizer not answering", pending=len(self._pending))
+                self._fail_all()
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    def _fail_all(self) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(_down_error())
+
+    async def _call(self, req: tokenizer_pb2.TokenizerRequest) -> tokenizer_pb2.TokenizerResponse:
+        if not self.ready:
+            try:
+                await asyncio.wait_for(self._ready_evt.wait(), self.wait_s)
+            except (asyncio.TimeoutError, TimeoutError):
+                raise _down_error() from None
+        req.request_id = f"t{next(self._ids)}"
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[req.request_id] = fut
+        try:
+            if not send_now(self.sock, req.SerializeToString()):
+                raise _down_error()
+            resp = await fut
+        finally:
+            self._pending.pop(req.request_id, None)
+        if resp.WhichOneof("kind") == "error":
+            raise ApiError.from_code(resp.error.code, resp.error.message, resp.error.param)
+        return resp
+
+    async def encode_chat(self, model: str, messages: Sequence[ChatTurn], tools_json: str = "") -> list[int]:
+        req = tokenizer_pb2.TokenizerRequest()
+        enc = req.encode
+        enc.model = model
+        chat = enc.chat
+        chat.add_generation_prompt = True
+        chat.tools_json = tools_json
+        for t in messages:
+            m = chat.messages.add(role=t.role, content=t.content, name=t.name, tool_call_id=t.tool_call_id)
+            for cid, ctype, fname, args in t.tool_calls:
+                m.tool_calls.add(id=cid, type=ctype, function_name=fname, arguments=args)
+        return list((await self._call(req)).encoded.token_ids)
+
+    async def encode_text(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
+        req = tokenizer_pb2.TokenizerRequest()
+        req.encode.model = model
+        req.encode.text = text
+        req.encode.add_special_tokens = add_special_tokens
+        return list((await self._call(req)).encoded.token_ids)
+
+    async def decode(self, model: str, token_ids: Sequence[int]) -> str:
+        req = tokenizer_pb2.TokenizerRequest()
+        req.decode.model = model
+        req.decode.token_ids.extend(token_ids)
+        return (await self._call(req)).decoded.text

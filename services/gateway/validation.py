@@ -1,0 +1,350 @@
+"""Request bodies -> typed requests, with OpenAI-style 400s that name the `param` at fault.
+
+Unset or null optional fields stay unset in SamplingParams so the worker applies the model's
+defaults. Unknown fields are ignored, as OpenAI does.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from npuflow.gateway.client import ChatTurn
+from npuflow.gateway.errors import ApiError, bad_param
+from npuflow.v1 import common_pb2
+
+MAX_N = 16
+MAX_STOP = 4
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a decimal", str: "a string", list: "an array",
+               dict: "an object"}
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a decimal"
+    if isinstance(v, str):
+        return "a string"
+    return "an array" if isinstance(v, list) else "an object"
+
+
+def type_error(param: str, want: str, got: Any) -> ApiError:
+    return bad_param(param, f"Invalid type for '{param}': expected {want}, but got {_json_type(got)} instead.",
+                     code="invalid_type")
+
+
+async def read_json(request: web.Request) -> dict:
+    """The body as a JSON object; 413 (from aiohttp's client_max_size) and 400 otherwise."""
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "We could not parse the JSON body of your request. (HINT: This likely means you "
+                            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)")
+    if not isinstance(body, dict):
+        raise ApiError(400, f"The request body must be a JSON object, but got {_json_type(body)}.")
+    return body
+
+
+class Fields:
+    """Typed, range-checked access to the fields of one JSON object."""
+
+    def __init__(self, body: dict, prefix: str = ""):
+        self.body = body
+        self.prefix = prefix
+
+    def _name(self, key: str) -> str:
+        return self.prefix + key
+
+    def required(self, key: str) -> Any:
+        if self.body.get(key) is None:
+            raise bad_param(self._name(key), f"Missing required parameter: '{self._name(key)}'.",
+                            code="missing_required_parameter")
+        return self.body[key]
+
+    def str(self, key: str, required: bool = False) -> str | None:
+        v = self.required(key) if required else self.body.get(key)
+        if v is not None and not isinstance(v, str):
+            raise type_error(self._name(key), "a string", v)
+        return v
+
+    def bool(self, key: str, default: bool = False) -> bool:
+        v = self.body.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise type_error(self._name(key), "a boolean", v)
+        return v
+
+    def number(self, key: str, lo: float | None = None, hi: float | None = None,
+               lo_open: bool = False) -> float | None:
+        v = self.body.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise type_error(self._name(key), "a decimal", v)
+        self._range(key, v, lo, hi, lo_open, "decimal")
+        return float(v)
+
+    def int(self, key: str, lo: int | None = None, hi: int | None = None) -> int | None:
+        v = self.body.get(key)
+        if v is None:
+            return None
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise type_error(self._name(key), "an integer", v)
+        self._range(key, v, lo, hi, False, "integer")
+        return v
+
+    def _range(self, key, v, lo, hi, lo_open, kind) -> None:
+        name = self._name(key)
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            op = ">" if lo_open else ">="
+            raise bad_param(name, f"Invalid '{name}': {kind} below minimum value. Expected a value {op} {lo}, "
+                                  f"but got {v} instead.", code=f"{kind}_below_min_value")
+        if hi is not None and v > hi:
+            raise bad_param(name, f"Invalid '{name}': {kind} above maximum value. Expected a value <= {hi}, "
+                                  f"but got {v} instead.", code=f"{kind}_above_max_value")
+
+
+@dataclass
+class GenRequest:
+    """What chat and completions requests share."""
+    model: str
+    stream: bool
+    include_usage: bool
+    n: int
+    max_tokens: int | None
+    sampling: common_pb2.SamplingParams
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass
+class ChatRequest(GenRequest):
+    messages: list[ChatTurn] = field(default_factory=list)
+    tools_json: str = ""
+
+
+@dataclass
+class CompletionRequest(GenRequest):
+    prompts: list[str | list[int]] = field(default_factory=list)
+    echo: bool = False
+
+
+def _common(f: Fields, max_tokens_keys: tuple[str, ...]) -> dict:
+    model = f.str("model", required=True)
+    stream = f.bool("stream")
+    include_usage = False
+    so = f.body.get("stream_options")
+    if so is not None:
+        if not isinstance(so, dict):
+            raise type_error("stream_options", "an object", so)
+        if not stream:
+            raise bad_param("stream_options", "The 'stream_options' parameter is only allowed when 'stream' "
+                                              "is enabled.")
+        include_usage = Fields(so, "stream_options.").bool("include_usage")
+    sp = common_pb2.SamplingParams()
+    max_tokens = None
+    for key in max_tokens_keys:
+        v = f.int(key, lo=1)
+        if v is not None:
+            max_tokens = v
+    if max_tokens is not None:
+        sp.max_tokens = max_tokens
+    for key, lo, hi, lo_open in (("temperature", 0, 2, False), ("top_p", 0, 1, True),
+                                 ("presence_penalty", -2, 2, False), ("frequency_penalty", -2, 2, False),
+                                 ("min_p", 0, 1, False), ("repetition_penalty", 0, None, True)):
+        v = f.number(key, lo, hi, lo_open)
+        if v is not None:
+            setattr(sp, key, v)
+    top_k = f.int("top_k", lo=-1)
+    if top_k is not None:
+        sp.top_k = max(top_k, 0)
+    seed = f.int("seed", lo=-(2 ** 63), hi=2 ** 63 - 1)
+    if seed is not None:
+        sp.seed = seed
+    sp.stop.extend(_stop(f.body.get("stop")))
+    bias = f.body.get("logit_bias")
+    if bias is not None:
+        if not isinstance(bias, dict):
+            raise type_error("logit_bias", "an object", bias)
+        for k, v in bias.items():
+            try:
+                tok = int(k)
+                if tok < 0:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise bad_param("logit_bias", f"Invalid key in 'logit_bias': {k!r} is not a token id.") from None
+            val = Fields(bias, "logit_bias.").number(k, -100, 100)
+            sp.logit_bias[tok] = val
+    ignore_eos = f.bool("ignore_eos")
+    if ignore_eos:
+        sp.ignore_eos = True
+    ids = f.body.get("stop_token_ids")
+    if ids is not None:
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                for i in ids):
+            raise type_error("stop_token_ids", "an array of token ids", ids)
+        sp.stop_token_ids.extend(ids)
+    n = f.int("n", lo=1, hi=MAX_N) or 1
+    return dict(model=model, stream=stream, include_usage=include_usage, n=n, max_tokens=max_tokens, sampling=sp)
+
+
+def _stop(v: Any) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [v] if v else []
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise type_error("stop", "a string or an array of strings", v)
+    if len(v) > MAX_STOP:
+        raise bad_param("stop", f"Invalid 'stop': array too long. Expected an array with maximum length "
+                                f"{MAX_STOP}, but got an array with length {len(v)} instead.",
+                        code="array_above_max_length")
+    return [s for s in v if s]
+
+
+def parse_chat(body: dict) -> ChatRequest:
+    f = Fields(body)
+    common = _common(f, ("max_tokens", "max_completion_tokens"))
+    logprobs = f.bool("logprobs")
+    top = f.int("top_logprobs", lo=0, hi=20)
+    if top is not None and not logprobs:
+        raise bad_param("top_logprobs", "Invalid value for 'top_logprobs': 'logprobs' must be set to true "
+                                        "when 'top_logprobs' is used.")
+    sp = common["sampling"]
+    if logprobs:
+        sp.logprobs = True
+        sp.top_logprobs = top or 0
+    _check_response_format(body.get("response_format"))
+    messages = _messages(f.required("messages"))
+    tools = body.get("tools")
+    tools_json = ""
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise type_error("tools", "an array", tools)
+        tools_json = json.dumps(tools) if tools else ""
+    return ChatRequest(**common, logprobs=logprobs, top_logprobs=top or 0, messages=messages,
+                       tools_json=tools_json)
+
+
+def _check_response_format(rf: Any) -> None:
+    if rf is None:
+        return
+    if not isinstance(rf, dict):
+        raise type_error("response_format", "an object", rf)
+    if rf.get("type", "text") != "text":
+        raise bad_param("response_format", f"response_format type {rf.get('type')!r} is not supported by this "
+                                           "server.", code="unsupported_value")
+
+
+def _messages(v: Any) -> list[ChatTurn]:
+    if not isinstance(v, list):
+        raise type_error("messages", "an array", v)
+    if not v:
+        raise bad_param("messages", "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+                                    "but got an empty array instead.", code="empty_array")
+    out = []
+    for i, m in enumerate(v):
+        p = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise type_error(p, "an object", m)
+        mf = Fields(m, p + ".")
+        role = mf.str("role", required=True)
+        if role not in ROLES:
+            raise bad_param(p + ".role", f"Invalid value: '{role}'. Supported values are: 'system', 'developer', "
+                                         "'user', 'assistant', and 'tool'.", code="invalid_value")
+        content = _content(m.get("content"), p + ".content", role)
+        calls = []
+        tc = m.get("tool_calls")
+        if tc is not None:
+            if not isinstance(tc, list):
+                raise type_error(p + ".tool_calls", "an array", tc)
+            for j, c in enumerate(tc):
+                fn = c.get("function") if isinstance(c, dict) else None
+                if not isinstance(fn, dict):
+                    raise bad_param(f"{p}.tool_calls[{j}]", "Each tool call needs a 'function' object.")
+                args = fn.get("arguments", "")
+                calls.append((str(c.get("id", "")), str(c.get("type", "function")), str(fn.get("name", "")),
+                              args if isinstance(args, str) else json.dumps(args)))
+        out.append(ChatTurn(role=role, content=content, name=mf.str("name") or "",
+                            tool_call_id=mf.str("tool_call_id") or "", tool_calls=tuple(calls)))
+    return out
+
+
+def _content(c: Any, p: str, role: str) -> str:
+    if c is None:
+        if role in ("assistant", "tool", "function"):
+            return ""
+        raise bad_param(p, f"Missing required parameter: '{p}'.", code="missing_required_parameter")
+    if isinstance(c, str):
+        return c
+    if not isinstance(c, list):
+        raise type_error(p, "a string or an array of content parts", c)
+    texts = []
+    for j, part in enumerate(c):
+        if not isinstance(part, dict):
+            raise type_error(f"{p}[{j}]", "an object", part)
+        kind = part.get("type")
+        if kind in ("text", "input_text", "refusal"):
+            t = part.get("text") if kind != "refusal" else part.get("refusal")
+            if not isinstance(t, str):
+                raise type_error(f"{p}[{j}].text", "a string", t)
+            texts.append(t)
+        else:
+            raise bad_param(f"{p}[{j}].type", f"Content parts of type {kind!r} are not supported by this "
+                                              "model; only 'text'.", code="unsupported_value")
+    return "\n".join(texts) if len(texts) > 1 else "".join(texts)
+
+
+def parse_completion(body: dict) -> CompletionRequest:
+    f = Fields(body)
+    common = _common(f, ("max_tokens",))
+    if "max_tokens" not in body:   # the legacy endpoint's default is 16 tokens
+        common["max_tokens"] = 16
+        common["sampling"].max_tokens = 16
+    lp = f.int("logprobs", lo=0, hi=5)
+    if lp is not None:
+        common["sampling"].logprobs = True
+        common["sampling"].top_logprobs = lp
+    if f.str("suffix"):
+        raise bad_param("suffix", "The 'suffix' parameter is not supported by this server.",
+                        code="unsupported_value")
+    best_of = f.int("best_of", lo=1, hi=MAX_N)
+    if best_of is not None and best_of != common["n"] and best_of != 1:
+        raise bad_param("best_of", "'best_of' other than 'n' is not supported by this server.",
+                        code="unsupported_value")
+    return CompletionRequest(**common, logprobs=lp is not None, top_logprobs=lp or 0,
+                             prompts=_prompts(f.required("prompt")), echo=f.bool("echo"))
+
+
+def _is_ids(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in v)
+
+
+def _prompts(v: Any) -> list[str | list[int]]:
+    if isinstance(v, str):
+        return [v]
+    if isinstance(v, list) and v:
+        if all(isinstance(s, str) for s in v):
+            return list(v)
+        if _is_ids(v):
+            return [list(v)]
+        if all(_is_ids(s) and s for s in v):
+            return [list(s) for s in v]
+    if isinstance(v, list) and not v:
+        raise bad_param("prompt", "Invalid 'prompt': empty array.", code="empty_array")
+    raise type_error("prompt", "a string, an array of strings, an array of token ids or an array of arrays "
+                               "of token ids", v)

@@ -1,0 +1,237 @@
+"""The gateway's connection to each llm_worker: one DEALER, one receive loop, one ping loop.
+
+Protocol (worker.proto): the gateway pings every 200 ms; the worker answers Heartbeat, preceded
+by Hello on first contact from a new peer. A model is ready after Hello. Silence for 1 s, or a
+Hello with a new worker_id, ends every in-flight request of that model with WORKER_LOST.
+Events of request ids the gateway no longer knows are answered with an Abort.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator
+
+import zmq
+import zmq.asyncio
+
+from npuflow.config import ModelSettings, Settings
+from npuflow.gateway.client import Delta, GenerateParams, ModelInfo
+from npuflow.gateway.errors import ApiError, model_not_found
+from npuflow.gateway.request_stream import RequestStream
+from npuflow.logs import get_logger
+from npuflow.transport import make_socket
+from npuflow.v1 import common_pb2, worker_pb2
+
+log = get_logger("gateway")
+E = common_pb2.ErrorCode
+FR = common_pb2.FinishReason
+
+PING_INTERVAL_S = 0.2
+LOST_AFTER_S = 1.0
+
+
+def send_now(sock: zmq.asyncio.Socket, data: bytes) -> bool:
+    """Send without waiting; False when no peer can take the frame right now."""
+    fut = sock.send(data, zmq.DONTWAIT)
+    if fut.done() and fut.exception() is not None:
+        return False
+    return True
+
+
+class WorkerLink:
+    """One model's worker as seen from the gateway."""
+
+    def __init__(self, model: ModelSettings, ctx: zmq.asyncio.Context):
+        self.model = model
+        self._ctx = ctx
+        self.sock: zmq.asyncio.Socket | None = None
+        self.requests: dict[str, RequestStream] = {}
+        self.hello: worker_pb2.Hello | None = None
+        self.ready = False
+        self._ready_evt = asyncio.Event()
+        self.last_rx = 0.0
+        self.restarts = 0
+        self.waiting = 0
+        self._tasks: list[asyncio.Task] = []
+        self._started = time.time()
+
+    # lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.sock = make_socket(self._ctx, zmq.DEALER, self.model.endpoint, bind=False)
+        self._tasks = [asyncio.create_task(self._recv_loop(), name=f"recv_from_worker[{self.model.id}]"),
+                       asyncio.create_task(self._ping_loop(), name=f"ping_worker[{self.model.id}]")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_all(E.ERROR_CODE_WORKER_LOST, "the gateway is shutting down")
+        if self.sock is not None:
+            self.sock.close(linger=0)
+
+    def send(self, msg: worker_pb2.ToWorker) -> bool:
+        return self.sock is not None and send_now(self.sock, msg.SerializeToString())
+
+    # receive side ------------------------------------------------------------------------
+    async def _recv_loop(self) -> None:
+        sock = self.sock
+        FromString = worker_pb2.FromWorker.FromString
+        while True:
+            data = await sock.recv(copy=True)
+            self.last_rx = time.monotonic()
+            try:
+                msg = FromString(data)
+            except Exception:
+                log.warning("undecodable frame from worker", model=self.model.id, size=len(data))
+                continue
+            kind = msg.WhichOneof("kind")
+            if kind == "events":
+                self._on_events(msg.events.events)
+            elif kind == "heartbeat":
+                self._on_heartbeat(msg.heartbeat)
+            elif kind == "hello":
+                self._on_hello(msg.hello)
+
+    def _on_events(self, events) -> None:
+        requests = self.requests
+        for ev in events:
+            st = requests.get(ev.request_id)
+            if st is not None:
+                st.put(ev)
+            elif ev.finish_reason == FR.FINISH_REASON_UNSPECIFIED:
+                self.send(worker_pb2.ToWorker(abort=worker_pb2.Abort(request_id=ev.request_id)))
+
+    def _on_heartbeat(self, hb: worker_pb2.Heartbeat) -> None:
+        self.waiting = hb.waiting
+        if not self.ready and self.hello is not None and hb.worker_id == self.hello.worker_id:
+            self._set_ready(True)
+            log.info("worker answering again", model=self.model.id, worker_id=hb.worker_id)
+
+    def _on_hello(self, hello: worker_pb2.Hello) -> None:
+        old = self.hello
+        if old is not None and old.worker_id != hello.worker_id:
+            self.restarts += 1
+            self._fail_all(E.ERROR_CODE_WORKER_LOST, f"the worker of model '{self.model.id}' restarted")
+        if hello.model and hello.model != self.model.id:
+            log.warning("worker serves another model", expected=self.model.id, got=hello.model)
+        self.hello = hello
+        self._set_ready(True)
+        log.info("worker ready", model=self.model.id, worker_id=hello.worker_id,
+                 context_length=hello.context_length, max_batch=hello.max_batch, pid=hello.pid)
+
+    # liveness ----------------------------------------------------------------------------
+    async def _ping_loop(self) -> None:
+        ping = worker_pb2.ToWorker()
+        while True:
+            ping.ping.sent_unix_ms = int(time.time() * 1000)
+            self.send(ping)
+            if self.ready and time.monotonic() - self.last_rx > LOST_AFTER_S:
+                self._lost()
+            await asyncio.sleep(PING_INTERVAL_S)
+
+    def _lost(self) -> None:
+        self._set_ready(False)
+        log.warning("worker lost", model=self.model.id, in_flight=len(self.requests))
+        self._fail_all(E.ERROR_CODE_WORKER_LOST, f"the worker of model '{self.model.id}' stopped answering")
+
+    def _set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        if ready:
+            self._ready_evt.set()
+        else:
+            self._ready_evt.clear()
+
+    def _fail_all(self, code: int, message: str) -> None:
+        for st in self.requests.values():
+            st.fail(code, message)
+
+    # requests ----------------------------------------------------------------------------
+    def info(self) -> ModelInfo:
+        h = self.hello
+        ctx_len = (h.context_length if h and h.context_length else self.model.context_length)
+        return ModelInfo(id=self.model.id, ready=self.ready, context_length=ctx_len,
+                         max_batch=(h.max_batch if h and h.max_batch else self.model.max_batch),
+                         created=int(h.created_unix if h and h.created_unix else self._started),
+                         worker_id=h.worker_id if h else "")
+
+    async def wait_ready(self, timeout: float) -> ModelInfo:
+        if not self.ready:
+            try:
+                await asyncio.wait_for(self._ready_evt.wait(), max(timeout, 0.0))
+            except (asyncio.TimeoutError, TimeoutError):
+                raise ApiError(503, f"The model '{self.model.id}' is not ready (its worker is starting or "
+                                    f"restarting); try again later.", code="model_not_ready") from None
+        return self.info()
+
+    async def generate(self, p: GenerateParams) -> AsyncIterator[list[Delta]]:
+        if p.request_id in self.requests:
+            raise ApiError(400, f"request id {p.request_id} is already in flight", code="duplicate_request")
+        if not self.ready:
+            raise ApiError(503, f"The model '{self.model.id}' is not ready; try again later.", code="model_not_ready")
+        st = RequestStream(p.request_id, max(1, p.n))
+        self.requests[p.request_id] = st
+        try:
+            msg = worker_pb2.ToWorker()
+            g = msg.generate
+            g.request_id, g.model, g.n = p.request_id, p.model, max(1, p.n)
+            g.prompt_token_ids.extend(p.prompt_token_ids)
+            g.sampling.CopyFrom(p.sampling)
+            g.deadline_unix_ms = p.deadline_unix_ms
+            if not self.send(msg):
+                raise ApiError(503, f"The worker of model '{self.model.id}' is not reachable.", code="worker_lost")
+            loop = asyncio.get_running_loop()
+            when = loop.time() + (p.deadline_unix_ms / 1000.0 - time.time()) if p.deadline_unix_ms else None
+            while not st.finished or st.pending:
+                try:
+                    async with asyncio.timeout_at(when):
+                        batch = await st.get()
+                except TimeoutError:
+                    st.fail(E.ERROR_CODE_DEADLINE_EXCEEDED, "The request timed out.")
+                    batch = await st.get()
+                yield batch
+        finally:
+            self.requests.pop(p.request_id, None)
+            if st.worker_open > 0:   # the one place an abort is sent
+                self.send(worker_pb2.ToWorker(abort=worker_pb2.Abort(request_id=p.request_id)))
+
+
+class WorkerPool:
+    """ModelClient over one WorkerLink per configured model."""
+
+    def __init__(self, settings: Settings, ctx: zmq.asyncio.Context):
+        self.links = {m.id: WorkerLink(m, ctx) for m in settings.models}
+
+    async def start(self) -> None:
+        for link in self.links.values():
+            await link.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(link.stop() for link in self.links.values()))
+
+    def _link(self, model: str) -> WorkerLink:
+        link = self.links.get(model)
+        if link is None:
+            raise model_not_found(model)
+        return link
+
+    def models(self) -> list[ModelInfo]:
+        return [link.info() for link in self.links.values()]
+
+    async def wait_ready(self, model: str, timeout: float) -> ModelInfo:
+        return await self._link(model).wait_ready(timeout)
+
+    def generate(self, params: GenerateParams) -> AsyncIterator[list[Delta]]:
+        return self._link(params.model).generate(params)
+
+    def abort(self, model: str, request_id: str) -> None:
+        self._link(model).send(worker_pb2.ToWorker(abort=worker_pb2.Abort(request_id=request_id)))
+
+    def in_flight(self, model: str) -> int:
+        return len(self._link(model).requests)
+
+    def health(self) -> dict[str, bool]:
+        return {m: link.ready for m, link in self.links.items()}
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {m: {"in_flight": len(l.requests), "queued": l.waiting, "restarts": l.restarts}
+                for m, l in self.links.items()}
