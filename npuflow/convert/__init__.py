@@ -1,0 +1,106 @@
+"""`npuflow convert SOURCE OUT`: a GGUF file or a Hugging Face safetensors folder (llama, qwen2,
+qwen3) -> a model package for the CPU engine (see npuflow/models/package.py).
+
+The package is written into a temporary directory beside OUT and renamed into place when
+complete, so a crash never leaves a half package at OUT.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+from ..logs import get_logger, setup_logging
+from ..models.package import ModelPackage, load_package
+from .spec import ARCHITECTURES, ConvertError, ModelSpec
+
+__all__ = ["convert", "main", "ConvertError", "read_source", "ARCHITECTURES"]
+
+log = get_logger("convert")
+
+
+def read_source(source: str | os.PathLike) -> tuple[ModelSpec, dict]:
+    """The ModelSpec of a GGUF file or HF checkpoint folder, and a description of the source."""
+    from .package_writer import sha256_file
+
+    path = pathlib.Path(source).expanduser().resolve()
+    if path.is_file():
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ConvertError(f"{path}: not a GGUF file (no GGUF magic) and not a checkpoint folder")
+        from .gguf_source import read_gguf
+        return read_gguf(path), {"path": str(path), "format": "gguf", "sha256": sha256_file(path)}
+    if path.is_dir() and (path / "config.json").is_file():
+        from .hf_source import folder_digest, read_hf
+        return read_hf(path), {"path": str(path), "format": "safetensors", "sha256": folder_digest(path)}
+    raise ConvertError(f"{path}: not a .gguf file or a folder with config.json")
+
+
+def _default_id(source: pathlib.Path) -> str:
+    name = source.stem if source.is_file() else source.name
+    name = re.sub(r"[^A-Za-z0-9._:-]+", "-", name).strip("-.").lower()
+    return name or "model"
+
+
+def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str | None = None,
+            overwrite: bool = False) -> ModelPackage:
+    """Convert SOURCE into a package at OUT and return it. Raises ConvertError (one line) for an
+    unsupported architecture / tensor type / tokenizer, or when OUT exists (unless overwrite)."""
+    src = pathlib.Path(source).expanduser().resolve()
+    out = pathlib.Path(out).expanduser().resolve()
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ConvertError(f"{out} already exists (pass overwrite to replace it)")
+    t0 = time.monotonic()
+    log.info("convert start", source=str(src), out=str(out))
+    spec, source_info = read_source(src)
+    mid = model_id or _default_id(src)
+    log.info("source read", architecture=spec.architecture, layers=spec.layers, hidden=spec.hidden,
+             vocab=spec.vocab, seconds=round(time.monotonic() - t0, 2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    last = [-1]
+
+    def progress(what: str, pct: int) -> None:
+        if pct // 10 != last[0] // 10 or what in ("embedding", "writing graph"):
+            log.info("convert progress", step=what, percent=pct)
+            last[0] = pct
+
+    try:
+        from .package_writer import write_package
+        write_package(spec, tmp, model_id=mid, source=source_info, progress=progress)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    pkg = load_package(out)
+    log.info("convert done", model=pkg.id, out=str(out), seconds=round(time.monotonic() - t0, 2))
+    return pkg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="npuflow convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("source", help="a .gguf file or a Hugging Face safetensors folder")
+    p.add_argument("out", help="the package directory to create")
+    p.add_argument("--id", dest="model_id", default=None, help="model id in the manifest (default: from the source name)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        convert(args.source, args.out, model_id=args.model_id, overwrite=args.force)
+    except ConvertError as e:
+        print(f"npuflow convert: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,170 @@
+"""Build the decoder ONNX graph (one graph for prefill and decode) from a ModelSpec.
+
+Inputs
+  inputs_embeds  float32 [B, S, hidden]   token embeddings (looked up by the engine)
+  seqlens_k      int32   [B]              total tokens of each row after this step, minus 1
+  total_seq_len  int32   []               max over rows of seqlens_k + 1
+  cos_cache, sin_cache float32 [P, head_dim/2]  rotary tables for positions 0..P-1
+  logit_index    int64   [n]              rows of the flattened [B*S] positions that get logits
+  past_key.i, past_value.i float32 [B, kv_heads, M, head_dim]  KV buffers (M = positions held)
+Outputs
+  logits         float32 [n, vocab]
+  present_key.i, present_value.i          bound to the same buffers as past (updated in place)
+
+Every layer: SimplifiedLayerNormalization (RMSNorm, fused with the residual add as
+SkipSimplifiedLayerNormalization), one fused q|k|v MatMulNBits, GroupQueryAttention with its
+built-in rotary (interleaved pairs for GGUF llama, rotate-half otherwise), one fused gate|up
+MatMulNBits, QuickGelu(alpha=1) = SiLU, down projection. Quantized weights stay quantized
+(accuracy_level 4: int8 activations); float weights stay float32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .spec import ModelSpec
+from .weights import Linear, concat
+
+MS = "com.microsoft"
+ACCURACY_LEVEL = 4
+
+
+class _Builder:
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._n = 0
+
+    def name(self, base: str) -> str:
+        self._n += 1
+        return f"{base}_{self._n}"
+
+    def init(self, name: str, arr: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], outputs: list[str] | int = 1, domain: str = "", **attrs) -> list[str]:
+        if isinstance(outputs, int):
+            outputs = [self.name(op) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=self.name(op + "_node"),
+                                           domain=domain or None, **attrs))
+        return outputs
+
+    def linear(self, x: str, lin: Linear, prefix: str, rank: int = 3) -> str:
+        if lin.quantized:
+            return self._nbits(x, lin, prefix, rank)
+        y = self.node("MatMul", [x, self.init(prefix + ".weight_t", lin.weight.T.copy())])[0]
+        if lin.bias is not None:
+            y = self.node("Add", [y, self.init(prefix + ".bias", lin.bias.astype(np.float32))])[0]
+        return y
+
+    def _nbits(self, x: str, lin: Linear, prefix: str, rank: int) -> str:
+        """MatMulNBits with the default zero point (8 / 128), which keeps onnxruntime on its int8
+        kernel. A block's own zero point zp (Q4_1) is carried exactly by a correction term:
+        (q - zp) * s = (q - z0) * s + (z0 - zp) * s, and sum_k x_k * c_b over a block is
+        c_b * blocksum(x), so y += blocksum(x) @ C^T with C = (z0 - zp) * s [N, K/32]."""
+        nb = lin.k // 32
+        ins = [x, self.init(prefix + ".qweight", lin.packed),
+               self.init(prefix + ".scales", lin.scales.reshape(-1).astype(np.float32))]
+        if lin.bias is not None:
+            ins += ["", "", self.init(prefix + ".bias", lin.bias.astype(np.float32))]
+        y = self.node("MatMulNBits", ins, domain=MS, K=lin.k, N=lin.n, bits=lin.bits, block_size=32,
+                      accuracy_level=ACCURACY_LEVEL)[0]
+        if lin.zero_points is None:
+            return y
+        z0 = 8.0 if lin.bits == 4 else 128.0
+        corr = ((z0 - lin.zero_points) * lin.scales).astype(np.float32)        # [N, nb]
+        shape = [0] * (rank - 1) + [nb, 32]
+        blocks = self.node("Reshape", [x, self.init(self.name(prefix + ".blocks"), np.array(shape, np.int64))])[0]
+        sums = self.node("ReduceSum", [blocks, self.init(self.name("axis"), np.array([-1], np.int64))], keepdims=0)[0]
+        c = self.node("MatMul", [sums, self.init(prefix + ".zp_correction_t", corr.T.copy())])[0]
+        return self.node("Add", [y, c])[0]
+
+    def linears(self, x: str, parts: list[Linear], prefix: str, split: bool = True) -> list[str]:
+        """Project x through several matrices, fused into one kernel when their forms match
+        (then one output [.., sum N] unless split)."""
+        fused = concat(parts)
+        if fused is None:
+            return [self.linear(x, p, f"{prefix}.{i}") for i, p in enumerate(parts)]
+        y = self.linear(x, fused, prefix)
+        if not split:
+            return [y]
+        sizes = self.init(self.name(prefix + ".split"), np.array([p.n for p in parts], np.int64))
+        return self.node("Split", [y, sizes], len(parts), axis=-1)
+
+
+def build_graph(spec: ModelSpec, progress: Callable[[str, int], None] = lambda what, pct: None) -> onnx.ModelProto:
+    b = _Builder()
+    H, hd, nh, nkv = spec.hidden, spec.head_dim, spec.heads, spec.kv_heads
+    eps = float(spec.rms_eps)
+    f32, i32, i64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
+    inputs = [helper.make_tensor_value_info("inputs_embeds", f32, ["batch", "seq", H]),
+              helper.make_tensor_value_info("seqlens_k", i32, ["batch"]),
+              helper.make_tensor_value_info("total_seq_len", i32, []),
+              helper.make_tensor_value_info("cos_cache", f32, ["positions", hd // 2]),
+              helper.make_tensor_value_info("sin_cache", f32, ["positions", hd // 2]),
+              helper.make_tensor_value_info("logit_index", i64, ["n"])]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["n", spec.vocab])]
+    head_shape = b.init("head_shape", np.array([0, 0, -1, hd], np.int64))
+    flat_shape = b.init("flat_shape", np.array([0, 0, -1], np.int64))
+
+    x = "inputs_embeds"       # residual stream
+    pending = None            # output of the previous block, added to x by the next norm
+    for i, lw in spec.layers_iter():
+        progress(f"layer {i}", int(100 * i / spec.layers))
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_{kind}.{i}", f32, ["batch", nkv, "max_seq", hd]))
+            outputs.append(helper.make_tensor_value_info(f"present_{kind}.{i}", f32, ["batch", nkv, "max_seq", hd]))
+        g = b.init(f"l{i}.attn_norm", lw.attn_norm.astype(np.float32))
+        if pending is None:
+            h = b.node("SimplifiedLayerNormalization", [x, g], axis=-1, epsilon=eps)[0]
+        else:
+            h, _, _, x = b.node("SkipSimplifiedLayerNormalization", [pending, x, g],
+                                [b.name("h"), "", "", b.name("res")], domain=MS, epsilon=eps)
+        if lw.q_norm is None:
+            qkv = b.linears(h, [lw.q, lw.k, lw.v], f"l{i}.qkv", split=False)
+            if len(qkv) == 1:       # packed q|k|v, which GroupQueryAttention takes as is
+                q, k, v = qkv[0], "", ""
+            else:
+                q, k, v = qkv
+        else:
+            q, k, v = b.linears(h, [lw.q, lw.k, lw.v], f"l{i}.qkv")
+            q = _head_norm(b, q, lw.q_norm, f"l{i}.q_norm", eps, head_shape, flat_shape)
+            k = _head_norm(b, k, lw.k_norm, f"l{i}.k_norm", eps, head_shape, flat_shape)
+        attn = b.node("GroupQueryAttention",
+                      [q, k, v, f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_seq_len",
+                       "cos_cache", "sin_cache"],
+                      [b.name("attn"), f"present_key.{i}", f"present_value.{i}"], domain=MS,
+                      num_heads=nh, kv_num_heads=nkv, scale=1.0 / math.sqrt(hd), do_rotary=1,
+                      rotary_interleaved=int(spec.rotary_interleaved))[0]
+        o = b.linear(attn, lw.o, f"l{i}.o")
+        g2 = b.init(f"l{i}.ffn_norm", lw.ffn_norm.astype(np.float32))
+        h2, _, _, x = b.node("SkipSimplifiedLayerNormalization", [o, x, g2],
+                             [b.name("h"), "", "", b.name("res")], domain=MS, epsilon=eps)
+        gate, up = b.linears(h2, [lw.gate, lw.up], f"l{i}.gate_up")
+        act = b.node("Mul", [b.node("QuickGelu", [gate], domain=MS, alpha=1.0)[0], up])[0]
+        pending = b.linear(act, lw.down, f"l{i}.down")
+    progress("output head", 100)
+    gn = b.init("final_norm", spec.final_norm().astype(np.float32))
+    hn = b.node("SkipSimplifiedLayerNormalization", [pending, x, gn], [b.name("h"), "", "", ""],
+                domain=MS, epsilon=eps)[0]
+    flat = b.node("Reshape", [hn, b.init("hidden_2d", np.array([-1, H], np.int64))])[0]
+    rows = b.node("Gather", [flat, "logit_index"], axis=0)[0]
+    head = b.linear(rows, spec.output(), "lm_head", rank=2)
+    b.nodes.append(helper.make_node("Identity", [head], ["logits"], name="logits_out"))
+    graph = helper.make_graph(b.nodes, "decoder", inputs, outputs, b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1)],
+                              producer_name="npuflow.convert")
+    model.ir_version = 10
+    return model
+
+
+def _head_norm(b: _Builder, x: str, weight: np.ndarray, name: str, eps: float, head_shape: str, flat_shape: str) -> str:
+    """RMSNorm over each head_dim slice of x [B, S, heads*head_dim] (qwen3 q_norm / k_norm)."""
+    y = b.node("Reshape", [x, head_shape])[0]
+    y = b.node("SimplifiedLayerNormalization", [y, b.init(name, weight.astype(np.float32))], axis=-1, epsilon=eps)[0]
+    return b.node("Reshape", [y, flat_shape])[0]

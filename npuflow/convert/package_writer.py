@@ -1,0 +1,74 @@
+"""Write a ModelSpec as a model package directory (graph, embedding table, tokenizer, manifest)."""
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import time
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from ..models.package import write_manifest
+from .graph import build_graph
+from .spec import ModelSpec
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+
+
+def sha256_file(path: pathlib.Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source: dict[str, Any],
+                  progress: Callable[[str, int], None]) -> None:
+    """Fill the (empty) directory root; the manifest goes last."""
+    files: dict[str, str] = {"model": MODEL_FILE, "model_data": DATA_FILE, "tokenizer": "tokenizer.json"}
+    (root / "tokenizer.json").write_text(spec.tokenizer_json, encoding="utf-8")
+
+    progress("embedding", 0)
+    emb = spec.embedding()
+    emb_bits = emb.bits
+    if emb.quantized:
+        arrays = {"packed": emb.packed, "scales": emb.scales}
+        if emb.zero_points is not None:
+            arrays["zero_points"] = emb.zero_points
+    else:
+        arrays = {"weight": emb.weight}
+    for key, arr in arrays.items():
+        name = f"embedding.{key}.npy"
+        np.save(root / name, np.ascontiguousarray(arr))
+        files[f"embedding.{key}"] = name
+    del emb, arrays
+
+    model = build_graph(spec, lambda what, pct: progress(what, pct))
+    progress("writing graph", 100)
+    onnx.save(model, str(root / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=DATA_FILE, size_threshold=1024)
+    del model
+
+    checksums = {name: {"size": (root / name).stat().st_size, "sha256": sha256_file(root / name)}
+                 for name in sorted(set(files.values()))}
+    write_manifest(root, {
+        "id": model_id,
+        "architecture": spec.architecture,
+        "engine": "cpu",
+        "dims": spec.dims(),
+        "context_length": spec.context_length,
+        "eos_token_ids": spec.eos_token_ids,
+        "bos_token_id": spec.bos_token_id,
+        "chat_template": spec.chat_template,
+        "sampling_defaults": {},
+        "files": files,
+        "created": int(time.time()),
+        "source": source,
+        "graph": {"rope_theta": spec.rope_theta, "rotary_interleaved": spec.rotary_interleaved,
+                  "rms_eps": spec.rms_eps, "embedding": {"bits": emb_bits}},
+        "checksums": checksums,
+    })
+

@@ -1,0 +1,177 @@
+"""The CPU engine: the package's decoder graph on onnxruntime, KV kept in per-layer buffers that
+GroupQueryAttention updates in place.
+
+KV layout: one float32 buffer per layer and kind, [max_slots, kv_heads, context + 1, head_dim],
+allocated zeroed (pages are only touched as positions fill). Row r is slot r. A step over a set
+of slots runs the graph on the contiguous row range that covers them (a view of the buffers, no
+copy); rows in that range that are not part of the step carry a zero embedding and write one
+scratch position at their current length, which is never read before a real token overwrites it
+(hence the +1 position). Attention of a row only reads positions 0..seqlens_k of that row, so
+slots never see each other's tokens.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from ..logs import get_logger
+from ..models.package import ModelPackage
+from .base import EngineError
+from .embedding import EmbeddingTable
+
+log = get_logger("engine.cpu")
+
+PREFILL_CHUNK = 512    # longer prompts run in pieces to bound attention scratch memory
+
+
+def rotary_tables(positions: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    ang = np.arange(positions, dtype=np.float64)[:, None] * inv[None, :]
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+class CpuEngine:
+    def __init__(self, package: ModelPackage, *, max_slots: int = 4, context_length: int | None = None,
+                 threads: int = 2):
+        if max_slots < 1:
+            raise ValueError("max_slots must be at least 1")
+        self.package = package
+        d = package.dims
+        self.vocab_size = d.vocab
+        self.context_length = min(context_length or package.context_length, package.context_length)
+        self.max_slots = max_slots
+        self._hidden = d.hidden
+        gi = package.extra.get("graph", {})
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self._sess = ort.InferenceSession(str(package.file("model")), opts, providers=["CPUExecutionProvider"])
+        emb = gi.get("embedding", {})
+        files = {k.removeprefix("embedding."): package.file(k) for k in package.files if k.startswith("embedding.")}
+        self._embed = EmbeddingTable(files, int(emb.get("bits", 0)))
+        positions = self.context_length + 1
+        cos, sin = rotary_tables(positions, d.head_dim, float(gi.get("rope_theta", 10000.0)))
+        self._cos = ort.OrtValue.ortvalue_from_numpy(cos)
+        self._sin = ort.OrtValue.ortvalue_from_numpy(sin)
+        shape = (max_slots, d.kv_heads, positions, d.head_dim)
+        self._kv = [(np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for _ in range(d.layers)]
+        self._lengths = [0] * max_slots
+        self._bindings: dict[tuple[int, int], ort.IOBinding] = {}
+        self._closed = False
+        log.info("cpu engine ready", model=package.id, slots=max_slots, context=self.context_length,
+                 threads=threads, kv_mib=round(2 * d.layers * np.prod(shape) * 4 / 2**20))
+
+    # -- Engine interface -------------------------------------------------------------------
+    def prefill(self, slot: int, token_ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        self._check_slot(slot)
+        ids = self._check_ids(token_ids)
+        if len(ids) == 0:
+            raise EngineError("empty prompt: prefill needs at least one token")
+        start = self._lengths[slot]
+        room = self.context_length - start
+        if len(ids) > room:
+            raise EngineError(f"prompt of {len(ids)} tokens does not fit: slot {slot} has room for {room} "
+                              f"of {self.context_length}")
+        outs = []
+        for lo in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[lo:lo + PREFILL_CHUNK]
+            n = len(chunk)
+            last = lo + n == len(ids)
+            index = np.arange(n, dtype=np.int64) if all_logits else np.array([n - 1] if last else [], np.int64)
+            L = self._lengths[slot]
+            logits = self._run(slot, slot + 1, self._embed.lookup(chunk)[None],
+                               np.array([L + n - 1], np.int32), index)
+            self._lengths[slot] = L + n
+            if all_logits or last:
+                outs.append(logits)
+        return np.concatenate(outs) if all_logits else outs[-1][0]
+
+    def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        slots = [int(s) for s in slots]
+        if len(slots) != len(token_ids):
+            raise EngineError(f"decode got {len(slots)} slots and {len(token_ids)} tokens")
+        if not slots:
+            return np.zeros((0, self.vocab_size), np.float32)
+        if len(set(slots)) != len(slots):
+            raise EngineError("decode names a slot twice")
+        for s in slots:
+            self._check_slot(s)
+            if self._lengths[s] >= self.context_length:
+                raise EngineError(f"slot {s} is full ({self.context_length} tokens)")
+        ids = self._check_ids(token_ids)
+        lo, hi = min(slots), max(slots) + 1
+        embeds = np.zeros((hi - lo, 1, self._hidden), np.float32)
+        embeds[[s - lo for s in slots], 0] = self._embed.lookup(ids)
+        seqlens = np.array(self._lengths[lo:hi], np.int32)     # rows not in the step: scratch write
+        for s in slots:
+            seqlens[s - lo] = self._lengths[s]
+        logits = self._run(lo, hi, embeds, seqlens, np.array([s - lo for s in slots], np.int64))
+        for s in slots:
+            self._lengths[s] += 1
+        return logits
+
+    def release(self, slot: int) -> None:
+        self._check_slot(slot)
+        self._lengths[slot] = 0
+
+    def length(self, slot: int) -> int:
+        self._check_slot(slot)
+        return self._lengths[slot]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._bindings.clear()
+        self._sess = None
+        self._kv = []
+
+    # -- internals ---------------------------------------------------------------------------
+    def _check_slot(self, slot: int) -> None:
+        if self._closed:
+            raise EngineError("engine is closed")
+        if not 0 <= slot < self.max_slots:
+            raise EngineError(f"slot {slot} out of range 0..{self.max_slots - 1}")
+
+    def _check_ids(self, token_ids: Sequence[int]) -> np.ndarray:
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise EngineError("token ids must be a flat list of integers")
+        ids = ids.astype(np.int64)
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if bad.size:
+            raise EngineError(f"token id {int(bad[0])} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return ids
+
+    def _binding(self, lo: int, hi: int) -> ort.IOBinding:
+        b = self._bindings.get((lo, hi))
+        if b is None:
+            b = self._sess.io_binding()
+            for i, (k, v) in enumerate(self._kv):
+                kv_k = ort.OrtValue.ortvalue_from_numpy(k[lo:hi])
+                kv_v = ort.OrtValue.ortvalue_from_numpy(v[lo:hi])
+                b.bind_ortvalue_input(f"past_key.{i}", kv_k)
+                b.bind_ortvalue_input(f"past_value.{i}", kv_v)
+                b.bind_ortvalue_output(f"present_key.{i}", kv_k)
+                b.bind_ortvalue_output(f"present_value.{i}", kv_v)
+            b.bind_ortvalue_input("cos_cache", self._cos)
+            b.bind_ortvalue_input("sin_cache", self._sin)
+            self._bindings[(lo, hi)] = b
+        return b
+
+    def _run(self, lo: int, hi: int, embeds: np.ndarray, seqlens: np.ndarray, index: np.ndarray) -> np.ndarray:
+        b = self._binding(lo, hi)
+        b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, np.float32))
+        b.bind_cpu_input("seqlens_k", seqlens)
+        b.bind_cpu_input("total_seq_len", np.array(int(seqlens.max()) + 1, np.int32))
+        b.bind_cpu_input("logit_index", index)
+        logits = np.empty((len(index), self.vocab_size), np.float32)
+        b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+        self._sess.run_with_iobinding(b)
+        return logits
