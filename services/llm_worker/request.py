@@ -1,0 +1,165 @@
+"""A validated generate request and the state of each of its choices (one KV slot each).
+
+A Choice collects what it produced since its last event (ids, text, logprobs) and hands it out
+as one TokenEvent per scheduler step; the last event carries the finish reason and usage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from npuflow.v1 import common_pb2, worker_pb2
+
+from .detok import IncrementalDetokenizer, TokenTable
+from .errors import RequestError, invalid
+from .sampling import Pick, SamplerState, SamplingConfig, resolve_sampling
+from .stop import MAX_STOP_STRINGS, StopMatcher
+
+MAX_CHOICES = 16
+
+
+@dataclass
+class Request:
+    id: str
+    peer: bytes
+    prompt: list[int]
+    limit: int                 # completion tokens at most (max_tokens or the rest of the context)
+    deadline_ms: int           # 0 = none
+    sampling: SamplingConfig
+    choices: list["Choice"] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return all(c.finished for c in self.choices)
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    model_id: str
+    vocab_size: int
+    context_length: int
+    eos_token_ids: tuple[int, ...]
+    sampling_defaults: Mapping[str, Any]
+
+
+def build_request(msg: worker_pb2.GenerateRequest, peer: bytes, limits: ModelLimits, table: TokenTable) -> Request:
+    """Check a GenerateRequest against the model; raises RequestError with the field at fault."""
+    if not msg.request_id:
+        raise invalid("request_id is empty", "request_id")
+    if msg.model and msg.model != limits.model_id:
+        raise RequestError(common_pb2.ERROR_CODE_NOT_FOUND, f"this worker serves '{limits.model_id}', not '{msg.model}'", "model")
+    prompt = list(msg.prompt_token_ids)
+    if not prompt:
+        raise invalid("the prompt is empty", "prompt")
+    bad = next((t for t in prompt if t >= limits.vocab_size), None)
+    if bad is not None:
+        raise invalid(f"prompt token id {bad} is outside the vocabulary (size {limits.vocab_size})", "prompt")
+    ctx, n_prompt, max_tokens = limits.context_length, len(prompt), msg.sampling.max_tokens
+    if n_prompt >= ctx or n_prompt + max_tokens > ctx:
+        raise RequestError(common_pb2.ERROR_CODE_CONTEXT_LENGTH_EXCEEDED,
+                           f"This model's maximum context length is {ctx} tokens. However, you requested "
+                           f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} for the completion).",
+                           "max_tokens" if n_prompt < ctx else "")
+    n = max(1, msg.n)
+    if n > MAX_CHOICES:
+        raise invalid(f"n must be at most {MAX_CHOICES}", "n")
+    if len([s for s in msg.sampling.stop if s]) > MAX_STOP_STRINGS:
+        raise invalid(f"at most {MAX_STOP_STRINGS} stop strings", "stop")
+    bad = next((t for t in msg.sampling.stop_token_ids if t >= limits.vocab_size), None)
+    if bad is not None:
+        raise invalid(f"stop token id {bad} is outside the vocabulary", "stop_token_ids")
+    cfg = resolve_sampling(msg.sampling, limits.sampling_defaults, limits.vocab_size)
+    stop_ids = set(msg.sampling.stop_token_ids)
+    if not msg.sampling.ignore_eos:
+        stop_ids.update(limits.eos_token_ids)
+    req = Request(id=msg.request_id, peer=peer, prompt=prompt, limit=max_tokens or ctx - n_prompt,
+                  deadline_ms=msg.deadline_unix_ms, sampling=cfg)
+    req.choices = [Choice(req, i, table, limits.vocab_size, frozenset(stop_ids), msg.sampling.stop) for i in range(n)]
+    return req
+
+
+class Choice:
+    def __init__(self, request: Request, index: int, table: TokenTable, vocab_size: int,
+                 stop_ids: frozenset[int], stops: Sequence[str]):
+        self.request = request
+        self.index = index
+        self.table = table
+        self.sampler = SamplerState(request.sampling, vocab_size, request.prompt, index)
+        self.detok = IncrementalDetokenizer(table)
+        self.stop = StopMatcher(stops)
+        self.stop_ids = stop_ids
+        self.slot: int | None = None
+        self.prefilled = 0                 # prompt tokens already in the slot
+        self.next_token: int | None = None  # sampled, to be fed by the next decode
+        self.completion = 0
+        self.finished = False
+        self.finish_reason = common_pb2.FINISH_REASON_UNSPECIFIED
+        self.error: common_pb2.Error | None = None
+        self.stop_reason = ""
+        self._reported = False
+        self._ids: list[int] = []
+        self._text: list[str] = []
+        self._logprobs: list[common_pb2.TokenLogprob] = []
+
+    @property
+    def prefilling(self) -> bool:
+        return self.slot is not None and self.prefilled < len(self.request.prompt)
+
+    def _drain_text(self) -> str | None:
+        """Release everything held back; returns the stop string if the tail completed one."""
+        text, hit = self.stop.push(self.detok.flush())
+        self._text.append(text)
+        if hit is None:
+            self._text.append(self.stop.flush())
+        return hit
+
+    def accept(self, pick: Pick) -> None:
+        """Take the sampled token; finishes the choice on a stop token/string or the length limit."""
+        tok = pick.token
+        self.completion += 1
+        self._ids.append(tok)
+        if pick.logprob is not None:
+            self._logprobs.append(common_pb2.TokenLogprob(
+                token_id=tok, logprob=pick.logprob, token_bytes=self.table.bytes_of(tok),
+                top=[common_pb2.TopLogprob(token_id=t, logprob=lp, token_bytes=self.table.bytes_of(t))
+                     for t, lp in pick.top]))
+        if tok in self.stop_ids:
+            hit = self._drain_text()
+            self.finish(common_pb2.FINISH_REASON_STOP, stop_reason=hit or "")
+            return
+        text, hit = self.stop.push(self.detok.push(tok))
+        self._text.append(text)
+        if hit is not None:
+            self.finish(common_pb2.FINISH_REASON_STOP, stop_reason=hit)
+        elif self.completion >= self.request.limit:
+            hit = self._drain_text()
+            self.finish(common_pb2.FINISH_REASON_STOP if hit else common_pb2.FINISH_REASON_LENGTH, stop_reason=hit or "")
+        else:
+            self.next_token = tok
+
+    def finish(self, reason: int, *, error: common_pb2.Error | None = None, stop_reason: str = "") -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.next_token = None
+        self.finish_reason = reason
+        self.error = error
+        self.stop_reason = stop_reason
+
+    def take_event(self) -> worker_pb2.TokenEvent | None:
+        """What happened since the last call, or None when nothing did."""
+        final = self.finished and not self._reported
+        if not (self._ids or final):
+            return None
+        ev = worker_pb2.TokenEvent(request_id=self.request.id, index=self.index, token_ids=self._ids,
+                                   text="".join(self._text), logprobs=self._logprobs)
+        self._ids, self._text, self._logprobs = [], [], []
+        if final:
+            self._reported = True
+            ev.finish_reason = self.finish_reason
+            ev.prompt_tokens = len(self.request.prompt)
+            ev.completion_tokens = self.completion
+            ev.stop_reason = self.stop_reason
+            if self.error is not None:
+                ev.error.CopyFrom(self.error)
+        return ev

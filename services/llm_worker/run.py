@@ -1,0 +1,78 @@
+"""`run_worker(settings, model)`: one model's worker process."""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from npuflow.config import ModelSettings, Settings
+from npuflow.engine.base import Engine
+from npuflow.logs import get_logger
+from npuflow.models.package import ModelPackage
+from npuflow.process import start_process
+
+from .detok import load_token_table
+from .link import WorkerInfo, WorkerLink
+from .request import ModelLimits
+from .scheduler import Scheduler
+
+log = get_logger("worker")
+
+
+class WorkerStartError(Exception):
+    """The worker cannot start (model, engine); the message is one line."""
+
+
+def load_package(settings: Settings, model: ModelSettings) -> ModelPackage:
+    from npuflow.models.resolve import resolve_model
+    package = resolve_model(model.source, settings.server.cache_dir, model.id)
+    return package.with_overrides(id=model.id, context_length=model.context_length,
+                                  sampling_defaults=dict(model.sampling))
+
+
+def build_engine(package: ModelPackage, model: ModelSettings) -> Engine:
+    if model.engine == "cpu":
+        from npuflow.engine.cpu import CpuEngine
+        return CpuEngine(package, max_slots=model.max_batch, context_length=package.context_length,
+                         threads=model.threads)
+    if model.engine == "ax":
+        raise WorkerStartError(f"model '{model.id}': the ax engine is not available in this version; use engine = \"cpu\"")
+    raise WorkerStartError(f"model '{model.id}': unknown engine '{model.engine}' (cpu or ax)")
+
+
+def build_link(engine: Engine, package: ModelPackage, model: ModelSettings, engine_kind: str = "") -> WorkerLink:
+    """Scheduler and socket loop around a ready engine (tests pass a fake engine here)."""
+    table = load_token_table(package.tokenizer_path, engine.vocab_size)
+    limits = ModelLimits(model_id=model.id, vocab_size=engine.vocab_size, context_length=engine.context_length,
+                         eos_token_ids=tuple(package.eos_token_ids), sampling_defaults=dict(package.sampling_defaults))
+    scheduler = Scheduler(engine, table, limits, max_queue=model.max_queue)
+    info = WorkerInfo(model=model.id, context_length=engine.context_length, max_batch=engine.max_slots,
+                      vocab_size=engine.vocab_size, engine=engine_kind or model.engine,
+                      eos_token_ids=tuple(package.eos_token_ids), created=package.created)
+    return WorkerLink(scheduler, info, model.endpoint)
+
+
+def serve_until_signalled(link: WorkerLink) -> None:
+    """Serve until SIGTERM/SIGINT; then finish or end in-flight requests and return."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    link.serve(stop)
+
+
+def run_worker(settings: Settings, model: ModelSettings) -> None:
+    start_process("worker", settings.server.log_level, detail=model.id)
+    try:
+        package = load_package(settings, model)
+        engine = build_engine(package, model)
+    except WorkerStartError as e:
+        log.error(str(e))
+        sys.exit(1)
+    except Exception as e:
+        log.error("cannot start the worker", model=model.id, error=f"{type(e).__name__}: {e}")
+        sys.exit(1)
+    try:
+        serve_until_signalled(build_link(engine, package, model))
+    finally:
+        engine.close()
+    log.info("stopped", model=model.id)

@@ -1,0 +1,229 @@
+"""Continuous batching over the engine's KV slots.
+
+One `step()`:
+  1. end requests whose deadline passed;
+  2. admit waiting choices into free slots (FIFO; each choice of an n>1 request is its own
+     sequence in its own slot, sharing nothing);
+  3. decode every running choice that has a sampled token, in ONE engine.decode call;
+  4. prefill newcomers in chunks, within a token budget sized so a step takes about
+     `step_target_s` (the socket is polled between steps, so pings are answered during a long
+     prefill); a choice whose prompt is complete gets its first token;
+  5. sample all rows from 3 and 4 together, and return one TokenEvent per choice that progressed.
+Aborts and submit errors are answered by the next step (or `take_events`).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Iterable
+
+import numpy as np
+
+from npuflow.engine.base import Engine
+from npuflow.logs import get_logger
+from npuflow.v1 import common_pb2, worker_pb2
+
+from .detok import TokenTable
+from .errors import RequestError
+from .request import MAX_CHOICES, Choice, ModelLimits, Request, build_request
+from .sampling import sample_batch
+
+log = get_logger("worker")
+
+Event = tuple[bytes, worker_pb2.TokenEvent]  # (peer identity, event)
+
+
+class PrefillBudget:
+    """Tokens of prompt to prefill per step, adapted to the engine's measured speed."""
+
+    def __init__(self, target_s: float, start: int = 32, lo: int = 16, hi: int = 512):
+        self.target_s, self.lo, self.hi = target_s, lo, hi
+        self.tokens = start
+        self._rate: float | None = None  # tokens per second, smoothed
+
+    def record(self, tokens: int, seconds: float) -> None:
+        if tokens < 8 or seconds <= 0:
+            return
+        rate = tokens / seconds
+        self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+        self.tokens = int(min(self.hi, max(self.lo, self._rate * self.target_s)))
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, table: TokenTable, limits: ModelLimits, *, max_queue: int,
+                 step_target_s: float = 0.1):
+        self.engine = engine
+        self.table = table
+        self.limits = limits
+        self.max_queue = max_queue
+        self.budget = PrefillBudget(step_target_s)
+        self.free_slots = list(range(engine.max_slots))
+        self.waiting: deque[Choice] = deque()
+        self.running: list[Choice] = []
+        self.requests: dict[str, Request] = {}
+        self._touched: list[Choice] = []  # finished outside a step (abort, errors)
+        self._outbox: list[Event] = []
+
+    # ---- inputs -------------------------------------------------------------------------
+    def submit(self, msg: worker_pb2.GenerateRequest, peer: bytes) -> None:
+        try:
+            if msg.request_id in self.requests:
+                raise RequestError(common_pb2.ERROR_CODE_INVALID_ARGUMENT,
+                                   f"request {msg.request_id} is already running", "request_id")
+            waiting = {c.request.id for c in self.waiting}
+            if len(waiting) >= self.max_queue:
+                raise RequestError(common_pb2.ERROR_CODE_OVERLOADED,
+                                   f"the model's queue is full ({self.max_queue} requests waiting)")
+            req = build_request(msg, peer, self.limits, self.table)
+        except RequestError as e:
+            self.submit_rejected(msg, peer, e.to_proto())
+            return
+        self.requests[req.id] = req
+        self.waiting.extend(req.choices)
+
+    def submit_rejected(self, msg: worker_pb2.GenerateRequest, peer: bytes, error: common_pb2.Error) -> None:
+        """Answer a request that will not run: one ERROR event per choice the gateway waits for."""
+        n = min(max(1, msg.n), MAX_CHOICES)
+        self._outbox.extend((peer, _error_event(msg.request_id, i, error, len(msg.prompt_token_ids)))
+                            for i in range(n))
+
+    def abort(self, request_id: str, reason: int = common_pb2.FINISH_REASON_ABORT,
+              error: common_pb2.Error | None = None) -> None:
+        req = self.requests.get(request_id)
+        if req is None:
+            return  # already finished (its last event went out) or never known
+        for c in req.choices:
+            self._end(c, reason, error)
+
+    def abort_all(self, reason: int, error: common_pb2.Error | None = None) -> None:
+        for rid in list(self.requests):
+            self.abort(rid, reason, error)
+
+    # ---- state --------------------------------------------------------------------------
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self._touched or self._outbox)
+
+    @property
+    def n_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self.waiting)
+
+    # ---- the step -----------------------------------------------------------------------
+    def step(self) -> list[Event]:
+        self._expire(int(time.time() * 1000))
+        self._admit()
+        rows: list[tuple[Choice, np.ndarray]] = []
+        self._decode(rows)
+        self._prefill(rows)
+        if rows:
+            picks = sample_batch(np.stack([r for _, r in rows]), [c.sampler for c, _ in rows])
+            for (c, _), pick in zip(rows, picks):
+                c.accept(pick)
+                if c.finished:
+                    self._release(c)
+        return self.take_events([c for c, _ in rows])
+
+    def take_events(self, progressed: Iterable[Choice] = ()) -> list[Event]:
+        """Events of choices that progressed or ended since the last call, then forget done requests."""
+        events, self._outbox = self._outbox, []
+        seen: set[int] = set()
+        for c in [*self._touched, *progressed]:
+            if id(c) in seen:
+                continue
+            seen.add(id(c))
+            ev = c.take_event()
+            if ev is not None:
+                events.append((c.request.peer, ev))
+            if c.request.done:
+                self.requests.pop(c.request.id, None)
+        self._touched = []
+        return events
+
+    def _expire(self, now_ms: int) -> None:
+        for req in list(self.requests.values()):
+            if req.deadline_ms and now_ms >= req.deadline_ms:
+                self.abort(req.id, common_pb2.FINISH_REASON_ERROR, common_pb2.Error(
+                    code=common_pb2.ERROR_CODE_DEADLINE_EXCEEDED, message="the request's deadline passed"))
+
+    def _admit(self) -> None:
+        while self.waiting and self.free_slots:
+            c = self.waiting.popleft()
+            c.slot = self.free_slots.pop(0)
+            self.running.append(c)
+
+    def _decode(self, rows: list[tuple[Choice, np.ndarray]]) -> None:
+        batch = [c for c in self.running if c.next_token is not None]
+        if not batch:
+            return
+        try:
+            logits = self.engine.decode([c.slot for c in batch], [c.next_token for c in batch])
+        except Exception as e:  # the batch's KV state is unknown now: end these sequences
+            log.error("decode failed", exc_info=not _is_engine_error(e), error=str(e), batch=len(batch))
+            for c in batch:
+                self._end(c, common_pb2.FINISH_REASON_ERROR, _internal(e))
+            return
+        for i, c in enumerate(batch):
+            c.next_token = None
+            rows.append((c, logits[i]))
+
+    def _prefill(self, rows: list[tuple[Choice, np.ndarray]]) -> None:
+        budget = self.budget.tokens
+        for c in [c for c in self.running if c.prefilling]:
+            if budget <= 0:
+                break
+            prompt = c.request.prompt
+            chunk = prompt[c.prefilled:c.prefilled + budget]
+            t0 = time.perf_counter()
+            try:
+                logits = self.engine.prefill(c.slot, chunk)
+            except Exception as e:
+                log.error("prefill failed", exc_info=not _is_engine_error(e), error=str(e), request_id=c.request.id)
+                self._end(c, common_pb2.FINISH_REASON_ERROR, _internal(e))
+                continue
+            self.budget.record(len(chunk), time.perf_counter() - t0)
+            budget -= len(chunk)
+            c.prefilled += len(chunk)
+            if not c.prefilling:
+                rows.append((c, np.asarray(logits).reshape(-1, logits.shape[-1])[-1]))
+
+    # ---- endings ------------------------------------------------------------------------
+    def _end(self, c: Choice, reason: int, error: common_pb2.Error | None) -> None:
+        if c.finished:
+            return
+        c.finish(reason, error=error)
+        if c.slot is None:
+            try:
+                self.waiting.remove(c)
+            except ValueError:
+                pass
+        self._release(c)
+        self._touched.append(c)
+
+    def _release(self, c: Choice) -> None:
+        if c.slot is None:
+            return
+        try:
+            self.engine.release(c.slot)
+        except Exception:
+            log.error("release failed", exc_info=True, slot=c.slot)
+        self.free_slots.append(c.slot)
+        self.running.remove(c)
+        c.slot = None
+
+
+def _is_engine_error(e: Exception) -> bool:
+    from npuflow.engine.base import EngineError
+    return isinstance(e, EngineError)
+
+
+def _internal(e: Exception) -> common_pb2.Error:
+    return common_pb2.Error(code=common_pb2.ERROR_CODE_INTERNAL, message=f"engine failed: {e}")
+
+
+def _error_event(request_id: str, index: int, error: common_pb2.Error, prompt_tokens: int) -> worker_pb2.TokenEvent:
+    return worker_pb2.TokenEvent(request_id=request_id, index=index, finish_reason=common_pb2.FINISH_REASON_ERROR,
+                                 error=error, prompt_tokens=prompt_tokens)
