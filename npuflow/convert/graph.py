@@ -109,8 +109,6 @@ def build_graph(spec: ModelSpec, progress: Callable[[str, int], None] = lambda w
               helper.make_tensor_value_info("sin_cache", f32, ["positions", hd // 2]),
               helper.make_tensor_value_info("logit_index", i64, ["n"])]
     outputs = [helper.make_tensor_value_info("logits", f32, ["n", spec.vocab])]
-    head_shape = b.init("head_shape", np.array([0, 0, -1, hd], np.int64))
-    flat_shape = b.init("flat_shape", np.array([0, 0, -1], np.int64))
 
     x = "inputs_embeds"       # residual stream
     pending = None            # output of the previous block, added to x by the next norm
@@ -133,8 +131,8 @@ def build_graph(spec: ModelSpec, progress: Callable[[str, int], None] = lambda w
                 q, k, v = qkv
         else:
             q, k, v = b.linears(h, [lw.q, lw.k, lw.v], f"l{i}.qkv")
-            q = _head_norm(b, q, lw.q_norm, f"l{i}.q_norm", eps, head_shape, flat_shape)
-            k = _head_norm(b, k, lw.k_norm, f"l{i}.k_norm", eps, head_shape, flat_shape)
+            q = _head_norm(b, q, lw.q_norm, f"l{i}.q_norm", eps, hd)
+            k = _head_norm(b, k, lw.k_norm, f"l{i}.k_norm", eps, hd)
         attn = b.node("GroupQueryAttention",
                       [q, k, v, f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_seq_len",
                        "cos_cache", "sin_cache"],
@@ -163,8 +161,10 @@ def build_graph(spec: ModelSpec, progress: Callable[[str, int], None] = lambda w
     return model
 
 
-def _head_norm(b: _Builder, x: str, weight: np.ndarray, name: str, eps: float, head_shape: str, flat_shape: str) -> str:
+def _head_norm(b: _Builder, x: str, weight: np.ndarray, name: str, eps: float, hd: int) -> str:
     """RMSNorm over each head_dim slice of x [B, S, heads*head_dim] (qwen3 q_norm / k_norm)."""
+    head_shape = b.init(b.name("head_shape"), np.array([0, 0, -1, hd], np.int64))
+    flat_shape = b.init(b.name("flat_shape"), np.array([0, 0, -1], np.int64))
     y = b.node("Reshape", [x, head_shape])[0]
     y = b.node("SimplifiedLayerNormalization", [y, b.init(name, weight.astype(np.float32))], axis=-1, epsilon=eps)[0]
     return b.node("Reshape", [y, flat_shape])[0]

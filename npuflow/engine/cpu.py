@@ -11,7 +11,7 @@ slots never see each other's tokens.
 """
 from __future__ import annotations
 
-import pathlib
+import mmap
 from typing import Sequence
 
 import numpy as np
@@ -33,6 +33,12 @@ def rotary_tables(positions: int, head_dim: int, theta: float) -> tuple[np.ndarr
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
 
+def _lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed float32 array on its own anonymous mapping: pages cost memory only once written."""
+    buf = mmap.mmap(-1, int(np.prod(shape)) * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buf, np.float32).reshape(shape)
+
+
 class CpuEngine:
     def __init__(self, package: ModelPackage, *, max_slots: int = 4, context_length: int | None = None,
                  threads: int = 2):
@@ -51,6 +57,7 @@ class CpuEngine:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        opts.enable_cpu_mem_arena = True
         self._sess = ort.InferenceSession(str(package.file("model")), opts, providers=["CPUExecutionProvider"])
         emb = gi.get("embedding", {})
         files = {k.removeprefix("embedding."): package.file(k) for k in package.files if k.startswith("embedding.")}
@@ -60,7 +67,7 @@ class CpuEngine:
         self._cos = ort.OrtValue.ortvalue_from_numpy(cos)
         self._sin = ort.OrtValue.ortvalue_from_numpy(sin)
         shape = (max_slots, d.kv_heads, positions, d.head_dim)
-        self._kv = [(np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for _ in range(d.layers)]
+        self._kv = [(_lazy_zeros(shape), _lazy_zeros(shape)) for _ in range(d.layers)]
         self._lengths = [0] * max_slots
         self._bindings: dict[tuple[int, int], ort.IOBinding] = {}
         self._closed = False
