@@ -1,0 +1,165 @@
+"""Fake peers of the gateway speaking the real protobuf over real ZMQ sockets.
+
+FakeWorker binds a ROUTER like llm_worker: Hello on first contact from a peer, Heartbeat per
+Ping, scripted token streams per GenerateRequest, a final ABORT event per Abort.
+FakeTokenizer binds a ROUTER like the tokenizer service: one token per whitespace-separated word.
+Both run as tasks on the event loop of the gateway under test.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import zmq
+import zmq.asyncio
+
+from npuflow.transport import make_socket
+from npuflow.v1 import common_pb2, tokenizer_pb2, worker_pb2
+
+FR = common_pb2.FinishReason
+REPLY = ["Hello", " world", ",", " this", " is", " a", " test", "."]
+
+
+class FakeWorker:
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, model: str, context_length: int = 64):
+        self.ctx, self.endpoint, self.model = ctx, endpoint, model
+        self.context_length = context_length
+        self.worker_id = uuid.uuid4().hex
+        self.reply = list(REPLY)
+        self.delay = 0.001            # seconds between decode steps
+        self.silent = False           # stop answering anything (a hung or dead worker)
+        self.requests: list[worker_pb2.GenerateRequest] = []
+        self.aborts: list[str] = []
+        self.pings = 0
+        self._peers: set[bytes] = set()
+        self._gens: dict[str, asyncio.Task] = {}
+        self.sock = make_socket(ctx, zmq.ROUTER, endpoint, bind=True)
+        self._task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        self._task.cancel()
+        for t in self._gens.values():
+            t.cancel()
+        await asyncio.gather(self._task, *self._gens.values(), return_exceptions=True)
+        self.sock.close(linger=0)
+
+    async def _send(self, peer: bytes, msg: worker_pb2.FromWorker) -> None:
+        if peer not in self._peers:
+            self._peers.add(peer)
+            hello = worker_pb2.FromWorker()
+            h = hello.hello
+            h.model, h.worker_id, h.context_length, h.max_batch = self.model, self.worker_id, self.context_length, 2
+            h.vocab_size, h.engine, h.pid, h.created_unix = 1000, "cpu", os.getpid(), 1700000000
+            h.eos_token_ids.append(2)
+            await self.sock.send_multipart([peer, hello.SerializeToString()])
+        await self.sock.send_multipart([peer, msg.SerializeToString()])
+
+    async def _loop(self) -> None:
+        while True:
+            peer, data = await self.sock.recv_multipart()
+            if self.silent:
+                continue
+            msg = worker_pb2.ToWorker.FromString(data)
+            kind = msg.WhichOneof("kind")
+            if kind == "ping":
+                self.pings += 1
+                out = worker_pb2.FromWorker()
+                out.heartbeat.worker_id = self.worker_id
+                out.heartbeat.sent_unix_ms = msg.ping.sent_unix_ms
+                out.heartbeat.running = len(self._gens)
+                await self._send(peer, out)
+            elif kind == "generate":
+                g = msg.generate
+                self.requests.append(g)
+                self._gens[g.request_id] = asyncio.create_task(self._generate(peer, g))
+            elif kind == "abort":
+                rid = msg.abort.request_id
+                self.aborts.append(rid)
+                t = self._gens.pop(rid, None)
+                if t is not None:
+                    t.cancel()
+                    out = worker_pb2.FromWorker()
+                    out.events.events.add(request_id=rid, finish_reason=FR.FINISH_REASON_ABORT)
+                    await self._send(peer, out)
+
+    async def _generate(self, peer: bytes, g: worker_pb2.GenerateRequest) -> None:
+        n = max(1, g.n)
+        limit = g.sampling.max_tokens or (self.context_length - len(g.prompt_token_ids))
+        texts, counts, done = [""] * n, [0] * n, [False] * n
+        step = 0
+        while not all(done):
+            await asyncio.sleep(self.delay)
+            if self.silent:
+                return
+            out = worker_pb2.FromWorker()
+            for i in range(n):
+                if done[i]:
+                    continue
+                ev = out.events.events.add(request_id=g.request_id, index=i)
+                piece = self.reply[step] if step < len(self.reply) else None
+                stop = next((s for s in g.sampling.stop if piece is not None and s in texts[i] + piece), None)
+                if piece is None or stop is not None:
+                    ev.finish_reason = FR.FINISH_REASON_STOP
+                    ev.stop_reason = stop or ""
+                else:
+                    texts[i] += piece
+                    counts[i] += 1
+                    ev.text = piece
+                    ev.token_ids.append(100 + step)
+                    if g.sampling.logprobs:
+                        lp = ev.logprobs.add(token_id=100 + step, logprob=-0.5, token_bytes=piece.encode())
+                        for k in range(g.sampling.top_logprobs):
+                            lp.top.add(token_id=200 + k, logprob=-1.0 - k, token_bytes=f"alt{k}".encode())
+                    if counts[i] >= limit:
+                        ev.finish_reason = FR.FINISH_REASON_LENGTH
+                if ev.finish_reason:
+                    done[i] = True
+                    ev.prompt_tokens = len(g.prompt_token_ids)
+                    ev.completion_tokens = counts[i]
+            step += 1
+            await self._send(peer, out)
+        self._gens.pop(g.request_id, None)
+
+
+class FakeTokenizer:
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, models: list[str]):
+        self.models = models
+        self.silent = False
+        self.chats: list[tokenizer_pb2.ChatInput] = []
+        self.sock = make_socket(ctx, zmq.ROUTER, endpoint, bind=True)
+        self._task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self.sock.close(linger=0)
+
+    @staticmethod
+    def ids(text: str) -> list[int]:
+        return [10 + (sum(map(ord, w)) % 900) for w in text.split()]
+
+    async def _loop(self) -> None:
+        while True:
+            peer, data = await self.sock.recv_multipart()
+            if self.silent:
+                continue
+            req = tokenizer_pb2.TokenizerRequest.FromString(data)
+            resp = tokenizer_pb2.TokenizerResponse(request_id=req.request_id)
+            kind = req.WhichOneof("kind")
+            if kind == "list_models":
+                for m in self.models:
+                    resp.models.models.add(model=m, vocab_size=1000)
+            elif kind == "encode" and req.encode.model not in self.models:
+                resp.error.code = common_pb2.ERROR_CODE_NOT_FOUND
+                resp.error.message = f"unknown model {req.encode.model}"
+            elif kind == "encode" and req.encode.WhichOneof("input") == "chat":
+                self.chats.append(req.encode.chat)
+                text = " ".join(f"<{m.role}> {m.content}" for m in req.encode.chat.messages) + " <assistant>"
+                resp.encoded.token_ids.extend(self.ids(text))
+                resp.encoded.rendered = text
+            elif kind == "encode":
+                resp.encoded.token_ids.extend(self.ids(req.encode.text))
+            elif kind == "decode":
+                resp.decoded.text = " ".join(f"t{i}" for i in req.decode.token_ids)
+            await self.sock.send_multipart([peer, resp.SerializeToString()])
