@@ -11,7 +11,11 @@ import threading
 import time
 
 import pytest
+import yaml
 import zmq.asyncio
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 from aiohttp import web
 
 from npuflow.config import ModelSettings, ServerSettings, Settings, TokenizerSettings
@@ -135,11 +139,17 @@ def schema():
     """schema(name, instance) -> list of error strings, against the official OpenAI spec."""
     sys.path.insert(0, str(_SHARED / "conformance"))
     try:
-        from oai_conformance import load_validators
+        import oai_conformance
     finally:
         sys.path.pop(0)
-    validators = load_validators(_SHARED / "openai" / "openapi.yaml")
+    with open(_SHARED / "openai" / "openapi.yaml") as f:   # the C loader: 1 s instead of 6 s
+        spec = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    oai_conformance._fix_nullable(spec)
+    reg = Registry().with_resource("urn:oai", Resource.from_contents(spec, default_specification=DRAFT202012))
     cache = {}
+
+    def validators(name: str):
+        return Draft202012Validator({"$ref": f"urn:oai#/components/schemas/{name}"}, registry=reg)
 
     def check(name: str, inst) -> list[str]:
         if name not in cache:
