@@ -26,7 +26,7 @@ log = get_logger("convert")
 
 def read_source(source: str | os.PathLike) -> tuple[ModelSpec, dict]:
     """The ModelSpec of a GGUF file or HF checkpoint folder, and a description of the source."""
-    from .package_writer import sha256_file
+    from ..models.cache import sha256_file
 
     path = pathlib.Path(source).expanduser().resolve()
     if path.is_file():

@@ -1,7 +1,6 @@
 """Write a ModelSpec as a model package directory (graph, embedding table, tokenizer, manifest)."""
 from __future__ import annotations
 
-import hashlib
 import pathlib
 import time
 from typing import Any, Callable
@@ -9,20 +8,13 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
+from ..models.cache import sha256_file
 from ..models.package import write_manifest
 from .graph import build_graph
 from .spec import ModelSpec
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-
-
-def sha256_file(path: pathlib.Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source: dict[str, Any],
@@ -52,6 +44,9 @@ def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source:
               location=DATA_FILE, size_threshold=1024)
     del model
 
+    root.chmod(0o755)
+    for f in root.iterdir():
+        f.chmod(0o644)
     checksums = {name: {"size": (root / name).stat().st_size, "sha256": sha256_file(root / name)}
                  for name in sorted(set(files.values()))}
     write_manifest(root, {

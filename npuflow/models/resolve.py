@@ -1,0 +1,59 @@
+"""Turn a model source from the configuration into a ready package in the cache.
+
+source: "default" (SmolLM2-135M-Instruct, fetched and converted once), a .gguf file, a Hugging
+Face safetensors folder (both converted into the cache, keyed by their content hash), or an
+existing package folder (used in place). Concurrent resolvers of one source serialize on a file
+lock, so a source is converted once; a cached package that fails verification is rebuilt.
+"""
+from __future__ import annotations
+
+import pathlib
+
+from ..logs import get_logger
+from .cache import file_lock, sha256_file, usable_package
+from .default import DEFAULT_MODEL_ID, GGUF_SHA256, default_gguf
+from .package import MANIFEST, ModelPackage, PackageError, load_package
+
+log = get_logger("models")
+
+__all__ = ["resolve_model", "DEFAULT_MODEL_ID"]
+
+
+def resolve_model(source: str, cache_dir: str | pathlib.Path, model_id: str) -> ModelPackage:
+    cache = pathlib.Path(cache_dir).expanduser()
+    if source == "default":
+        key = GGUF_SHA256[:16]
+        with file_lock(cache / "locks" / f"{DEFAULT_MODEL_ID}.lock"):
+            pkg = _cached_or_converted(cache / "models" / f"{DEFAULT_MODEL_ID}-{key}",
+                                       lambda: default_gguf(cache / "downloads"), DEFAULT_MODEL_ID)
+        return pkg.with_overrides(id=model_id)
+    path = pathlib.Path(source).expanduser()
+    if path.is_dir() and (path / MANIFEST).is_file():
+        return load_package(path).with_overrides(id=model_id)
+    if path.is_file() or (path.is_dir() and (path / "config.json").is_file()):
+        from ..convert.hf_source import folder_digest
+        digest = sha256_file(path) if path.is_file() else folder_digest(path)
+        name = f"{_safe(model_id)}-{digest[:16]}"
+        with file_lock(cache / "locks" / f"{name}.lock"):
+            pkg = _cached_or_converted(cache / "models" / name, lambda: path, model_id)
+        return pkg.with_overrides(id=model_id)
+    raise PackageError(f"model source {source!r}: not 'default', a .gguf file, a checkpoint folder or a package")
+
+
+def _cached_or_converted(target: pathlib.Path, get_source, model_id: str) -> ModelPackage:
+    pkg = usable_package(target)
+    if pkg is not None:
+        log.info("using cached model", model=model_id, path=str(target))
+        return pkg
+    from ..convert import convert
+    log.info("converting model into the cache", model=model_id, path=str(target))
+    convert(get_source(), target, model_id=model_id, overwrite=True)
+    return usable_package(target) or _fail(target)
+
+
+def _fail(target: pathlib.Path):
+    raise PackageError(f"{target}: freshly converted package does not verify")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
