@@ -42,8 +42,9 @@ class WorkerInfo:
 
 
 class WorkerLink:
-    def __init__(self, scheduler: Scheduler, info: WorkerInfo, endpoint: str):
+    def __init__(self, scheduler: Scheduler, info: WorkerInfo, endpoint: str, *, grace_s: float = SHUTDOWN_GRACE_S):
         self.scheduler = scheduler
+        self.grace_s = grace_s
         self.info = info
         self.endpoint = endpoint
         self.worker_id = uuid.uuid4().hex
@@ -119,7 +120,7 @@ class WorkerLink:
                 if self._stopping_since is not None:
                     if not sched.requests and not sched.has_work:
                         break
-                    if time.monotonic() - self._stopping_since > SHUTDOWN_GRACE_S:
+                    if time.monotonic() - self._stopping_since > self.grace_s:
                         sched.abort_all(common_pb2.FINISH_REASON_ERROR, common_pb2.Error(
                             code=common_pb2.ERROR_CODE_WORKER_LOST, message="the worker is shutting down"))
                         self._send_events(sched.take_events())
