@@ -127,11 +127,17 @@ def stack(tmp_path_factory):
 
 
 @pytest.fixture
-def fresh_stack(tmp_path_factory):
-    """A stack of its own, for tests that kill or silence peers."""
-    s = Stack(tmp_path_factory.mktemp("gw"))
-    yield s
-    s.close()
+def make_stack(tmp_path_factory):
+    """make_stack(**Stack options): a stack of its own, for tests that kill or silence peers."""
+    made = []
+
+    def make(**kw) -> Stack:
+        made.append(Stack(tmp_path_factory.mktemp("gw"), **kw))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
 
 
 @pytest.fixture(scope="session")
