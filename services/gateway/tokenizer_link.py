@@ -25,6 +25,7 @@ from npuflow.v1 import tokenizer_pb2
 log = get_logger("gateway")
 
 PROBE_INTERVAL_S = 0.5
+PROBE_INTERVAL_NOT_READY_S = 0.05   # find a (re)starting tokenizer quickly
 DOWN_AFTER_S = 1.5
 
 
@@ -92,7 +93,7 @@ class TokenizerLink:
                 self._ready_evt.clear()
                 log.warning("tokenizer not answering", pending=len(self._pending))
                 self._fail_all()
-            await asyncio.sleep(PROBE_INTERVAL_S)
+            await asyncio.sleep(PROBE_INTERVAL_S if self.ready else PROBE_INTERVAL_NOT_READY_S)
 
     def _fail_all(self) -> None:
         pending, self._pending = self._pending, {}

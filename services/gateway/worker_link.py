@@ -27,6 +27,7 @@ E = common_pb2.ErrorCode
 FR = common_pb2.FinishReason
 
 PING_INTERVAL_S = 0.2
+PING_INTERVAL_NOT_READY_S = 0.05   # find a (re)starting worker quickly
 LOST_AFTER_S = 1.0
 
 
@@ -127,7 +128,7 @@ class WorkerLink:
             self.send(ping)
             if self.ready and time.monotonic() - self.last_rx > LOST_AFTER_S:
                 self._lost()
-            await asyncio.sleep(PING_INTERVAL_S)
+            await asyncio.sleep(PING_INTERVAL_S if self.ready else PING_INTERVAL_NOT_READY_S)
 
     def _lost(self) -> None:
         self._set_ready(False)
