@@ -51,7 +51,7 @@ class PrefillBudget:
 
 class Scheduler:
     def __init__(self, engine: Engine, table: TokenTable, limits: ModelLimits, *, max_queue: int,
-                 step_target_s: float = 0.1):
+                 step_target_s: float = 0.15):
         self.engine = engine
         self.table = table
         self.limits = limits
