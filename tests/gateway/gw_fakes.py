@@ -44,6 +44,13 @@ class FakeWorker:
         await asyncio.gather(self._task, *self._gens.values(), return_exceptions=True)
         self.sock.close(linger=0)
 
+    async def emit_stray(self, request_id: str) -> None:
+        """Send a token event of a request the gateway never made (or already forgot)."""
+        out = worker_pb2.FromWorker()
+        out.events.events.add(request_id=request_id, text="?", token_ids=[1])
+        for peer in list(self._peers):
+            await self._send(peer, out)
+
     async def _send(self, peer: bytes, msg: worker_pb2.FromWorker) -> None:
         if peer not in self._peers:
             self._peers.add(peer)

@@ -148,3 +148,8 @@ def test_deadline(make_stack, schema):
     st, _, body = stack.request("POST", CHAT, {"model": MODEL, "messages": MSGS})
     assert st == 504 and body["error"]["code"] == "timeout" and not schema("ErrorResponse", body)
     _wait(lambda: stack.worker.requests[-1].request_id in stack.worker.aborts)
+
+
+def test_events_of_unknown_request_are_aborted(stack):
+    stack.call(stack.worker.emit_stray("ghost-1"))
+    _wait(lambda: "ghost-1" in stack.worker.aborts)
