@@ -4,7 +4,7 @@ import urllib.request
 
 import pytest
 
-from .conftest import DEFAULT_ID
+from e2e_stack import DEFAULT_ID
 
 pytestmark = pytest.mark.e2e
 

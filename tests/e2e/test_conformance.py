@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from .conftest import SHARED
+from e2e_stack import SHARED
 
 pytestmark = pytest.mark.e2e
 

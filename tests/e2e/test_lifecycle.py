@@ -8,7 +8,7 @@ import openai
 import psutil
 import pytest
 
-from .conftest import DEFAULT_ID, Stack
+from e2e_stack import DEFAULT_ID, Stack
 
 pytestmark = pytest.mark.e2e
 
