@@ -49,9 +49,11 @@ def _default_id(source: pathlib.Path) -> str:
 
 
 def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str | None = None,
-            overwrite: bool = False) -> ModelPackage:
+            overwrite: bool = False, float_activations: bool = False) -> ModelPackage:
     """Convert SOURCE into a package at OUT and return it. Raises ConvertError (one line) for an
-    unsupported architecture / tensor type / tokenizer, or when OUT exists (unless overwrite)."""
+    unsupported architecture / tensor type / tokenizer, or when OUT exists (unless overwrite).
+    Quantized projections quantize their activations to int8 per block of 32 (as llama.cpp does)
+    unless float_activations, which is exact to the dequantized weights and slower."""
     src = pathlib.Path(source).expanduser().resolve()
     out = pathlib.Path(out).expanduser().resolve()
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
@@ -73,7 +75,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str 
 
     try:
         from .package_writer import write_package
-        write_package(spec, tmp, model_id=mid, source=source_info, progress=progress)
+        write_package(spec, tmp, model_id=mid, source=source_info, progress=progress,
+                      accuracy_level=0 if float_activations else 4)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -95,11 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="the package directory to create")
     p.add_argument("--id", dest="model_id", default=None, help="model id in the manifest (default: from the source name)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--float-activations", action="store_true",
+                   help="keep activations float32 in quantized projections (exact, slower)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     try:
-        convert(args.source, args.out, model_id=args.model_id, overwrite=args.force)
+        convert(args.source, args.out, model_id=args.model_id, overwrite=args.force,
+                float_activations=args.float_activations)
     except ConvertError as e:
         print(f"npuflow convert: error: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,8 @@ ACCURACY_LEVEL = 4
 
 
 class _Builder:
-    def __init__(self):
+    def __init__(self, accuracy_level: int = ACCURACY_LEVEL):
+        self.accuracy_level = accuracy_level
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self._n = 0
@@ -73,7 +74,7 @@ class _Builder:
         if lin.bias is not None:
             ins += ["", "", self.init(prefix + ".bias", lin.bias.astype(np.float32))]
         y = self.node("MatMulNBits", ins, domain=MS, K=lin.k, N=lin.n, bits=lin.bits, block_size=32,
-                      accuracy_level=ACCURACY_LEVEL)[0]
+                      accuracy_level=self.accuracy_level)[0]
         if lin.zero_points is None:
             return y
         z0 = 8.0 if lin.bits == 4 else 128.0
@@ -97,8 +98,11 @@ class _Builder:
         return self.node("Split", [y, sizes], len(parts), axis=-1)
 
 
-def build_graph(spec: ModelSpec, progress: Callable[[str, int], None] = lambda what, pct: None) -> onnx.ModelProto:
-    b = _Builder()
+def build_graph(spec: ModelSpec, progress: Callable[[str, int], None] = lambda what, pct: None,
+                accuracy_level: int = ACCURACY_LEVEL) -> onnx.ModelProto:
+    """accuracy_level 4 quantizes activations to int8 per block of 32 (fast, as llama.cpp does);
+    0 keeps them float32 (exact to the dequantized weights, about 2.5x slower projections)."""
+    b = _Builder(accuracy_level)
     H, hd, nh, nkv = spec.hidden, spec.head_dim, spec.heads, spec.kv_heads
     eps = float(spec.rms_eps)
     f32, i32, i64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64

@@ -18,7 +18,7 @@ DATA_FILE = "model.onnx.data"
 
 
 def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source: dict[str, Any],
-                  progress: Callable[[str, int], None]) -> None:
+                  progress: Callable[[str, int], None], accuracy_level: int = 4) -> None:
     """Fill the (empty) directory root; the manifest goes last."""
     files: dict[str, str] = {"model": MODEL_FILE, "model_data": DATA_FILE, "tokenizer": "tokenizer.json"}
     (root / "tokenizer.json").write_text(spec.tokenizer_json, encoding="utf-8")
@@ -38,7 +38,7 @@ def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source:
         files[f"embedding.{key}"] = name
     del emb, arrays
 
-    model = build_graph(spec, lambda what, pct: progress(what, pct))
+    model = build_graph(spec, lambda what, pct: progress(what, pct), accuracy_level)
     progress("writing graph", 100)
     onnx.save(model, str(root / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
               location=DATA_FILE, size_threshold=1024)
@@ -63,7 +63,7 @@ def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source:
         "created": int(time.time()),
         "source": source,
         "graph": {"rope_theta": spec.rope_theta, "rotary_interleaved": spec.rotary_interleaved,
-                  "rms_eps": spec.rms_eps, "embedding": {"bits": emb_bits}},
+                  "rms_eps": spec.rms_eps, "accuracy_level": accuracy_level, "embedding": {"bits": emb_bits}},
         "checksums": checksums,
     })
 

@@ -1,0 +1,132 @@
+"""CpuEngine behaviour on a tiny model: errors, slot isolation, batching, incremental prefill."""
+import numpy as np
+import pytest
+
+import npuflow.engine.cpu as cpu
+from npuflow.engine.base import EngineError
+from npuflow.engine.cpu import CpuEngine
+
+PROMPT = list(range(5, 45))
+
+
+@pytest.fixture
+def engine(tiny_package):
+    eng = CpuEngine(tiny_package, max_slots=4, context_length=64)
+    yield eng
+    eng.close()
+
+
+def close(a, b):
+    # different batch shapes quantize activations per row identically, so results agree tightly
+    return np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(b).max())
+
+
+def test_shapes_and_lengths(engine):
+    assert engine.vocab_size == engine.package.dims.vocab
+    out = engine.prefill(0, PROMPT)
+    assert out.shape == (engine.vocab_size,) and out.dtype == np.float32
+    assert engine.length(0) == len(PROMPT)
+    all_ = engine.prefill(1, PROMPT, all_logits=True)
+    assert all_.shape == (len(PROMPT), engine.vocab_size)
+    assert close(all_[-1], out)
+    d = engine.decode([0, 1], [7, 8])
+    assert d.shape == (2, engine.vocab_size)
+    assert engine.length(0) == engine.length(1) == len(PROMPT) + 1
+    engine.release(0)
+    assert engine.length(0) == 0
+
+
+def test_errors(engine):
+    with pytest.raises(EngineError, match="empty prompt"):
+        engine.prefill(0, [])
+    with pytest.raises(EngineError, match="outside the vocabulary"):
+        engine.prefill(0, [1, engine.vocab_size])
+    with pytest.raises(EngineError, match="outside the vocabulary"):
+        engine.prefill(0, [-1])
+    with pytest.raises(EngineError, match="does not fit"):
+        engine.prefill(0, [3] * 65)
+    assert engine.length(0) == 0                       # nothing was written by refused calls
+    engine.prefill(0, [3] * 60)
+    with pytest.raises(EngineError, match="room for 4"):
+        engine.prefill(0, [3] * 5)
+    engine.prefill(0, [3] * 4)
+    with pytest.raises(EngineError, match="full"):
+        engine.decode([0], [3])
+    with pytest.raises(EngineError, match="out of range"):
+        engine.prefill(4, [3])
+    with pytest.raises(EngineError, match="outside the vocabulary"):
+        engine.decode([1], [10**6])
+    with pytest.raises(EngineError, match="twice"):
+        engine.decode([1, 1], [3, 3])
+    for msg in ("empty prompt", "full"):
+        assert "\n" not in msg
+
+
+def test_context_length_clamped_to_model(tiny_package):
+    eng = CpuEngine(tiny_package, context_length=10**6)
+    assert eng.context_length == tiny_package.context_length
+
+
+def test_incremental_prefill_and_decode_equal_one_pass(engine):
+    whole = engine.prefill(0, PROMPT, all_logits=True)
+    engine.prefill(1, PROMPT[:10])
+    part = engine.prefill(1, PROMPT[10:30], all_logits=True)
+    assert close(part, whole[10:30])
+    for i in range(30, len(PROMPT)):
+        assert close(engine.decode([1], [PROMPT[i]])[0], whole[i])
+
+
+def test_chunked_prefill(engine, monkeypatch):
+    whole = engine.prefill(0, PROMPT, all_logits=True)
+    monkeypatch.setattr(cpu, "PREFILL_CHUNK", 7)
+    assert close(engine.prefill(1, PROMPT, all_logits=True), whole)
+    assert close(engine.prefill(2, PROMPT), whole[-1])
+
+
+def _greedy(engine, slot, prompt, n):
+    tok = int(engine.prefill(slot, prompt).argmax())
+    out = [tok]
+    for _ in range(n - 1):
+        tok = int(engine.decode([slot], [tok])[0].argmax())
+        out.append(tok)
+    return out
+
+
+def test_batched_decode_equals_alone_and_slots_are_isolated(tiny_package):
+    prompts = {0: PROMPT[:12], 1: PROMPT[3:30], 3: PROMPT[20:25]}     # slot 2 idle: a gap row
+    alone = {}
+    for s, p in prompts.items():
+        eng = CpuEngine(tiny_package, max_slots=4, context_length=64)
+        alone[s] = _greedy(eng, s, p, 12)
+        eng.close()
+    eng = CpuEngine(tiny_package, max_slots=4, context_length=64)
+    eng.prefill(2, [9] * 50)                 # a live slot that sits out of the decode steps
+    toks = {s: int(eng.prefill(s, p).argmax()) for s, p in prompts.items()}
+    got = {s: [t] for s, t in toks.items()}
+    for step in range(11):
+        order = [3, 0, 1] if step % 2 else [0, 1, 3]                 # order of slots is free
+        logits = eng.decode(order, [toks[s] for s in order])
+        for row, s in enumerate(order):
+            toks[s] = int(logits[row].argmax())
+            got[s].append(toks[s])
+    assert got == alone
+    assert eng.length(2) == 50
+    # the skipped slot still continues exactly as it would have alone
+    ref = CpuEngine(tiny_package, max_slots=1, context_length=64)
+    assert close(eng.decode([2], [9])[0], (ref.prefill(0, [9] * 50), ref.decode([0], [9])[0])[1])
+
+
+def test_release_reuses_slot_without_leakage(engine):
+    first = engine.prefill(0, PROMPT[:20])
+    engine.release(0)
+    engine.prefill(0, PROMPT[20:])
+    engine.release(0)
+    assert close(engine.prefill(0, PROMPT[:20]), first)
+
+
+def test_close_twice(tiny_package):
+    eng = CpuEngine(tiny_package)
+    eng.close()
+    eng.close()
+    with pytest.raises(EngineError, match="closed"):
+        eng.prefill(0, [1])
