@@ -5,9 +5,11 @@ One `step()`:
   2. admit waiting choices into free slots (FIFO; each choice of an n>1 request is its own
      sequence in its own slot, sharing nothing);
   3. decode every running choice that has a sampled token, in ONE engine.decode call;
-  4. prefill newcomers in chunks, within a token budget sized so a step takes about
-     `step_target_s` (the socket is polled between steps, so pings are answered during a long
-     prefill); a choice whose prompt is complete gets its first token;
+  4. prefill newcomers in chunks, within a token budget sized from the measured prefill speed so
+     the chunk takes about `step_target_s` while other sequences are decoding (their next token
+     waits for it) or `idle_target_s` when none are (bigger chunks prefill faster); the socket is
+     polled between steps, so pings are answered during a long prefill; a choice whose prompt is
+     complete gets its first token;
   5. sample all rows from 3 and 4 together, and return one TokenEvent per choice that progressed.
 Aborts and submit errors are answered by the next step (or `take_events`).
 """
@@ -34,29 +36,35 @@ Event = tuple[bytes, worker_pb2.TokenEvent]  # (peer identity, event)
 
 
 class PrefillBudget:
-    """Tokens of prompt to prefill per step, adapted to the engine's measured speed."""
+    """Tokens of prompt to prefill in one step, from the engine's measured prefill speed."""
 
-    def __init__(self, target_s: float, start: int = 32, lo: int = 16, hi: int = 512):
-        self.target_s, self.lo, self.hi = target_s, lo, hi
-        self.tokens = start
+    def __init__(self, lo: int = 16, hi: int = 512, start: int = 32):
+        self.lo, self.hi = lo, hi
+        self.start = start
         self._rate: float | None = None  # tokens per second, smoothed
+
+    def tokens(self, target_s: float) -> int:
+        if self._rate is None:
+            return self.start
+        return int(min(self.hi, max(self.lo, self._rate * target_s)))
 
     def record(self, tokens: int, seconds: float) -> None:
         if tokens < 8 or seconds <= 0:
             return
         rate = tokens / seconds
         self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
-        self.tokens = int(min(self.hi, max(self.lo, self._rate * self.target_s)))
 
 
 class Scheduler:
     def __init__(self, engine: Engine, table: TokenTable, limits: ModelLimits, *, max_queue: int,
-                 step_target_s: float = 0.15):
+                 step_target_s: float = 0.15, idle_target_s: float = 0.4):
         self.engine = engine
         self.table = table
         self.limits = limits
         self.max_queue = max_queue
-        self.budget = PrefillBudget(step_target_s)
+        self.step_target_s = step_target_s  # prefill time per step while others are decoding
+        self.idle_target_s = idle_target_s  # ... and while nobody waits for a token
+        self.budget = PrefillBudget()
         self.free_slots = list(range(engine.max_slots))
         self.waiting: deque[Choice] = deque()
         self.running: list[Choice] = []
@@ -118,7 +126,7 @@ class Scheduler:
         self._admit()
         rows: list[tuple[Choice, np.ndarray]] = []
         self._decode(rows)
-        self._prefill(rows)
+        self._prefill(rows, self.step_target_s if rows else self.idle_target_s)
         if rows:
             picks = sample_batch(np.stack([r for _, r in rows]), [c.sampler for c, _ in rows])
             for (c, _), pick in zip(rows, picks):
@@ -170,8 +178,8 @@ class Scheduler:
             c.next_token = None
             rows.append((c, logits[i]))
 
-    def _prefill(self, rows: list[tuple[Choice, np.ndarray]]) -> None:
-        budget = self.budget.tokens
+    def _prefill(self, rows: list[tuple[Choice, np.ndarray]], target_s: float) -> None:
+        budget = self.budget.tokens(target_s)
         for c in [c for c in self.running if c.prefilling]:
             if budget <= 0:
                 break

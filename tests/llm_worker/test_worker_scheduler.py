@@ -209,8 +209,7 @@ def test_engine_error_ends_only_that_request(tokenizer_json, hf_tokenizer):
 
 def test_chunked_prefill(tokenizer_json, hf_tokenizer):
     s, eng = make(tokenizer_json, hf_tokenizer, ctx=1024)
-    s.budget.tokens = 16
-    s.budget.record = lambda *a: None  # keep chunks small
+    s.budget.tokens = lambda target_s: 16  # keep chunks small
     s.submit(gen("short", [5], max_tokens=20), b"p")
     s.submit(gen("long", list(range(3, 103)), max_tokens=2), b"p")
     out, _ = run(s)
@@ -243,3 +242,16 @@ def test_logprobs_in_events(tokenizer_json, hf_tokenizer):
     assert [lp.token_id for lp in lps] == [11, 12, 13]
     assert all(len(lp.top) == 2 and lp.top[0].token_id == lp.token_id for lp in lps)
     assert lps[0].token_bytes == hf_tokenizer.id_to_token(11).encode() or lps[0].token_bytes
+
+
+def test_prefill_budget_follows_speed():
+    from npuflow.llm_worker.scheduler import PrefillBudget
+    b = PrefillBudget(lo=16, hi=512, start=32)
+    assert b.tokens(0.1) == 32
+    b.record(100, 0.5)  # 200 tok/s
+    assert b.tokens(0.15) == 30 and b.tokens(0.4) == 80
+    b.record(4, 10.0)  # too small a sample to learn from
+    assert b.tokens(0.4) == 80
+    for _ in range(20):
+        b.record(100, 0.01)
+    assert b.tokens(0.4) == 512
