@@ -60,8 +60,13 @@ def serve_until_signalled(link: WorkerLink) -> None:
     link.serve(stop)
 
 
+def _exit_on_signal(*_) -> None:
+    raise SystemExit(0)  # while loading: stop at once (cleanup in finally blocks still runs)
+
+
 def run_worker(settings: Settings, model: ModelSettings) -> None:
     start_process("worker", settings.server.log_level, detail=model.id)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         package = load_package(settings, model)
         engine = build_engine(package, model)

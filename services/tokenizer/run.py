@@ -24,15 +24,20 @@ def load_package(settings: Settings, model: ModelSettings) -> ModelPackage:
                                   sampling_defaults=dict(model.sampling))
 
 
+def _exit_on_signal(*_) -> None:
+    raise SystemExit(0)  # while loading: stop at once (cleanup in finally blocks still runs)
+
+
 def run_tokenizer(settings: Settings) -> None:
     start_process("tokenizer", settings.server.log_level)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         models = {m.id: ModelTokenizer.from_package(load_package(settings, m)) for m in settings.models}
     except Exception as e:
         log.error("cannot load tokenizers", error=f"{type(e).__name__}: {e}")
         sys.exit(1)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     TokenizerService(models).serve(settings.tokenizer.endpoint, stop)
     log.info("stopped")
