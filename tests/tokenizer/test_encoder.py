@@ -1,5 +1,4 @@
 import pytest
-from tokenizers import Tokenizer
 
 from npuflow.tokenizer import MessageIn, ModelTokenizer, TokenizeError
 from npuflow.v1 import common_pb2
