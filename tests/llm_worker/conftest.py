@@ -6,9 +6,6 @@ from tokenizers import Tokenizer
 from worker_helpers import build_tokenizer, make_package
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "model: needs the default model (downloaded and converted)")
-
 
 @pytest.fixture(scope="session")
 def tokenizer_json(tmp_path_factory) -> pathlib.Path:

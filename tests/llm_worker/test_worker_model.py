@@ -1,6 +1,5 @@
-"""The real worker process on the default model (skipped unless it is already in the cache)."""
+"""The real worker process on the default model (fetched and converted on first use)."""
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -9,7 +8,6 @@ import time
 import pytest
 import zmq
 
-from npuflow.config import load_settings
 from npuflow.v1 import common_pb2, worker_pb2
 
 # default-model.md: the chat prompt for "Hello, world! How are you?" and its greedy continuation
@@ -26,14 +24,8 @@ run_worker(s, dataclasses.replace(s.models[0], max_batch=2, context_length=512))
 """
 
 
-def _cached() -> bool:
-    cache = pathlib.Path(load_settings().server.cache_dir)
-    return any(cache.glob("models/smollm2-135m-instruct-*/manifest.json"))
-
-
 @pytest.mark.model
-@pytest.mark.skipif(not _cached(), reason="the default model is not in the cache (run `npuflow models` first)")
-def test_default_model_greedy_matches_reference(tmp_path):
+def test_default_model_greedy_matches_reference(tmp_path, default_package):
     env = {**os.environ, "NPUFLOW_RUN_DIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stderr=subprocess.PIPE, text=True)
     endpoint = f"ipc://{tmp_path}/worker-smollm2-135m-instruct.sock"

@@ -15,7 +15,3 @@ def tokenizer_json(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture
 def package(tokenizer_json):
     return make_package(tokenizer_json)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "model: needs the default model (downloaded and converted)")

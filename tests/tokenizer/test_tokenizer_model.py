@@ -1,26 +1,13 @@
-"""The tokenizer on the default model's package (skipped unless it is already in the cache)."""
-import pathlib
+"""The tokenizer on the default model's package (fetched and converted on first use)."""
 
 import pytest
 
-from npuflow.config import load_settings
 from npuflow.tokenizer import MessageIn, ModelTokenizer
 
 
-def _package():
-    cache = pathlib.Path(load_settings().server.cache_dir)
-    if not any(cache.glob("models/smollm2-135m-instruct-*/manifest.json")):
-        return None
-    from npuflow.models.resolve import resolve_model
-    return resolve_model("default", cache, "smollm2-135m-instruct")
-
-
 @pytest.mark.model
-def test_default_model_chat_encoding():
-    pkg = _package()
-    if pkg is None:
-        pytest.skip("the default model is not in the cache (run `npuflow models` first)")
-    tok = ModelTokenizer.from_package(pkg)
+def test_default_model_chat_encoding(default_package):
+    tok = ModelTokenizer.from_package(default_package)
     assert tok.encode_text("Hello, world! How are you?", add_special_tokens=True) == \
         [19556, 28, 905, 17, 1073, 359, 346, 47]
     ids, rendered = tok.encode_chat([MessageIn("user", "Hello, world! How are you?")])
