@@ -11,6 +11,8 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     request_timeout_s = 600     # NPUFLOW_REQUEST_TIMEOUT_S; deadline of one request
     grpc_host = "127.0.0.1"     # NPUFLOW_GRPC_HOST
     grpc_port = 50051           # NPUFLOW_GRPC_PORT (0 = no gRPC server)
+    grpc_tls_cert = ""          # NPUFLOW_GRPC_TLS_CERT: PEM certificate chain; with grpc_tls_key = TLS
+    grpc_tls_key = ""           # NPUFLOW_GRPC_TLS_KEY: PEM private key (both or neither)
     run_dir = "/tmp/npuflow-0"  # NPUFLOW_RUN_DIR: where ipc:// socket files live
     cache_dir = "~/.cache/npuflow"  # NPUFLOW_CACHE_DIR: downloaded and converted models
     log_level = "info"          # NPUFLOW_LOG_LEVEL
@@ -55,6 +57,8 @@ class ServerSettings:
     request_timeout_s: float = 600.0
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
     run_dir: str = ""
     cache_dir: str = ""
     log_level: str = "info"
@@ -152,6 +156,7 @@ def load_settings(config_path: str | os.PathLike | None = None, env: Mapping[str
                      cache_dir=str(pathlib.Path(server.cache_dir or _default_cache_dir()).expanduser()))
     if not (0 < server.port < 65536) or not (0 <= server.grpc_port < 65536):
         raise ConfigError("server.port / server.grpc_port must be valid TCP ports")
+    _check_grpc_tls(server)
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes must be at least 1024")
 
@@ -177,6 +182,16 @@ def load_settings(config_path: str | os.PathLike | None = None, env: Mapping[str
     if len(set(ids)) != len(ids):
         raise ConfigError("model ids must be unique")
     return Settings(server=server, tokenizer=tokenizer, models=tuple(models), config_path=str(path))
+
+
+def _check_grpc_tls(server: ServerSettings) -> None:
+    if bool(server.grpc_tls_cert) != bool(server.grpc_tls_key):
+        raise ConfigError("server.grpc_tls_cert and server.grpc_tls_key must be set together")
+    if server.grpc_port:
+        for key in ("grpc_tls_cert", "grpc_tls_key"):
+            path = getattr(server, key)
+            if path and not pathlib.Path(path).expanduser().is_file():
+                raise ConfigError(f"server.{key}: file {path} not found")
 
 
 def _default_cache_dir() -> str:

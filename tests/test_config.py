@@ -53,3 +53,20 @@ def test_bad_config_is_a_clear_error(tmp_path, text, needle):
     with pytest.raises(ConfigError, match=None) as e:
         load_settings(cfg, env={})
     assert needle in str(e.value)
+
+
+def test_grpc_port_and_tls_files(tmp_path):
+    s = load_settings(env={"NPUFLOW_RUN_DIR": str(tmp_path)})
+    assert (s.server.grpc_host, s.server.grpc_port) == ("127.0.0.1", 50051)
+    assert (s.server.grpc_tls_cert, s.server.grpc_tls_key) == ("", "")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("cert")
+    key.write_text("key")
+    s = load_settings(env={"NPUFLOW_GRPC_PORT": "0"})
+    assert s.server.grpc_port == 0
+    s = load_settings(env={"NPUFLOW_GRPC_TLS_CERT": str(cert), "NPUFLOW_GRPC_TLS_KEY": str(key)})
+    assert (s.server.grpc_tls_cert, s.server.grpc_tls_key) == (str(cert), str(key))
+    with pytest.raises(ConfigError, match="set together"):
+        load_settings(env={"NPUFLOW_GRPC_TLS_CERT": str(cert)})
+    with pytest.raises(ConfigError, match="grpc_tls_key"):
+        load_settings(env={"NPUFLOW_GRPC_TLS_CERT": str(cert), "NPUFLOW_GRPC_TLS_KEY": str(tmp_path / "none")})
