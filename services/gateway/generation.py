@@ -1,4 +1,5 @@
-"""What chat and completions share: admission, the context check, a metered delta stream.
+"""What every front door shares (OpenAI chat and completions over HTTP, the gRPC service):
+admission, the deadline, the context check, a metered delta stream.
 
 Order of one request: model known (404) -> tokenize -> queue room (429) -> worker ready
 (bounded wait, 503) -> prompt + max_tokens within the context (400) -> generate.
@@ -19,6 +20,7 @@ from npuflow.v1 import common_pb2
 FR = common_pb2.FinishReason
 READY_WAIT_MAX_S = 120.0
 
+FAILED = (FR.FINISH_REASON_ERROR, FR.FINISH_REASON_ABORT)
 FINISH_NAMES = {FR.FINISH_REASON_STOP: "stop", FR.FINISH_REASON_LENGTH: "length",
                 FR.FINISH_REASON_TOOL_CALLS: "tool_calls"}
 
@@ -28,8 +30,18 @@ def check_model(st: GatewayState, model: str) -> None:
         raise model_not_found(model)
 
 
-def deadline_unix_ms(st: GatewayState, arrived: float) -> int:
-    return int((arrived + st.settings.server.request_timeout_s) * 1000)
+def deadline_unix_ms(st: GatewayState, arrived: float, remaining_s: float | None = None) -> int:
+    """The request's deadline (unix ms): server.request_timeout_s after `arrived` (time.time()), or the
+    caller's own deadline (`remaining_s` from now) when that is sooner."""
+    timeout = st.settings.server.request_timeout_s
+    if remaining_s is not None:
+        timeout = min(timeout, max(remaining_s, 0.0) + (time.time() - arrived))
+    return int((arrived + timeout) * 1000)
+
+
+def check_prompt(token_ids: Sequence[int], param: str = "prompt") -> None:
+    if not token_ids:
+        raise ApiError(400, "The prompt is empty.", param=param, code="empty_prompt")
 
 
 async def admit(st: GatewayState, req: GenRequest, prompt_lens: Sequence[int], deadline_ms: int,

@@ -10,8 +10,8 @@ from aiohttp import web
 
 from npuflow.gateway.client import GenerateParams
 from npuflow.gateway.errors import ApiError
-from npuflow.gateway.generation import (FINISH_NAMES, FR, admit, check_model, deadline_unix_ms, delta_error,
-                                        merge_streams, metered)
+from npuflow.gateway.generation import (FINISH_NAMES, FR, admit, check_model, check_prompt, deadline_unix_ms,
+                                        delta_error, merge_streams, metered)
 from npuflow.gateway.openai_chat import usage
 from npuflow.gateway.sse import ChunkWriter, open_stream, send_error_and_done
 from npuflow.gateway.state import STATE, GatewayState
@@ -54,8 +54,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     prompts = await asyncio.gather(*(tok.encode_text(req.model, p) if isinstance(p, str) else _ids(p)
                                      for p in req.prompts))
     for ids in prompts:
-        if not ids:
-            raise ApiError(400, "The prompt is empty.", param="prompt", code="empty_prompt")
+        check_prompt(ids)
     echo_texts = [""] * len(prompts)
     if req.echo:
         echo_texts = list(await asyncio.gather(*(_text(p) if isinstance(p, str) else tok.decode(req.model, p)

@@ -155,6 +155,15 @@ def _common(f: Fields, max_tokens_keys: tuple[str, ...]) -> dict:
             raise bad_param("stream_options", "The 'stream_options' parameter is only allowed when 'stream' "
                                               "is enabled.")
         include_usage = Fields(so, "stream_options.").bool("include_usage")
+    sp, max_tokens = parse_sampling(f, max_tokens_keys)
+    n = f.int("n", lo=1, hi=MAX_N) or 1
+    return dict(model=model, stream=stream, include_usage=include_usage, n=n, max_tokens=max_tokens, sampling=sp)
+
+
+def parse_sampling(f: Fields, max_tokens_keys: tuple[str, ...] = ("max_tokens",)
+                   ) -> tuple[common_pb2.SamplingParams, int | None]:
+    """The sampling fields of `f` (JSON body or the gRPC request's sampling, as a dict) checked into
+    SamplingParams; errors name f.prefix + the field. Returns the params and max_tokens."""
     sp = common_pb2.SamplingParams()
     max_tokens = None
     for key in max_tokens_keys:
@@ -175,19 +184,20 @@ def _common(f: Fields, max_tokens_keys: tuple[str, ...]) -> dict:
     seed = f.int("seed", lo=-(2 ** 63), hi=2 ** 63 - 1)
     if seed is not None:
         sp.seed = seed
-    sp.stop.extend(_stop(f.body.get("stop")))
+    sp.stop.extend(_stop(f.body.get("stop"), f._name("stop")))
+    bias_name = f._name("logit_bias")
     bias = f.body.get("logit_bias")
     if bias is not None:
         if not isinstance(bias, dict):
-            raise type_error("logit_bias", "an object", bias)
+            raise type_error(bias_name, "an object", bias)
         for k, v in bias.items():
             try:
                 tok = int(k)
                 if tok < 0:
                     raise ValueError
             except (TypeError, ValueError):
-                raise bad_param("logit_bias", f"Invalid key in 'logit_bias': {k!r} is not a token id.") from None
-            val = Fields(bias, "logit_bias.").number(k, -100, 100)
+                raise bad_param(bias_name, f"Invalid key in '{bias_name}': {k!r} is not a token id.") from None
+            val = Fields(bias, bias_name + ".").number(k, -100, 100)
             sp.logit_bias[tok] = val
     ignore_eos = f.bool("ignore_eos")
     if ignore_eos:
@@ -196,21 +206,34 @@ def _common(f: Fields, max_tokens_keys: tuple[str, ...]) -> dict:
     if ids is not None:
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
                                                 for i in ids):
-            raise type_error("stop_token_ids", "an array of token ids", ids)
+            raise type_error(f._name("stop_token_ids"), "an array of token ids", ids)
         sp.stop_token_ids.extend(ids)
-    n = f.int("n", lo=1, hi=MAX_N) or 1
-    return dict(model=model, stream=stream, include_usage=include_usage, n=n, max_tokens=max_tokens, sampling=sp)
+    return sp, max_tokens
 
 
-def _stop(v: Any) -> list[str]:
+def parse_logprobs(f: Fields, sp: common_pb2.SamplingParams) -> tuple[bool, int]:
+    """Chat-style `logprobs` (bool) and `top_logprobs` (0-20, only with logprobs) into `sp`."""
+    logprobs = f.bool("logprobs")
+    top = f.int("top_logprobs", lo=0, hi=20)
+    if top is not None and not logprobs:
+        name = f._name("top_logprobs")
+        raise bad_param(name, f"Invalid value for '{name}': '{f._name('logprobs')}' must be set to true "
+                              f"when '{name}' is used.")
+    if logprobs:
+        sp.logprobs = True
+        sp.top_logprobs = top or 0
+    return logprobs, top or 0
+
+
+def _stop(v: Any, name: str = "stop") -> list[str]:
     if v is None:
         return []
     if isinstance(v, str):
         return [v] if v else []
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise type_error("stop", "a string or an array of strings", v)
+        raise type_error(name, "a string or an array of strings", v)
     if len(v) > MAX_STOP:
-        raise bad_param("stop", f"Invalid 'stop': array too long. Expected an array with maximum length "
+        raise bad_param(name, f"Invalid '{name}': array too long. Expected an array with maximum length "
                                 f"{MAX_STOP}, but got an array with length {len(v)} instead.",
                         code="array_above_max_length")
     return [s for s in v if s]
@@ -219,38 +242,31 @@ def _stop(v: Any) -> list[str]:
 def parse_chat(body: dict) -> ChatRequest:
     f = Fields(body)
     common = _common(f, ("max_tokens", "max_completion_tokens"))
-    logprobs = f.bool("logprobs")
-    top = f.int("top_logprobs", lo=0, hi=20)
-    if top is not None and not logprobs:
-        raise bad_param("top_logprobs", "Invalid value for 'top_logprobs': 'logprobs' must be set to true "
-                                        "when 'top_logprobs' is used.")
-    sp = common["sampling"]
-    if logprobs:
-        sp.logprobs = True
-        sp.top_logprobs = top or 0
-    _check_response_format(body.get("response_format"))
-    messages = _messages(f.required("messages"))
+    logprobs, top = parse_logprobs(f, common["sampling"])
+    check_response_format(body.get("response_format"))
+    messages = parse_messages(f.required("messages"))
     tools = body.get("tools")
     tools_json = ""
     if tools is not None:
         if not isinstance(tools, list):
             raise type_error("tools", "an array", tools)
         tools_json = json.dumps(tools) if tools else ""
-    return ChatRequest(**common, logprobs=logprobs, top_logprobs=top or 0, messages=messages,
+    return ChatRequest(**common, logprobs=logprobs, top_logprobs=top, messages=messages,
                        tools_json=tools_json)
 
 
-def _check_response_format(rf: Any) -> None:
+def check_response_format(rf: Any) -> None:
+    """Only free text for now: the workers do not enforce JSON output yet."""
     if rf is None:
         return
     if not isinstance(rf, dict):
         raise type_error("response_format", "an object", rf)
     if rf.get("type", "text") != "text":
-        raise bad_param("response_format", f"response_format type {rf.get('type')!r} is not supported by this "
-                                           "server.", code="unsupported_value")
+        raise bad_param("response_format", f"response_format type {rf.get('type')!r} is not supported yet by "
+                                           "this server.", code="unsupported_value")
 
 
-def _messages(v: Any) -> list[ChatTurn]:
+def parse_messages(v: Any) -> list[ChatTurn]:
     if not isinstance(v, list):
         raise type_error("messages", "an array", v)
     if not v:
