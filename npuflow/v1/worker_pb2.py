@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from npuflow.v1 import common_pb2 as npuflow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17npuflow/v1/worker.proto\x12\nnpuflow.v1\x1a\x17npuflow/v1/common.proto\"\xa1\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.npuflow.v1.SamplingParams\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x04\x12\t\n\x01n\x18\x06 \x01(\r\"\x1b\n\x05\x41\x62ort\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1c\n\x04Ping\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x04\"\x89\x01\n\x08ToWorker\x12/\n\x08generate\x18\x01 \x01(\x0b\x32\x1b.npuflow.v1.GenerateRequestH\x00\x12\"\n\x05\x61\x62ort\x18\x02 \x01(\x0b\x32\x11.npuflow.v1.AbortH\x00\x12 \n\x04ping\x18\x03 \x01(\x0b\x32\x10.npuflow.v1.PingH\x00\x42\x06\n\x04kind\"\xb2\x01\n\x05Hello\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\r\x12\x15\n\reos_token_ids\x18\x08 \x03(\r\x12\x14\n\x0c\x63reated_unix\x18\t \x01(\x04\"V\n\tHeartbeat\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x14\n\x0csent_unix_ms\x18\x04 \x01(\x04\"\x96\x02\n\nTokenEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0c\n\x04text\x18\x04 \x01(\t\x12/\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x18.npuflow.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\r\x12 \n\x05\x65rror\x18\x08 \x01(\x0b\x32\x11.npuflow.v1.Error\x12*\n\x08logprobs\x18\t \x03(\x0b\x32\x18.npuflow.v1.TokenLogprob\x12\x13\n\x0bstop_reason\x18\n \x01(\t\"5\n\x0bTokenEvents\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.npuflow.v1.TokenEvent\"\x8f\x01\n\nFromWorker\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.npuflow.v1.HelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.npuflow.v1.HeartbeatH\x00\x12)\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x17.npuflow.v1.TokenEventsH\x00\x42\x06\n\x04kindb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17npuflow/v1/worker.proto\x12\nnpuflow.v1\x1a\x17npuflow/v1/common.proto\"\xc9\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.npuflow.v1.SamplingParams\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x04\x12\t\n\x01n\x18\x06 \x01(\r\x12\x0f\n\x07grammar\x18\x07 \x01(\t\x12\x15\n\rgrammar_param\x18\x08 \x01(\t\"\x1b\n\x05\x41\x62ort\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1c\n\x04Ping\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x04\"\x89\x01\n\x08ToWorker\x12/\n\x08generate\x18\x01 \x01(\x0b\x32\x1b.npuflow.v1.GenerateRequestH\x00\x12\"\n\x05\x61\x62ort\x18\x02 \x01(\x0b\x32\x11.npuflow.v1.AbortH\x00\x12 \n\x04ping\x18\x03 \x01(\x0b\x32\x10.npuflow.v1.PingH\x00\x42\x06\n\x04kind\"\xb2\x01\n\x05Hello\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\r\x12\x15\n\reos_token_ids\x18\x08 \x03(\r\x12\x14\n\x0c\x63reated_unix\x18\t \x01(\x04\"V\n\tHeartbeat\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x14\n\x0csent_unix_ms\x18\x04 \x01(\x04\"\x96\x02\n\nTokenEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0c\n\x04text\x18\x04 \x01(\t\x12/\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x18.npuflow.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\r\x12 \n\x05\x65rror\x18\x08 \x01(\x0b\x32\x11.npuflow.v1.Error\x12*\n\x08logprobs\x18\t \x03(\x0b\x32\x18.npuflow.v1.TokenLogprob\x12\x13\n\x0bstop_reason\x18\n \x01(\t\"5\n\x0bTokenEvents\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.npuflow.v1.TokenEvent\"\x8f\x01\n\nFromWorker\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.npuflow.v1.HelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.npuflow.v1.HeartbeatH\x00\x12)\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x17.npuflow.v1.TokenEventsH\x00\x42\x06\n\x04kindb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'npuflow.v1.worker_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=65
-  _globals['_GENERATEREQUEST']._serialized_end=226
-  _globals['_ABORT']._serialized_start=228
-  _globals['_ABORT']._serialized_end=255
-  _globals['_PING']._serialized_start=257
-  _globals['_PING']._serialized_end=285
-  _globals['_TOWORKER']._serialized_start=288
-  _globals['_TOWORKER']._serialized_end=425
-  _globals['_HELLO']._serialized_start=428
-  _globals['_HELLO']._serialized_end=606
-  _globals['_HEARTBEAT']._serialized_start=608
-  _globals['_HEARTBEAT']._serialized_end=694
-  _globals['_TOKENEVENT']._serialized_start=697
-  _globals['_TOKENEVENT']._serialized_end=975
-  _globals['_TOKENEVENTS']._serialized_start=977
-  _globals['_TOKENEVENTS']._serialized_end=1030
-  _globals['_FROMWORKER']._serialized_start=1033
-  _globals['_FROMWORKER']._serialized_end=1176
+  _globals['_GENERATEREQUEST']._serialized_end=266
+  _globals['_ABORT']._serialized_start=268
+  _globals['_ABORT']._serialized_end=295
+  _globals['_PING']._serialized_start=297
+  _globals['_PING']._serialized_end=325
+  _globals['_TOWORKER']._serialized_start=328
+  _globals['_TOWORKER']._serialized_end=465
+  _globals['_HELLO']._serialized_start=468
+  _globals['_HELLO']._serialized_end=646
+  _globals['_HEARTBEAT']._serialized_start=648
+  _globals['_HEARTBEAT']._serialized_end=734
+  _globals['_TOKENEVENT']._serialized_start=737
+  _globals['_TOKENEVENT']._serialized_end=1015
+  _globals['_TOKENEVENTS']._serialized_start=1017
+  _globals['_TOKENEVENTS']._serialized_end=1070
+  _globals['_FROMWORKER']._serialized_start=1073
+  _globals['_FROMWORKER']._serialized_end=1216
 # @@protoc_insertion_point(module_scope)

@@ -2,6 +2,12 @@
 
 A Choice collects what it produced since its last event (ids, text, logprobs) and hands it out
 as one TokenEvent per scheduler step; the last event carries the finish reason and usage.
+
+Log-probabilities follow the text, not the ids: a token's entry goes out with the event that
+releases the first character of its text (text held back by a possible stop string, or half a
+UTF-8 character, holds its entries back too), so the entries of a stream concatenate to its text.
+Tokens whose text never reaches the client (EOS, a stop token, a token that lies wholly inside
+or after a matched stop string) get no entry.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from npuflow.v1 import common_pb2, worker_pb2
 
 from .detok import IncrementalDetokenizer, TokenTable
 from .errors import RequestError, invalid
+from .grammar import GrammarVocab
 from .sampling import Pick, SamplerState, SamplingConfig, resolve_sampling
 from .stop import MAX_STOP_STRINGS, StopMatcher
 
@@ -40,6 +47,7 @@ class ModelLimits:
     context_length: int
     eos_token_ids: tuple[int, ...]
     sampling_defaults: Mapping[str, Any]
+    grammar: GrammarVocab | None = None   # None: requests with a grammar are refused
 
 
 def build_request(msg: worker_pb2.GenerateRequest, peer: bytes, limits: ModelLimits, table: TokenTable) -> Request:
@@ -72,19 +80,27 @@ def build_request(msg: worker_pb2.GenerateRequest, peer: bytes, limits: ModelLim
     stop_ids = set(msg.sampling.stop_token_ids)
     if not msg.sampling.ignore_eos:
         stop_ids.update(limits.eos_token_ids)
+    if msg.grammar and limits.grammar is None:
+        raise invalid("structured output is not available on this worker (llguidance is not installed)",
+                      msg.grammar_param or "response_format")
+    if msg.grammar:  # fail before queueing; each choice compiles its own matcher below
+        limits.grammar.matcher(msg.grammar, msg.grammar_param or "response_format")
     req = Request(id=msg.request_id, peer=peer, prompt=prompt, limit=max_tokens or ctx - n_prompt,
                   deadline_ms=msg.deadline_unix_ms, sampling=cfg)
-    req.choices = [Choice(req, i, table, limits.vocab_size, frozenset(stop_ids), msg.sampling.stop) for i in range(n)]
+    req.choices = [Choice(req, i, table, limits.vocab_size, frozenset(stop_ids), msg.sampling.stop,
+                          limits.grammar.matcher(msg.grammar, msg.grammar_param) if msg.grammar else None)
+                   for i in range(n)]
     return req
 
 
 class Choice:
     def __init__(self, request: Request, index: int, table: TokenTable, vocab_size: int,
-                 stop_ids: frozenset[int], stops: Sequence[str]):
+                 stop_ids: frozenset[int], stops: Sequence[str], matcher=None):
         self.request = request
         self.index = index
         self.table = table
-        self.sampler = SamplerState(request.sampling, vocab_size, request.prompt, index)
+        self.matcher = matcher
+        self.sampler = SamplerState(request.sampling, vocab_size, request.prompt, index, matcher)
         self.detok = IncrementalDetokenizer(table)
         self.stop = StopMatcher(stops)
         self.stop_ids = stop_ids
@@ -100,42 +116,64 @@ class Choice:
         self._ids: list[int] = []
         self._text: list[str] = []
         self._logprobs: list[common_pb2.TokenLogprob] = []
+        self._held_lps: list[tuple[int, common_pb2.TokenLogprob]] = []  # (start char, entry)
+        self._decoded = 0    # characters the detokenizer produced
+        self._released = 0   # characters handed out (after stop-string hold-back)
 
     @property
     def prefilling(self) -> bool:
         return self.slot is not None and self.prefilled < len(self.request.prompt)
 
-    def _drain_text(self) -> str | None:
-        """Release everything held back; returns the stop string if the tail completed one."""
-        text, hit = self.stop.push(self.detok.flush())
+    def _emit(self, raw: str, final: bool = False) -> str | None:
+        """Pass detokenized text through the stop matcher; returns the stop string if one matched."""
+        self._decoded += len(raw)
+        text, hit = self.stop.push(raw)
+        if hit is None and final:
+            text += self.stop.flush()
         self._text.append(text)
-        if hit is None:
-            self._text.append(self.stop.flush())
+        self._released += len(text)
         return hit
 
+    def _release_logprobs(self, final: bool) -> None:
+        """Hand out the entries whose first character went out; at the end, those of tokens with
+        no text of their own too, unless a stop string cut the text before them."""
+        keep = []
+        for start, lp in self._held_lps:
+            if start < self._released or (final and start <= self._released and self.stop_reason == ""):
+                self._logprobs.append(lp)
+            elif not final:
+                keep.append((start, lp))
+        self._held_lps = keep
+
     def accept(self, pick: Pick) -> None:
-        """Take the sampled token; finishes the choice on a stop token/string or the length limit."""
+        """Take the sampled token; finishes the choice on a stop token/string, the end of the
+        grammar or the length limit."""
         tok = pick.token
         self.completion += 1
         self._ids.append(tok)
-        if pick.logprob is not None:
-            self._logprobs.append(common_pb2.TokenLogprob(
+        if self.matcher is not None and not self.matcher.consume(tok):
+            self.finish(common_pb2.FINISH_REASON_ERROR, error=common_pb2.Error(
+                code=common_pb2.ERROR_CODE_INTERNAL, message=f"grammar rejected a token: {self.matcher.error}"))
+            return
+        if pick.logprob is not None and tok not in self.stop_ids:
+            self._held_lps.append((self._decoded, common_pb2.TokenLogprob(
                 token_id=tok, logprob=pick.logprob, token_bytes=self.table.bytes_of(tok),
                 top=[common_pb2.TopLogprob(token_id=t, logprob=lp, token_bytes=self.table.bytes_of(t))
-                     for t, lp in pick.top]))
+                     for t, lp in pick.top])))
         if tok in self.stop_ids:
-            hit = self._drain_text()
+            hit = self._emit(self.detok.flush(), final=True)
             self.finish(common_pb2.FINISH_REASON_STOP, stop_reason=hit or "")
-            return
-        text, hit = self.stop.push(self.detok.push(tok))
-        self._text.append(text)
-        if hit is not None:
+        elif (hit := self._emit(self.detok.push(tok))) is not None:
             self.finish(common_pb2.FINISH_REASON_STOP, stop_reason=hit)
+        elif self.matcher is not None and self.matcher.done:
+            hit = self._emit(self.detok.flush(), final=True)
+            self.finish(common_pb2.FINISH_REASON_STOP, stop_reason=hit or "")
         elif self.completion >= self.request.limit:
-            hit = self._drain_text()
+            hit = self._emit(self.detok.flush(), final=True)
             self.finish(common_pb2.FINISH_REASON_STOP if hit else common_pb2.FINISH_REASON_LENGTH, stop_reason=hit or "")
         else:
             self.next_token = tok
+        self._release_logprobs(self.finished)
 
     def finish(self, reason: int, *, error: common_pb2.Error | None = None, stop_reason: str = "") -> None:
         if self.finished:

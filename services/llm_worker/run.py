@@ -12,6 +12,8 @@ from npuflow.models.package import ModelPackage
 from npuflow.process import start_process
 
 from .detok import load_token_table
+from .grammar import GrammarVocab
+from .grammar import available as grammar_available
 from .link import WorkerInfo, WorkerLink
 from .request import ModelLimits
 from .scheduler import Scheduler
@@ -44,12 +46,25 @@ def build_link(engine: Engine, package: ModelPackage, model: ModelSettings, engi
     """Scheduler and socket loop around a ready engine (tests pass a fake engine here)."""
     table = load_token_table(package.tokenizer_path, engine.vocab_size)
     limits = ModelLimits(model_id=model.id, vocab_size=engine.vocab_size, context_length=engine.context_length,
-                         eos_token_ids=tuple(package.eos_token_ids), sampling_defaults=dict(package.sampling_defaults))
+                         eos_token_ids=tuple(package.eos_token_ids), sampling_defaults=dict(package.sampling_defaults),
+                         grammar=_grammar_vocab(package, engine.vocab_size))
     scheduler = Scheduler(engine, table, limits, max_queue=model.max_queue)
     info = WorkerInfo(model=model.id, context_length=engine.context_length, max_batch=engine.max_slots,
                       vocab_size=engine.vocab_size, engine=engine_kind or model.engine,
                       eos_token_ids=tuple(package.eos_token_ids), created=package.created)
     return WorkerLink(scheduler, info, model.endpoint)
+
+
+def _grammar_vocab(package: ModelPackage, vocab_size: int) -> GrammarVocab | None:
+    """llguidance's tokenizer for constrained decoding, or None (no llguidance, odd tokenizer)."""
+    if not grammar_available():
+        log.warning("llguidance is not installed: response_format json and forced tool calls are refused")
+        return None
+    try:
+        return GrammarVocab(package.tokenizer_path, vocab_size, package.eos_token_ids)
+    except Exception as e:
+        log.warning("constrained decoding unavailable", error=f"{type(e).__name__}: {e}")
+        return None
 
 
 def serve_until_signalled(link: WorkerLink) -> None:

@@ -2,12 +2,14 @@
 top_p, seeded draws, log-probabilities.
 
 Order per row: repetition penalty (prompt and output, CTRL-style), frequency and presence
-penalties (output tokens, OpenAI semantics), logit bias, temperature, then for sampled rows
+penalties (output tokens, OpenAI semantics), logit bias, the grammar's token mask (-inf for the
+tokens a constrained choice may not take), temperature, then for sampled rows
 min_p, top_k, top_p and one uniform draw from the row's own Generator. Temperature 0 is greedy
 (argmax, no draw). Each sequence has its own numpy Generator seeded from (seed, choice index), so
 a seed gives the same text whatever else is in the batch. Log-probabilities come from the
 log-softmax of the logits after penalties, bias and temperature (before truncation), and are
-computed only for rows that ask for them.
+computed only for rows that ask for them; a masked token's log-probability is reported as
+-9999.0 (OpenAI's "very unlikely"), never -inf, which JSON cannot carry.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from .errors import invalid
 _OPTIONAL = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
              "repetition_penalty", "seed")
 MAX_TOP_LOGPROBS = 20
+LOGPROB_FLOOR = -9999.0
 _TOP_P_CANDIDATES = 256  # nucleus searched among the best 256 first, the whole row if not enough
 
 
@@ -90,8 +93,10 @@ def resolve_sampling(p: common_pb2.SamplingParams, defaults: Mapping[str, Any], 
 class SamplerState:
     """What one sequence's sampling remembers between steps."""
 
-    def __init__(self, cfg: SamplingConfig, vocab_size: int, prompt_ids: Sequence[int] = (), index: int = 0):
+    def __init__(self, cfg: SamplingConfig, vocab_size: int, prompt_ids: Sequence[int] = (), index: int = 0,
+                 matcher: Any = None):
         self.cfg = cfg
+        self.matcher = matcher  # grammar.GrammarMatcher or None
         seed = cfg.seed & 0xFFFFFFFFFFFFFFFF if cfg.seed is not None else None
         self.rng = np.random.default_rng([seed, index] if seed is not None else None)
         self.counts = (np.zeros(vocab_size, np.float32)
@@ -134,6 +139,8 @@ def _adjust(x: np.ndarray, states: Sequence[SamplerState]) -> None:
     for i, s in enumerate(states):
         if s.bias_ids is not None:
             x[i, s.bias_ids] += s.bias_vals
+        if s.matcher is not None:
+            s.matcher.apply(x[i])
 
 
 def _choose(p: np.ndarray, top_k: int, top_p: float, rng: np.random.Generator) -> int:
@@ -203,5 +210,6 @@ def sample_batch(logits: np.ndarray, states: Sequence[SamplerState]) -> list[Pic
             idx = np.argpartition(lp, len(lp) - n)[len(lp) - n:]
             idx = idx[np.argsort(-lp[idx], kind="stable")]
             top = tuple((int(j), float(lp[j])) for j in idx)
-        picks.append(Pick(tok, float(lp[tok]), top))
+        picks.append(Pick(tok, max(float(lp[tok]), LOGPROB_FLOOR),
+                          tuple((t, max(v, LOGPROB_FLOOR)) for t, v in top)))
     return picks
