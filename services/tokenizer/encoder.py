@@ -17,6 +17,7 @@ from npuflow.models.package import ModelPackage
 from npuflow.v1 import common_pb2
 
 from .chat_template import ChatTemplate, MessageIn, TemplateError, parse_tools
+from .tool_prompt import template_takes_tools, with_tools_in_prompt
 
 
 class TokenizeError(Exception):
@@ -73,11 +74,15 @@ class ModelTokenizer:
     def encode_chat(self, messages: Sequence[MessageIn], *, add_generation_prompt: bool = True,
                     tools_json: str = "") -> tuple[list[int], str]:
         """(token ids, rendered text). The template places BOS and other special tokens itself,
-        so the rendered text is encoded without adding any; special tokens in it become their ids."""
+        so the rendered text is encoded without adding any; special tokens in it become their ids.
+        Templates without tool support get the tools in the system prompt (tool_prompt.py)."""
         try:
             tools = parse_tools(tools_json)
         except ValueError as e:
             raise _invalid(str(e), "tools") from None
+        if not template_takes_tools(self._template_source) and (
+                tools or any(m.role == "tool" or m.tool_calls for m in messages)):
+            messages, tools = with_tools_in_prompt(messages, tools), None
         rendered = self.render_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools)
         return self.tokenizer.encode(rendered, add_special_tokens=False).ids, rendered
 
