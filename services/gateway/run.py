@@ -8,6 +8,8 @@ from aiohttp import web
 
 from npuflow.config import Settings
 from npuflow.gateway.app import create_app
+from npuflow.gateway.grpc_server import GrpcServer
+from npuflow.gateway.state import STATE
 from npuflow.logs import get_logger
 from npuflow.process import start_process
 
@@ -16,11 +18,13 @@ DRAIN_S = 30.0
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or `stop`), then drain: stop accepting, let in-flight requests
-    finish for up to DRAIN_S seconds, stop the clients."""
+    """Serve HTTP (and gRPC when server.grpc_port is set, on this loop) until SIGTERM/SIGINT (or
+    `stop`), then drain: stop accepting on both, let in-flight gRPC calls and HTTP requests finish
+    for up to DRAIN_S seconds each, stop the clients."""
     app = create_app(settings)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=DRAIN_S, access_log=None)
     await runner.setup()
+    grpc_server = GrpcServer(app[STATE]) if settings.server.grpc_port else None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -33,9 +37,17 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await site.start()
         log.info("listening", host=settings.server.host, port=settings.server.port,
                  models=",".join(m.id for m in settings.models))
+        if grpc_server is not None:
+            await grpc_server.start()
+            log.info("grpc listening", address=grpc_server.address,
+                     tls=bool(settings.server.grpc_tls_cert))
         await stop.wait()
         log.info("draining", seconds=DRAIN_S)
     finally:
+        if grpc_server is not None:   # HTTP stops accepting too; its requests go on meanwhile
+            for s in list(runner.sites):
+                await s.stop()
+            await grpc_server.stop(DRAIN_S)
         await runner.cleanup()
         log.info("stopped")
 

@@ -1,0 +1,122 @@
+"""gRPC messages <-> the gateway's request types, at the edge.
+
+Requests go through the same checks as the HTTP API's JSON (validation.py): the request's
+fields are handed to the shared parsers as a dict, with the field path as the error's param
+(`sampling.temperature`, `messages[0].role`), so both front doors accept and reject the same.
+"""
+from __future__ import annotations
+
+import json
+
+from npuflow.gateway.client import Delta, ModelInfo
+from npuflow.gateway.errors import bad_param
+from npuflow.gateway.validation import (MAX_N, ChatRequest, Fields, GenRequest, check_response_format,
+                                        parse_logprobs, parse_messages, parse_sampling)
+from npuflow.v1 import common_pb2, generation_service_pb2 as gs
+
+RF = gs.ResponseFormat
+_RF_NAMES = {RF.TYPE_UNSPECIFIED: "text", RF.TYPE_TEXT: "text", RF.TYPE_JSON_OBJECT: "json_object",
+             RF.TYPE_JSON_SCHEMA: "json_schema"}
+
+
+def sampling_dict(sp: common_pb2.SamplingParams) -> dict:
+    """The fields the caller set, as JSON-like values (float32 back to the decimal it stands for)."""
+    out = {}
+    for fd, v in sp.ListFields():
+        if isinstance(v, float):
+            v = float(f"{v:.7g}")
+        elif hasattr(v, "items"):
+            v = {str(k): float(f"{x:.7g}") for k, x in v.items()}   # as JSON object keys
+        elif not isinstance(v, (int, str, bytes)):
+            v = list(v)
+        out[fd.name] = v
+    return out
+
+
+def _response_format(rf: gs.ResponseFormat, present: bool) -> dict | None:
+    if not present:
+        return None
+    out: dict = {"type": _RF_NAMES.get(rf.type, f"unknown ({rf.type})")}
+    if rf.HasField("json_schema"):
+        out["json_schema"] = {"name": rf.json_schema.name, "schema": rf.json_schema.schema}
+    return out
+
+
+def _common(msg) -> dict:
+    """model, n, sampling and response_format of a Generate or Chat request."""
+    top = Fields({"model": msg.model or None, "n": msg.n or None})
+    model = top.str("model", required=True)
+    f = Fields(sampling_dict(msg.sampling), "sampling.")
+    sp, max_tokens = parse_sampling(f)
+    logprobs, top_logprobs = parse_logprobs(f, sp)
+    n = top.int("n", lo=1, hi=MAX_N) or 1
+    check_response_format(_response_format(msg.response_format, msg.HasField("response_format")))
+    return dict(model=model, stream=True, include_usage=True, n=n, max_tokens=max_tokens, sampling=sp,
+                logprobs=logprobs, top_logprobs=top_logprobs)
+
+
+def generate_request(msg: gs.GenerateTextRequest) -> tuple[GenRequest, str | list[int]]:
+    """The checked request and its prompt: text to tokenize, or token ids as they are."""
+    req = GenRequest(**_common(msg))
+    return req, _prompt(msg.prompt, list(msg.prompt_token_ids), "prompt", "prompt_token_ids")
+
+
+def _prompt(text: str, ids: list[int], text_name: str, ids_name: str):
+    if text and ids:
+        raise bad_param(text_name, f"Set either '{text_name}' or '{ids_name}', not both.")
+    if not text and not ids:
+        raise bad_param(text_name, f"Missing required parameter: '{text_name}' (or '{ids_name}').",
+                        code="missing_required_parameter")
+    return text or ids
+
+
+def _turns(turns) -> list[dict]:
+    return [{"role": t.role or None, "content": t.content, "name": t.name or None,
+             "tool_call_id": t.tool_call_id or None,
+             "tool_calls": [{"id": c.id, "type": c.type or "function",
+                             "function": {"name": c.function_name, "arguments": c.arguments}}
+                            for c in t.tool_calls] or None}
+            for t in turns]
+
+
+def tools_json(text: str) -> str:
+    if not text:
+        return ""
+    try:
+        tools = json.loads(text)
+    except ValueError:
+        tools = None
+    if not isinstance(tools, list):
+        raise bad_param("tools_json", "Invalid 'tools_json': expected a JSON array of tool definitions.")
+    return json.dumps(tools) if tools else ""
+
+
+def chat_request(msg: gs.ChatRequest) -> ChatRequest:
+    common = _common(msg)
+    return ChatRequest(**common, messages=parse_messages(_turns(msg.messages)), tools_json=tools_json(msg.tools_json))
+
+
+def tokenize_request(msg: gs.TokenizeRequest):
+    """(model, text or chat turns, add_special_tokens, tools_json)."""
+    model = Fields({"model": msg.model or None}).str("model", required=True)
+    if msg.messages:
+        if msg.text:
+            raise bad_param("text", "Set either 'text' or 'messages', not both.")
+        return model, parse_messages(_turns(msg.messages)), True, tools_json(msg.tools_json)
+    if not msg.text:
+        raise bad_param("text", "Missing required parameter: 'text' (or 'messages').",
+                        code="missing_required_parameter")
+    add = msg.add_special_tokens if msg.HasField("add_special_tokens") else True
+    return model, msg.text, add, ""
+
+
+def choice(d: Delta) -> gs.GenerateResponse.Choice:
+    c = gs.GenerateResponse.Choice(index=d.index, text=d.text, token_ids=d.token_ids, finish_reason=d.finish,
+                                   stop_reason=d.stop_reason)
+    c.logprobs.extend(d.logprobs)
+    return c
+
+
+def model_card(m: ModelInfo) -> gs.ListModelsResponse.Model:
+    return gs.ListModelsResponse.Model(id=m.id, ready=m.ready, context_length=m.context_length,
+                                       max_batch=m.max_batch, created=m.created)

@@ -1,0 +1,62 @@
+"""Keeps the standard grpc.health.v1 statuses in step with the tokenizer and the workers.
+
+Statuses: "" (the whole server) and the npuflow service name are SERVING when the tokenizer
+and every worker are ready (as GET /health answers 200); each model id is SERVING when its worker
+and the tokenizer are ready. Polled every POLL_S, so Check and Watch follow workers that come,
+go and restart; on shutdown everything turns NOT_SERVING.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
+
+from npuflow.gateway.state import GatewayState
+
+POLL_S = 0.1
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Readiness:
+    def __init__(self, st: GatewayState, service_names: tuple[str, ...]):
+        self.st = st
+        self.service_names = service_names
+        self.health = health_aio.HealthServicer()
+        self._last: dict[str, bool] = {}
+        self._task: asyncio.Task | None = None
+
+    def statuses(self) -> dict[str, bool]:
+        tokenizer = bool(self.st.tokenizer.ready)
+        models = self.st.models.health()
+        out = {model: tokenizer and ok for model, ok in models.items()}
+        overall = tokenizer and all(models.values())
+        out[""] = overall
+        out.update({name: overall for name in self.service_names})
+        return out
+
+    async def update(self) -> None:
+        now = self.statuses()
+        for name, ok in now.items():
+            if self._last.get(name) != ok:
+                await self.health.set(name, SERVING if ok else NOT_SERVING)
+        self._last = now
+
+    async def start(self) -> None:
+        await self.update()
+        self._task = asyncio.create_task(self._follow(), name="grpc_health")
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            await self.update()
+
+    async def stop(self) -> None:
+        """Everything NOT_SERVING from now on (the server is draining)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.health.enter_graceful_shutdown()

@@ -1,0 +1,98 @@
+"""The npuflow.v1.GenerationService servicer: thin, over the shared request path.
+
+Each call converts its message at the edge (grpc_convert), then follows the same steps as the
+HTTP handlers (generation.py): model known -> tokenize -> admit (queue, readiness, context) ->
+metered stream. Errors are raised as ApiError and mapped to a status by the ErrorInterceptor.
+
+Streams are written with `context.write` from a coroutine (not an async generator) so that a
+cancelled call - the caller cancels, its deadline passes, the server stops - raises
+CancelledError right here, and leaving the `aclosing` block closes the delta stream, which
+sends the worker its Abort.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import Sequence
+
+import grpc.aio
+
+from npuflow.gateway import grpc_convert as convert
+from npuflow.gateway.client import GenerateParams
+from npuflow.gateway.generation import (FAILED, admit, check_model, check_prompt, deadline_unix_ms, delta_error,
+                                        metered)
+from npuflow.gateway.state import GatewayState
+from npuflow.gateway.validation import GenRequest
+from npuflow.v1 import generation_service_pb2 as gs
+from npuflow.v1 import generation_service_pb2_grpc as gs_grpc
+
+Context = grpc.aio.ServicerContext
+
+
+class GenerationServicer(gs_grpc.GenerationServiceServicer):
+    def __init__(self, st: GatewayState):
+        self.st = st
+
+    async def Generate(self, request: gs.GenerateTextRequest, context: Context) -> None:
+        arrived, now = time.perf_counter(), time.time()
+        req, prompt = convert.generate_request(request)
+        check_model(self.st, req.model)
+        deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
+        if isinstance(prompt, str):
+            ids = await self.st.tokenizer.encode_text(req.model, prompt)
+            check_prompt(ids, "prompt")
+        else:
+            ids = prompt
+        await self._stream(context, req, ids, "prompt", "gen-", deadline_ms, arrived)
+
+    async def Chat(self, request: gs.ChatRequest, context: Context) -> None:
+        arrived, now = time.perf_counter(), time.time()
+        req = convert.chat_request(request)
+        check_model(self.st, req.model)
+        deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
+        ids = await self.st.tokenizer.encode_chat(req.model, req.messages, req.tools_json)
+        await self._stream(context, req, ids, "messages", "chat-", deadline_ms, arrived)
+
+    async def Tokenize(self, request: gs.TokenizeRequest, context: Context) -> gs.TokenizeResponse:
+        model, what, add_special, tools = convert.tokenize_request(request)
+        check_model(self.st, model)
+        tok = self.st.tokenizer
+        if isinstance(what, str):
+            ids = await tok.encode_text(model, what, add_special)
+        else:
+            ids = await tok.encode_chat(model, what, tools)
+        info = next(m for m in self.st.models.models() if m.id == model)
+        return gs.TokenizeResponse(token_ids=ids, context_length=info.context_length)
+
+    async def ListModels(self, request: gs.ListModelsRequest, context: Context) -> gs.ListModelsResponse:
+        return gs.ListModelsResponse(models=[convert.model_card(m) for m in self.st.models.models()])
+
+    async def _stream(self, context: Context, req: GenRequest, ids: Sequence[int], what: str, prefix: str,
+                      deadline_ms: int, arrived: float) -> None:
+        st, n = self.st, req.n
+        await admit(st, req, [len(ids)], deadline_ms, what)
+        params = GenerateParams(request_id=prefix + uuid.uuid4().hex, model=req.model, prompt_token_ids=ids,
+                                sampling=req.sampling, n=n, deadline_unix_ms=deadline_ms)
+        counted, completion = [0] * n, [0] * n
+        async with contextlib.aclosing(metered(st, params, arrived)) as it:
+            async for batch in it:
+                out = gs.GenerateResponse(id=params.request_id, model=req.model)
+                for d in batch:
+                    i = d.index
+                    if i >= n:
+                        continue
+                    if d.finish in FAILED:
+                        raise delta_error(d)
+                    counted[i] += len(d.token_ids)
+                    if d.finish:
+                        completion[i] = d.completion_tokens or counted[i]
+                    elif not d.text and not d.token_ids and not d.logprobs:
+                        continue
+                    out.choices.append(convert.choice(d))
+                if out.choices:
+                    await context.write(out)
+        prompt_tokens, completion_tokens = len(ids), sum(completion)
+        usage = gs.GenerateResponse.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                          total_tokens=prompt_tokens + completion_tokens)
+        await context.write(gs.GenerateResponse(id=params.request_id, model=req.model, usage=usage))
