@@ -46,6 +46,8 @@ class GenerateParams:
     sampling: common_pb2.SamplingParams
     n: int = 1
     deadline_unix_ms: int = 0
+    grammar: str = ""          # llguidance grammar the output must match ("" = free)
+    grammar_param: str = ""    # the request field it came from
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,16 @@ class _LinkCollector:
         inflight = GaugeMetricFamily("npuflow_requests_in_flight", "Requests the gateway waits on", labels=["model"])
         queued = GaugeMetricFamily("npuflow_requests_queued", "Requests queued in the worker (last heartbeat)",
                                    labels=["model"])
+        running = GaugeMetricFamily("npuflow_worker_running", "Sequences in the worker's batch (last heartbeat)",
+                                    labels=["model"])
         restarts = CounterMetricFamily("npuflow_worker_restarts", "Worker restarts seen (new worker_id)",
                                        labels=["model"])
         for model, s in self._stats().items():
             inflight.add_metric([model], s.get("in_flight", 0))
             queued.add_metric([model], s.get("queued", 0))
+            running.add_metric([model], s.get("running", 0))
             restarts.add_metric([model], s.get("restarts", 0))
-        return [inflight, queued, restarts]
+        return [inflight, queued, running, restarts]
 
 
 class Metrics:

@@ -32,7 +32,9 @@ async def health(request: web.Request) -> web.Response:
     models = st.models.health()
     tokenizer = bool(st.tokenizer.ready)
     missing = ([] if tokenizer else ["tokenizer"]) + [f"worker:{m}" for m, ok in models.items() if not ok]
-    body = {"status": "ok" if not missing else "unavailable", "tokenizer": tokenizer, "models": models}
+    body = {"status": "ok" if not missing else "unavailable", "tokenizer": tokenizer, "models": models,
+            "workers": {m: {"running": s.get("running", 0), "waiting": s.get("queued", 0)}
+                        for m, s in st.models.stats().items()}}
     if missing:
         body["missing"] = missing
     return web.json_response(body, status=200 if not missing else 503)

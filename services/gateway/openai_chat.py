@@ -13,6 +13,7 @@ from npuflow.gateway.generation import (FINISH_NAMES, FR, admit, check_model, de
                                         metered)
 from npuflow.gateway.sse import ChunkWriter, open_stream, send_error_and_done
 from npuflow.gateway.state import STATE, GatewayState
+from npuflow.gateway.tool_calls import CallStream, parse_tool_calls
 from npuflow.gateway.validation import ChatRequest, parse_chat, read_json
 
 _FAILED = (FR.FINISH_REASON_ERROR, FR.FINISH_REASON_ABORT)
@@ -30,6 +31,10 @@ def chat_logprobs(lps: list) -> dict:
             "refusal": None}
 
 
+def _names(req: ChatRequest) -> set[str]:
+    return {t["function"]["name"] for t in req.structured.tools}
+
+
 def usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -43,7 +48,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     prompt = await st.tokenizer.encode_chat(req.model, req.messages, req.tools_json)
     await admit(st, req, [len(prompt)], deadline_ms, "messages")
     params = GenerateParams(request_id="chatcmpl-" + uuid.uuid4().hex, model=req.model, prompt_token_ids=prompt,
-                            sampling=req.sampling, n=req.n, deadline_unix_ms=deadline_ms)
+                            sampling=req.sampling, n=req.n, deadline_unix_ms=deadline_ms,
+                            grammar=req.structured.grammar, grammar_param=req.structured.grammar_param)
     if req.stream:
         return await _stream(request, st, req, params, arrived, int(now))
     return await _whole(st, req, params, arrived, int(now))
@@ -70,9 +76,17 @@ async def _whole(st: GatewayState, req: ChatRequest, params: GenerateParams, arr
                 if d.finish:
                     finish[i] = FINISH_NAMES.get(d.finish, "stop")
                     completion[i] = d.completion_tokens or counted[i]
-    choices = [{"index": i, "message": {"role": "assistant", "content": "".join(texts[i]), "refusal": None},
-                "logprobs": chat_logprobs(lps[i]) if req.logprobs else None, "finish_reason": finish[i]}
-               for i in range(n)]
+    choices = []
+    for i in range(n):
+        message = {"role": "assistant", "content": "".join(texts[i]), "refusal": None}
+        if req.structured.parse_tool_calls:
+            content, calls = parse_tool_calls(message["content"], _names(req))
+            if calls:
+                message["content"] = content or None
+                message["tool_calls"] = [c.body() for c in calls]
+                finish[i] = "tool_calls"
+        choices.append({"index": i, "message": message,
+                        "logprobs": chat_logprobs(lps[i]) if req.logprobs else None, "finish_reason": finish[i]})
     return web.json_response({"id": params.request_id, "object": "chat.completion", "created": created,
                               "model": req.model, "choices": choices,
                               "usage": usage(len(params.prompt_token_ids), sum(completion))})
@@ -85,6 +99,8 @@ async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, para
     await w.choices([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None} for i in range(req.n)])
     counted, completion = [0] * req.n, [0] * req.n
+    calls = [CallStream(_names(req)) for _ in range(req.n)] if req.structured.parse_tool_calls else None
+    held_lps: list[list] = [[] for _ in range(req.n)]
     try:
         async with contextlib.aclosing(metered(st, params, arrived)) as it:
             async for batch in it:
@@ -95,14 +111,29 @@ async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, para
                     if d.finish in _FAILED:
                         raise delta_error(d)
                     counted[i] += len(d.token_ids)
+                    text, lps, reason = d.text, list(d.logprobs), FINISH_NAMES.get(d.finish, "stop")
+                    delta: dict = {}
+                    if calls is not None:  # text that may be a tool call is held, with its logprobs
+                        text = calls[i].push(text)
+                        held_lps[i].extend(lps)
+                        lps, held_lps[i] = (held_lps[i], []) if text else ([], held_lps[i])
+                        if d.finish:
+                            rest, found = calls[i].finish()
+                            text += rest
+                            lps, held_lps[i] = lps + held_lps[i], []
+                            if found:
+                                delta["tool_calls"] = [c.body(k) for k, c in enumerate(found)]
+                                reason = "tool_calls"
+                    if text:
+                        delta = {"content": text, **delta}
                     if d.finish:
                         completion[i] = d.completion_tokens or counted[i]
-                    elif not d.text and not d.logprobs:
+                    elif not text and not lps:
                         continue
                     await w.choices([{
-                        "index": i, "delta": {"content": d.text} if d.text else {},
-                        "logprobs": chat_logprobs(d.logprobs) if req.logprobs and d.logprobs else None,
-                        "finish_reason": FINISH_NAMES.get(d.finish, "stop") if d.finish else None}])
+                        "index": i, "delta": delta,
+                        "logprobs": chat_logprobs(lps) if req.logprobs and lps else None,
+                        "finish_reason": reason if d.finish else None}])
     except ApiError as e:
         await send_error_and_done(resp, e)
         return resp

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from npuflow.gateway.client import ChatTurn
 from npuflow.gateway.errors import ApiError, bad_param
+from npuflow.gateway.structured import Structured, parse_structured, tools_json
 from npuflow.v1 import common_pb2
 
 MAX_N = 16
@@ -135,6 +136,7 @@ class GenRequest:
 class ChatRequest(GenRequest):
     messages: list[ChatTurn] = field(default_factory=list)
     tools_json: str = ""
+    structured: Structured = field(default_factory=Structured)   # response_format, tools, tool_choice
 
 
 @dataclass
@@ -243,16 +245,23 @@ def parse_chat(body: dict) -> ChatRequest:
     f = Fields(body)
     common = _common(f, ("max_tokens", "max_completion_tokens"))
     logprobs, top = parse_logprobs(f, common["sampling"])
-    check_response_format(body.get("response_format"))
+    check_unsupported_chat(body)
+    structured = parse_structured(body)
     messages = parse_messages(f.required("messages"))
-    tools = body.get("tools")
-    tools_json = ""
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise type_error("tools", "an array", tools)
-        tools_json = json.dumps(tools) if tools else ""
     return ChatRequest(**common, logprobs=logprobs, top_logprobs=top, messages=messages,
-                       tools_json=tools_json)
+                       tools_json=tools_json(structured), structured=structured)
+
+
+def check_unsupported_chat(body: dict) -> None:
+    """Output this server cannot give is a clear 400, never silently dropped."""
+    if body.get("audio") is not None or "audio" in (body.get("modalities") or []):
+        raise bad_param("audio" if body.get("audio") is not None else "modalities",
+                        "Audio output is not supported: the models here produce text only.",
+                        code="unsupported_value")
+    for key in ("functions", "function_call"):
+        if body.get(key) is not None:
+            raise bad_param(key, f"'{key}' (the deprecated function-calling API) is not supported; use "
+                                 "'tools' and 'tool_choice'.", code="unsupported_parameter")
 
 
 def check_response_format(rf: Any) -> None:
@@ -320,8 +329,9 @@ def _content(c: Any, p: str, role: str) -> str:
                 raise type_error(f"{p}[{j}].text", "a string", t)
             texts.append(t)
         else:
-            raise bad_param(f"{p}[{j}].type", f"Content parts of type {kind!r} are not supported by this "
-                                              "model; only 'text'.", code="unsupported_value")
+            raise bad_param(f"{p}[{j}].type", f"Content parts of type {kind!r} are not supported: the model "
+                                              "accepts text input only (content parts of type 'text').",
+                            code="unsupported_value")
     return "\n".join(texts) if len(texts) > 1 else "".join(texts)
 
 

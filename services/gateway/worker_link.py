@@ -52,7 +52,8 @@ class WorkerLink:
         self._ready_evt = asyncio.Event()
         self.last_rx = 0.0
         self.restarts = 0
-        self.waiting = 0
+        self.waiting = 0   # the worker's queue and batch at its last heartbeat
+        self.running = 0
         self._tasks: list[asyncio.Task] = []
         self._started = time.time()
 
@@ -104,6 +105,7 @@ class WorkerLink:
 
     def _on_heartbeat(self, hb: worker_pb2.Heartbeat) -> None:
         self.waiting = hb.waiting
+        self.running = hb.running
         if not self.ready and self.hello is not None and hb.worker_id == self.hello.worker_id:
             self._set_ready(True)
             log.info("worker answering again", model=self.model.id, worker_id=hb.worker_id)
@@ -178,6 +180,7 @@ class WorkerLink:
             g.prompt_token_ids.extend(p.prompt_token_ids)
             g.sampling.CopyFrom(p.sampling)
             g.deadline_unix_ms = p.deadline_unix_ms
+            g.grammar, g.grammar_param = p.grammar, p.grammar_param
             if not self.send(msg):
                 raise ApiError(503, f"The worker of model '{self.model.id}' is not reachable.", code="worker_lost")
             loop = asyncio.get_running_loop()
@@ -234,5 +237,5 @@ class WorkerPool:
         return {m: link.ready for m, link in self.links.items()}
 
     def stats(self) -> dict[str, dict[str, int]]:
-        return {m: {"in_flight": len(l.requests), "queued": l.waiting, "restarts": l.restarts}
+        return {m: {"in_flight": len(l.requests), "queued": l.waiting, "running": l.running, "restarts": l.restarts}
                 for m, l in self.links.items()}

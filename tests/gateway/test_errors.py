@@ -54,7 +54,8 @@ def test_malformed_json(stack, schema):
     ({"seed": "x"}, "seed"),
     ({"stream": "yes"}, "stream"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
+     "response_format"),
 ])
 def test_chat_param_errors(stack, schema, patch, param):
     body = {"model": MODEL, "messages": MSGS}

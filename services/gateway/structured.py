@@ -1,0 +1,140 @@
+"""response_format, tools and tool_choice -> the grammar the worker enforces while decoding.
+
+- response_format {"type": "json_object"}: any JSON object; {"type": "json_schema",
+  "json_schema": {"name", "schema", "strict"}}: that schema. Both become an llguidance grammar
+  (compact JSON, no free whitespace, so a small model cannot wander off in blank lines), checked
+  here so an invalid schema is a 400 naming `response_format` before anything is queued.
+- tool_choice "required" or {"type": "function", "function": {"name"}} forces the answer to be
+  one call, {"name": ..., "arguments": {...}} with the arguments matching the function's
+  `parameters` schema; "auto" (the default with tools) leaves the model free and the answer is
+  parsed for calls (tool_calls.py); "none" keeps the tools in the prompt but never parses calls.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from npuflow.gateway.errors import ApiError, bad_param
+
+try:
+    import llguidance as _llg
+except ImportError:  # pragma: no cover
+    _llg = None
+
+_JSON_OPTIONS = {"whitespace_flexible": False}
+
+
+@dataclass
+class Structured:
+    grammar: str = ""            # llguidance grammar text for the worker ("" = free text)
+    grammar_param: str = ""      # the field it came from, for errors
+    tools: list[dict] = field(default_factory=list)
+    tool_choice: str = "none"    # none | auto | required | function
+    parse_tool_calls: bool = False
+
+
+def _grammar(schema: Any, param: str) -> str:
+    if _llg is None:
+        raise ApiError(400, f"'{param}' needs structured output, which this server does not have "
+                            "(llguidance is not installed).", param=param, code="unsupported_value")
+    try:
+        g = _llg.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
+    except (ValueError, TypeError) as e:
+        raise bad_param(param, f"Invalid schema in '{param}': {e}") from None
+    err = _llg.LLMatcher.validate_grammar(g)
+    if err:
+        raise bad_param(param, f"Invalid schema in '{param}': {err}")
+    return g
+
+
+def response_format_grammar(rf: Any) -> str:
+    if rf is None:
+        return ""
+    if not isinstance(rf, dict):
+        raise bad_param("response_format", "Invalid type for 'response_format': expected an object.",
+                        code="invalid_type")
+    kind = rf.get("type", "text")
+    if kind == "text":
+        return ""
+    if kind == "json_object":
+        return _grammar({"type": "object"}, "response_format")
+    if kind == "json_schema":
+        js = rf.get("json_schema")
+        if not isinstance(js, dict) or not isinstance(js.get("name"), str):
+            raise bad_param("response_format.json_schema", "Missing required parameter: "
+                            "'response_format.json_schema' with a 'name'.", code="missing_required_parameter")
+        schema = js.get("schema", {})
+        if not isinstance(schema, dict):
+            raise bad_param("response_format.json_schema.schema", "The schema must be a JSON object.")
+        return _grammar(schema, "response_format")
+    raise bad_param("response_format.type", f"Invalid value: {kind!r}. Supported values are: 'text', "
+                                            "'json_object' and 'json_schema'.")
+
+
+def _tools(v: Any) -> list[dict]:
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise bad_param("tools", "Invalid type for 'tools': expected an array.", code="invalid_type")
+    for i, t in enumerate(v):
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(t, dict) or t.get("type", "function") != "function" or not isinstance(fn, dict):
+            raise bad_param(f"tools[{i}]", "Each tool must be {\"type\": \"function\", \"function\": {...}}.")
+        if not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise bad_param(f"tools[{i}].function.name", f"Missing required parameter: 'tools[{i}].function.name'.",
+                            code="missing_required_parameter")
+        params = fn.get("parameters", {"type": "object"})
+        if not isinstance(params, dict):
+            raise bad_param(f"tools[{i}].function.parameters", "The parameters must be a JSON schema object.")
+    return v
+
+
+def _call_schema(fn: dict) -> dict:
+    return {"type": "object", "properties": {"name": {"const": fn["name"]},
+                                             "arguments": fn.get("parameters") or {"type": "object"}},
+            "required": ["name", "arguments"], "additionalProperties": False}
+
+
+def parse_structured(body: dict) -> Structured:
+    """The chat request's response_format, tools, tool_choice and parallel_tool_calls."""
+    out = Structured(grammar=response_format_grammar(body.get("response_format")))
+    if out.grammar:
+        out.grammar_param = "response_format"
+    out.tools = _tools(body.get("tools"))
+    ptc = body.get("parallel_tool_calls")
+    if ptc is not None and not isinstance(ptc, bool):
+        raise bad_param("parallel_tool_calls", "Invalid type for 'parallel_tool_calls': expected a boolean.",
+                        code="invalid_type")
+    tc = body.get("tool_choice")
+    if tc is None:
+        tc = "auto" if out.tools else "none"
+    names = {t["function"]["name"]: t["function"] for t in out.tools}
+    if isinstance(tc, str):
+        if tc not in ("none", "auto", "required"):
+            raise bad_param("tool_choice", f"Invalid value: {tc!r}. Supported values are: 'none', 'auto' and "
+                                           "'required', or a named function.")
+        if tc != "none" and not out.tools:
+            raise bad_param("tool_choice", f"tool_choice {tc!r} needs 'tools'.")
+        forced = list(names.values()) if tc == "required" else []
+    elif isinstance(tc, dict):
+        name = (tc.get("function") or {}).get("name") if isinstance(tc.get("function"), dict) else None
+        if tc.get("type") != "function" or name not in names:
+            raise bad_param("tool_choice", "tool_choice must name one of the functions in 'tools': "
+                                           "{\"type\": \"function\", \"function\": {\"name\": ...}}.")
+        forced, tc = [names[name]], "function"
+    else:
+        raise bad_param("tool_choice", "Invalid type for 'tool_choice': expected a string or an object.",
+                        code="invalid_type")
+    out.tool_choice = tc
+    out.parse_tool_calls = tc != "none"
+    if forced:
+        if out.grammar:
+            raise bad_param("tool_choice", "A forced tool_choice cannot be combined with a JSON response_format.")
+        schema = _call_schema(forced[0]) if len(forced) == 1 else {"anyOf": [_call_schema(f) for f in forced]}
+        out.grammar, out.grammar_param = _grammar(schema, "tool_choice"), "tool_choice"
+    return out
+
+
+def tools_json(s: Structured) -> str:
+    return json.dumps(s.tools) if s.tools else ""
