@@ -2,8 +2,9 @@
 
 Statuses: "" (the whole server) and the npuflow service name are SERVING when the tokenizer
 and every worker are ready (as GET /health answers 200); each model id is SERVING when its worker
-and the tokenizer are ready. Polled every POLL_S, so Check and Watch follow workers that come,
-go and restart; on shutdown everything turns NOT_SERVING.
+and the tokenizer are ready. Check reads the current state (it agrees with GET /health at any
+moment); Watch streams follow a poll every POLL_S, as workers come, go and restart. On shutdown
+everything turns NOT_SERVING.
 """
 from __future__ import annotations
 
@@ -20,11 +21,21 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class _Health(health_aio.HealthServicer):
+    def __init__(self, refresh):
+        super().__init__()
+        self._refresh = refresh
+
+    async def Check(self, request, context):
+        await self._refresh()
+        return await super().Check(request, context)
+
+
 class Readiness:
     def __init__(self, st: GatewayState, service_names: tuple[str, ...]):
         self.st = st
         self.service_names = service_names
-        self.health = health_aio.HealthServicer()
+        self.health = _Health(self.update)
         self._last: dict[str, bool] = {}
         self._task: asyncio.Task | None = None
 
