@@ -34,15 +34,21 @@ class Stack:
 
     def __init__(self, tmp: pathlib.Path, config: str):
         self.port = free_port()
+        self.grpc_port = free_port()
         self.run_dir = tmp / "run"
         self.config = tmp / "npuflow.toml"
-        self.config.write_text(config.format(port=self.port, run_dir=self.run_dir))
+        self.config.write_text(config.format(port=self.port, grpc_port=self.grpc_port, run_dir=self.run_dir))
         self.log_path = tmp / "stack.log"
         self.proc: subprocess.Popen | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def grpc_target(self) -> str:
+        """host:port of the gateway's gRPC server (when the config sets grpc_port = {grpc_port})."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def start(self) -> "Stack":
         self._log = open(self.log_path, "wb")
@@ -104,7 +110,7 @@ MAIN_CONFIG = """
 [server]
 port = {port}
 run_dir = "{run_dir}"
-grpc_port = 0
+grpc_port = {grpc_port}
 
 [[models]]
 id = "smollm2-135m-instruct"
