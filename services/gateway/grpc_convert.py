@@ -1,8 +1,9 @@
 """gRPC messages <-> the gateway's request types, at the edge.
 
-Requests go through the same checks as the HTTP API's JSON (validation.py): the request's
-fields are handed to the shared parsers as a dict, with the field path as the error's param
-(`sampling.temperature`, `messages[0].role`), so both front doors accept and reject the same.
+Requests go through the same checks as the HTTP API's JSON (validation.py, structured.py): the
+request's fields are handed to the shared parsers as a dict, with the field path as the error's
+param (`sampling.temperature`, `messages[0].role`), so both front doors accept and reject the
+same, and response_format becomes the same llguidance grammar the worker enforces.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import json
 
 from npuflow.gateway.client import Delta, ModelInfo
 from npuflow.gateway.errors import bad_param
-from npuflow.gateway.validation import (MAX_N, ChatRequest, Fields, GenRequest, check_response_format,
-                                        parse_logprobs, parse_messages, parse_sampling)
+from npuflow.gateway.structured import Structured, response_format_grammar
+from npuflow.gateway.validation import (MAX_N, ChatRequest, Fields, GenRequest, parse_logprobs, parse_messages,
+                                        parse_sampling)
 from npuflow.v1 import common_pb2, generation_service_pb2 as gs
 
 RF = gs.ResponseFormat
@@ -34,31 +36,45 @@ def sampling_dict(sp: common_pb2.SamplingParams) -> dict:
 
 
 def _response_format(rf: gs.ResponseFormat, present: bool) -> dict | None:
+    """The OpenAI-shaped response_format (the schema parsed from its JSON text)."""
     if not present:
         return None
     out: dict = {"type": _RF_NAMES.get(rf.type, f"unknown ({rf.type})")}
     if rf.HasField("json_schema"):
-        out["json_schema"] = {"name": rf.json_schema.name, "schema": rf.json_schema.schema}
+        js = rf.json_schema
+        try:
+            schema = json.loads(js.schema) if js.schema else {}
+        except ValueError as e:
+            name = "response_format.json_schema.schema"
+            raise bad_param(name, f"Invalid '{name}': not JSON text ({e}).") from None
+        out["json_schema"] = {"name": js.name, "description": js.description, "schema": schema,
+                              "strict": js.strict}
     return out
 
 
+def _grammar(msg) -> Structured:
+    rf = _response_format(msg.response_format, msg.HasField("response_format"))
+    grammar = response_format_grammar(rf)
+    return Structured(grammar=grammar, grammar_param="response_format" if grammar else "")
+
+
 def _common(msg) -> dict:
-    """model, n, sampling and response_format of a Generate or Chat request."""
+    """model, n and sampling of a Generate or Chat request."""
     top = Fields({"model": msg.model or None, "n": msg.n or None})
     model = top.str("model", required=True)
     f = Fields(sampling_dict(msg.sampling), "sampling.")
     sp, max_tokens = parse_sampling(f)
     logprobs, top_logprobs = parse_logprobs(f, sp)
     n = top.int("n", lo=1, hi=MAX_N) or 1
-    check_response_format(_response_format(msg.response_format, msg.HasField("response_format")))
     return dict(model=model, stream=True, include_usage=True, n=n, max_tokens=max_tokens, sampling=sp,
                 logprobs=logprobs, top_logprobs=top_logprobs)
 
 
-def generate_request(msg: gs.GenerateTextRequest) -> tuple[GenRequest, str | list[int]]:
-    """The checked request and its prompt: text to tokenize, or token ids as they are."""
+def generate_request(msg: gs.GenerateTextRequest) -> tuple[GenRequest, Structured, str | list[int]]:
+    """The checked request, its output grammar, and its prompt: text to tokenize, or token ids."""
     req = GenRequest(**_common(msg))
-    return req, _prompt(msg.prompt, list(msg.prompt_token_ids), "prompt", "prompt_token_ids")
+    structured = _grammar(msg)
+    return req, structured, _prompt(msg.prompt, list(msg.prompt_token_ids), "prompt", "prompt_token_ids")
 
 
 def _prompt(text: str, ids: list[int], text_name: str, ids_name: str):
@@ -93,7 +109,9 @@ def tools_json(text: str) -> str:
 
 def chat_request(msg: gs.ChatRequest) -> ChatRequest:
     common = _common(msg)
-    return ChatRequest(**common, messages=parse_messages(_turns(msg.messages)), tools_json=tools_json(msg.tools_json))
+    structured = _grammar(msg)
+    return ChatRequest(**common, messages=parse_messages(_turns(msg.messages)), tools_json=tools_json(msg.tools_json),
+                       structured=structured)
 
 
 def tokenize_request(msg: gs.TokenizeRequest):

@@ -23,6 +23,7 @@ from npuflow.gateway.client import GenerateParams
 from npuflow.gateway.generation import (FAILED, admit, check_model, check_prompt, deadline_unix_ms, delta_error,
                                         metered)
 from npuflow.gateway.state import GatewayState
+from npuflow.gateway.structured import Structured
 from npuflow.gateway.validation import GenRequest
 from npuflow.v1 import generation_service_pb2 as gs
 from npuflow.v1 import generation_service_pb2_grpc as gs_grpc
@@ -36,7 +37,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
 
     async def Generate(self, request: gs.GenerateTextRequest, context: Context) -> None:
         arrived, now = time.perf_counter(), time.time()
-        req, prompt = convert.generate_request(request)
+        req, structured, prompt = convert.generate_request(request)
         check_model(self.st, req.model)
         deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
         if isinstance(prompt, str):
@@ -44,7 +45,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
             check_prompt(ids, "prompt")
         else:
             ids = prompt
-        await self._stream(context, req, ids, "prompt", "gen-", deadline_ms, arrived)
+        await self._stream(context, req, structured, ids, "prompt", "gen-", deadline_ms, arrived)
 
     async def Chat(self, request: gs.ChatRequest, context: Context) -> None:
         arrived, now = time.perf_counter(), time.time()
@@ -52,7 +53,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
         check_model(self.st, req.model)
         deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
         ids = await self.st.tokenizer.encode_chat(req.model, req.messages, req.tools_json)
-        await self._stream(context, req, ids, "messages", "chat-", deadline_ms, arrived)
+        await self._stream(context, req, req.structured, ids, "messages", "chat-", deadline_ms, arrived)
 
     async def Tokenize(self, request: gs.TokenizeRequest, context: Context) -> gs.TokenizeResponse:
         model, what, add_special, tools = convert.tokenize_request(request)
@@ -68,12 +69,13 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
     async def ListModels(self, request: gs.ListModelsRequest, context: Context) -> gs.ListModelsResponse:
         return gs.ListModelsResponse(models=[convert.model_card(m) for m in self.st.models.models()])
 
-    async def _stream(self, context: Context, req: GenRequest, ids: Sequence[int], what: str, prefix: str,
-                      deadline_ms: int, arrived: float) -> None:
+    async def _stream(self, context: Context, req: GenRequest, structured: Structured, ids: Sequence[int],
+                      what: str, prefix: str, deadline_ms: int, arrived: float) -> None:
         st, n = self.st, req.n
         await admit(st, req, [len(ids)], deadline_ms, what)
         params = GenerateParams(request_id=prefix + uuid.uuid4().hex, model=req.model, prompt_token_ids=ids,
-                                sampling=req.sampling, n=n, deadline_unix_ms=deadline_ms)
+                                sampling=req.sampling, n=n, deadline_unix_ms=deadline_ms,
+                                grammar=structured.grammar, grammar_param=structured.grammar_param)
         counted, completion = [0] * n, [0] * n
         async with contextlib.aclosing(metered(st, params, arrived)) as it:
             async for batch in it:

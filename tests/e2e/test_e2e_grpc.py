@@ -1,5 +1,6 @@
 """The gRPC front door of the real stack: both models at once, the same answers as the HTTP API,
 a cancelled stream and a deadline that stop the worker, bad arguments, health and reflection."""
+import json
 import re
 import threading
 import time
@@ -118,6 +119,17 @@ def test_concurrent_streams_on_two_models(stub):
     assert a0 < b1 and b0 < a1, "the two models' streams did not overlap"
 
 
+def test_json_schema_output_parses_and_matches(stub):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    rf = gs.ResponseFormat(type=gs.ResponseFormat.TYPE_JSON_SCHEMA,
+                           json_schema=gs.ResponseFormat.JsonSchema(name="answer", schema=json.dumps(schema)))
+    msgs = list(stub.Chat(gs.ChatRequest(model=DEFAULT_ID, messages=HI, response_format=rf,
+                                         sampling=common_pb2.SamplingParams(temperature=0, max_tokens=60)),
+                          timeout=60))
+    assert [c.finish_reason for m in msgs for c in m.choices if c.finish_reason] == [common_pb2.FINISH_REASON_STOP]
+    assert isinstance(json.loads(_text(msgs))["city"], str)
+
+
 def test_cancelled_stream_stops_the_worker(stack, stub):
     worker = stack.worker(DEFAULT_ID)
     call = stub.Chat(gs.ChatRequest(model=DEFAULT_ID, messages=HI, sampling=LONG), timeout=120)
@@ -151,8 +163,8 @@ def test_deadline_is_deadline_exceeded_and_stops_the_worker(stack, stub):
     ("nope", dict(prompt="x"), grpc.StatusCode.NOT_FOUND, "nope"),
     (DEFAULT_ID, dict(prompt="x", sampling=dict(temperature=5)), grpc.StatusCode.INVALID_ARGUMENT,
      "sampling.temperature"),
-    (DEFAULT_ID, dict(prompt="x", response_format=dict(type=gs.ResponseFormat.TYPE_JSON_OBJECT)),
-     grpc.StatusCode.INVALID_ARGUMENT, "not supported yet"),
+    (DEFAULT_ID, dict(prompt="x", response_format=dict(type=gs.ResponseFormat.TYPE_JSON_SCHEMA, json_schema=dict(
+        name="s", schema='{"type": 5}'))), grpc.StatusCode.INVALID_ARGUMENT, "response_format"),
     (SECOND, dict(prompt_token_ids=[42] * 1100), grpc.StatusCode.INVALID_ARGUMENT, "maximum context length"),
 ])
 def test_bad_arguments(stub, model, fields, code, needle):

@@ -92,6 +92,19 @@ def test_chat_uses_the_template_through_the_tokenizer(front):
     assert msgs[-1].usage.prompt_tokens == len(front.stack.worker.requests[-1].prompt_token_ids)
 
 
+@pytest.mark.parametrize("rf", [dict(type=RF.TYPE_JSON_OBJECT),
+                                dict(type=RF.TYPE_JSON_SCHEMA, json_schema=dict(
+                                    name="city", schema='{"type": "object", "properties": {"city": {"type": "string"}}}'))])
+def test_response_format_becomes_the_worker_grammar(front, rf):
+    front.generate(model=MODEL, prompt="x", response_format=rf)
+    g = front.stack.worker.requests[-1]
+    assert g.grammar and g.grammar_param == "response_format"
+    front.chat(model=MODEL, messages=HI, response_format=rf)
+    assert front.stack.worker.requests[-1].grammar == g.grammar
+    front.generate(model=MODEL, prompt="x", response_format=dict(type=RF.TYPE_TEXT))
+    assert not front.stack.worker.requests[-1].grammar
+
+
 def test_tokenize_text_and_messages(front):
     r = front.stub.Tokenize(gs.TokenizeRequest(model=MODEL, text="a bb ccc"), metadata=front.md, timeout=5)
     assert list(r.token_ids) == FakeTokenizer.ids("a bb ccc") and r.context_length == 64
@@ -121,11 +134,12 @@ def _trailers(e: grpc.RpcError) -> dict:
     (dict(model=MODEL, prompt="x", sampling=dict(logprobs=True, top_logprobs=21)), "sampling.top_logprobs",
      "maximum"),
     (dict(model=MODEL, prompt="x", sampling=dict(logit_bias={1: 101})), "sampling.logit_bias.1", "maximum"),
-    (dict(model=MODEL, prompt="x", response_format=dict(type=RF.TYPE_JSON_OBJECT)), "response_format",
-     "not supported yet"),
     (dict(model=MODEL, prompt="x", response_format=dict(type=RF.TYPE_JSON_SCHEMA,
-                                                        json_schema=dict(name="s", schema="{}"))),
-     "response_format", "not supported yet"),
+                                                        json_schema=dict(name="s", schema="{oops"))),
+     "response_format.json_schema.schema", "not JSON"),
+    (dict(model=MODEL, prompt="x", response_format=dict(type=RF.TYPE_JSON_SCHEMA,
+                                                        json_schema=dict(name="s", schema='{"type": 5}'))),
+     "response_format", "Invalid schema"),
     (dict(model=MODEL, prompt="   "), "prompt", "empty"),
 ])
 def test_generate_bad_arguments(front, fields, param, needle):
@@ -140,8 +154,8 @@ def test_generate_bad_arguments(front, fields, param, needle):
     (dict(model=MODEL, messages=[gs.ChatTurn(role="robot", content="x")]), "messages[0].role", "robot"),
     (dict(model=MODEL, messages=[gs.ChatTurn(content="x")]), "messages[0].role", "Missing"),
     (dict(model=MODEL, messages=HI, tools_json="{}"), "tools_json", "JSON array"),
-    (dict(model=MODEL, messages=HI, response_format=dict(type=RF.TYPE_JSON_OBJECT)), "response_format",
-     "not supported yet"),
+    (dict(model=MODEL, messages=HI, response_format=dict(type=RF.TYPE_JSON_SCHEMA)), "response_format.json_schema",
+     "Missing"),
 ])
 def test_chat_bad_arguments(front, fields, param, needle):
     e = _error(lambda: front.chat(**fields))
