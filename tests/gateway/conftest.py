@@ -21,10 +21,7 @@ from aiohttp import web
 from npuflow.config import ModelSettings, ServerSettings, Settings, TokenizerSettings
 from npuflow.gateway import create_app
 
-from gw_fakes import FakeTokenizer, FakeWorker
-
-MODEL = "fake-model"
-KEY = "sk-test"
+from gw_fakes import KEY, MODEL, FakeTokenizer, FakeWorker
 _SHARED = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared"
 
 

@@ -17,6 +17,9 @@ import zmq.asyncio
 from npuflow.transport import make_socket
 from npuflow.v1 import common_pb2, tokenizer_pb2, worker_pb2
 
+MODEL = "fake-model"  # the model id the fake worker serves
+KEY = "sk-test"       # the API key of the keyed test apps
+
 FR = common_pb2.FinishReason
 REPLY = ["Hello", " world", ",", " this", " is", " a", " test", "."]
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import MODEL
+from gw_fakes import MODEL
 
 HI = [{"role": "user", "content": "hi"}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {

@@ -1,7 +1,7 @@
 """Every error is an OpenAI ErrorResponse with the right status, type, param and code."""
 import pytest
 
-from conftest import MODEL
+from gw_fakes import MODEL
 
 MSGS = [{"role": "user", "content": "hi"}]
 CHAT = "/v1/chat/completions"

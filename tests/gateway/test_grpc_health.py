@@ -8,7 +8,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from conftest import MODEL
+from gw_fakes import MODEL
 from grpc_front import GrpcFront
 
 SERVICE = "npuflow.v1.GenerationService"

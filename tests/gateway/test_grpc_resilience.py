@@ -6,7 +6,7 @@ import time
 import grpc
 import pytest
 
-from conftest import MODEL
+from gw_fakes import MODEL
 from grpc_front import GrpcFront
 from npuflow.gateway.grpc_errors import CODE_KEY
 from npuflow.gateway.state import STATE

@@ -4,7 +4,7 @@ import json
 import openai
 import pytest
 
-from conftest import MODEL
+from gw_fakes import MODEL
 from gw_fakes import REPLY
 
 MSGS = [{"role": "user", "content": "Say hello"}]

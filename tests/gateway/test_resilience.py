@@ -4,7 +4,7 @@ import json
 import socket
 import time
 
-from conftest import MODEL
+from gw_fakes import MODEL
 
 MSGS = [{"role": "user", "content": "hi"}]
 CHAT = "/v1/chat/completions"
