@@ -3,7 +3,7 @@ Generate, Chat, Tokenize, ListModels, field checks, API keys."""
 import grpc
 import pytest
 
-from conftest import KEY, MODEL
+from gw_fakes import KEY, MODEL
 from gw_fakes import REPLY, FakeTokenizer
 from grpc_front import GrpcFront, finishes, texts
 from npuflow.gateway.grpc_errors import CODE_KEY, PARAM_KEY
