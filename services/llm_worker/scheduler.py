@@ -36,9 +36,11 @@ Event = tuple[bytes, worker_pb2.TokenEvent]  # (peer identity, event)
 
 
 class PrefillBudget:
-    """Tokens of prompt to prefill in one step, from the engine's measured prefill speed."""
+    """Tokens of prompt to prefill in one step, from the engine's measured prefill speed. Before
+    the first measurement a typical prompt (up to `start` tokens) goes in one call, since every
+    extra chunk adds its own fixed cost to the time to first token."""
 
-    def __init__(self, lo: int = 16, hi: int = 512, start: int = 32):
+    def __init__(self, lo: int = 16, hi: int = 512, start: int = 256):
         self.lo, self.hi = lo, hi
         self.start = start
         self._rate: float | None = None  # tokens per second, smoothed
