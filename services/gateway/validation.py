@@ -264,17 +264,6 @@ def check_unsupported_chat(body: dict) -> None:
                                  "'tools' and 'tool_choice'.", code="unsupported_parameter")
 
 
-def check_response_format(rf: Any) -> None:
-    """Only free text for now: the workers do not enforce JSON output yet."""
-    if rf is None:
-        return
-    if not isinstance(rf, dict):
-        raise type_error("response_format", "an object", rf)
-    if rf.get("type", "text") != "text":
-        raise bad_param("response_format", f"response_format type {rf.get('type')!r} is not supported yet by "
-                                           "this server.", code="unsupported_value")
-
-
 def parse_messages(v: Any) -> list[ChatTurn]:
     if not isinstance(v, list):
         raise type_error("messages", "an array", v)
