@@ -29,6 +29,9 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     threads = 2                 # onnxruntime intra-op threads
     max_queue = 64              # waiting requests before 429
     endpoint = "ipc://{run_dir}/worker-{id}.sock"
+    device_id = -1              # engine "ax": the AXCL card (-1 = default)
+    ax_provider = ""            # engine "ax": AxEngineExecutionProvider (on-board) | AXCLRTExecutionProvider (card)
+    simulate_timing = ""        # engine "ax" on a PC: "ax650n" | "ax630c" sleeps the boards' per-graph time
     [models.sampling]           # defaults for requests that leave a value out
     temperature = 0.7
 """
@@ -79,6 +82,9 @@ class ModelSettings:
     threads: int = 2
     max_queue: int = 64
     endpoint: str = ""
+    device_id: int = -1          # engine "ax": AXCL card to use (-1 = the runtime's default)
+    ax_provider: str = ""        # engine "ax": AxEngineExecutionProvider | AXCLRTExecutionProvider
+    simulate_timing: str = ""    # engine "ax": ax650n | ax630c adds the boards' per-graph latency
     sampling: Mapping[str, Any] = field(default_factory=dict)
 
 

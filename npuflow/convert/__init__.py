@@ -49,11 +49,14 @@ def _default_id(source: pathlib.Path) -> str:
 
 
 def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str | None = None,
-            overwrite: bool = False, float_activations: bool = False) -> ModelPackage:
+            overwrite: bool = False, float_activations: bool = False, layout: str = "cpu",
+            prefill_len: int = 128, kv_cache_len: int = 1024) -> ModelPackage:
     """Convert SOURCE into a package at OUT and return it. Raises ConvertError (one line) for an
     unsupported architecture / tensor type / tokenizer, or when OUT exists (unless overwrite).
     Quantized projections quantize their activations to int8 per block of 32 (as llama.cpp does)
-    unless float_activations, which is exact to the dequantized weights and slower."""
+    unless float_activations, which is exact to the dequantized weights and slower.
+    layout "ax" writes the pulsar2 directory layout instead (per-layer ONNX graphs with the AX
+    signature, see ax_export.py) with the given prefill and KV cache lengths."""
     src = pathlib.Path(source).expanduser().resolve()
     out = pathlib.Path(out).expanduser().resolve()
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
@@ -74,9 +77,14 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str 
             last[0] = pct
 
     try:
-        from .package_writer import write_package
-        write_package(spec, tmp, model_id=mid, source=source_info, progress=progress,
-                      accuracy_level=0 if float_activations else 4)
+        if layout == "ax":
+            from .ax_export import write_ax_layout
+            write_ax_layout(spec, tmp, model_id=mid, kv_len=kv_cache_len, prefill_len=prefill_len,
+                            progress=progress, accuracy_level=0 if float_activations else 4)
+        else:
+            from .package_writer import write_package
+            write_package(spec, tmp, model_id=mid, source=source_info, progress=progress,
+                          accuracy_level=0 if float_activations else 4)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -87,7 +95,11 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    pkg = load_package(out)
+    if layout == "ax":
+        from ..models.ax_package import read_ax_package
+        pkg = read_ax_package(out, mid)
+    else:
+        pkg = load_package(out)
     log.info("convert done", model=pkg.id, out=str(out), seconds=round(time.monotonic() - t0, 2))
     return pkg
 
@@ -100,12 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--float-activations", action="store_true",
                    help="keep activations float32 in quantized projections (exact, slower)")
+    p.add_argument("--layout", choices=("cpu", "ax"), default="cpu",
+                   help="cpu: a package for the CPU engine; ax: the pulsar2 layout (per-layer ONNX graphs with the AX signature)")
+    p.add_argument("--prefill-len", type=int, default=128, help="--layout ax: tokens per prefill chunk")
+    p.add_argument("--kv-cache-len", type=int, default=1024, help="--layout ax: KV cache positions (context length)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     try:
         convert(args.source, args.out, model_id=args.model_id, overwrite=args.force,
-                float_activations=args.float_activations)
+                float_activations=args.float_activations, layout=args.layout, prefill_len=args.prefill_len,
+                kv_cache_len=args.kv_cache_len)
     except ConvertError as e:
         print(f"npuflow convert: error: {e}", file=sys.stderr)
         return 2

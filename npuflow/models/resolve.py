@@ -1,8 +1,8 @@
 """Turn a model source from the configuration into a ready package in the cache.
 
 source: "default" (SmolLM2-135M-Instruct, fetched and converted once), a .gguf file, a Hugging
-Face safetensors folder (both converted into the cache, keyed by their content hash), or an
-existing package folder (used in place). Concurrent resolvers of one source serialize on a file
+Face safetensors folder (both converted into the cache, keyed by their content hash), an
+existing package folder or an AX model directory (pulsar2 / StackFlow; both used in place). Concurrent resolvers of one source serialize on a file
 lock, so a source is converted once; a cached package that fails verification is rebuilt.
 """
 from __future__ import annotations
@@ -30,6 +30,9 @@ def resolve_model(source: str, cache_dir: str | pathlib.Path, model_id: str) -> 
     path = pathlib.Path(source).expanduser()
     if path.is_dir() and (path / MANIFEST).is_file():
         return load_package(path).with_overrides(id=model_id)
+    from .ax_package import is_ax_dir, read_ax_package
+    if is_ax_dir(path):        # pulsar2 / StackFlow directory: used in place by the AX engine
+        return read_ax_package(path, model_id).with_overrides(id=model_id)
     if path.is_file() or (path.is_dir() and (path / "config.json").is_file()):
         from ..convert.hf_source import folder_digest
         digest = sha256_file(path) if path.is_file() else folder_digest(path)

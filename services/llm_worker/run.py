@@ -38,7 +38,11 @@ def build_engine(package: ModelPackage, model: ModelSettings) -> Engine:
         return CpuEngine(package, max_slots=model.max_batch, context_length=package.context_length,
                          threads=model.threads)
     if model.engine == "ax":
-        raise WorkerStartError(f"model '{model.id}': the ax engine is not available in this version; use engine = \"cpu\"")
+        from npuflow.engine.ax_build import AX_START_ERRORS, build_ax_engine
+        try:
+            return build_ax_engine(package, model)
+        except AX_START_ERRORS as e:
+            raise WorkerStartError(f"model '{model.id}': {e}") from None
     raise WorkerStartError(f"model '{model.id}': unknown engine '{model.engine}' (cpu or ax)")
 
 

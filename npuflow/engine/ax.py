@@ -1,0 +1,278 @@
+"""The AX engine: a pulsar2 LLM package on pyaxengine (or its onnxruntime mirror on a PC).
+
+One session per decoder layer plus the post graph; embeddings are looked up on the CPU from the
+bf16 table. Each slot owns its KV cache, bf16 [1, C, D] per layer and kind. Prefill runs in chunks
+of the package's prefill length P through the shape groups: a chunk always starts at a multiple of
+P (group g reads exactly (g-1)*P past rows), so appending to a slot whose length is not a multiple
+of P re-runs the tokens of the partial chunk (the slot keeps its token history for that); tokens
+past the last prefill group go through the decode group one by one. Decode runs group 0 for each
+slot in turn. Every input is built with the dtype and shape the graph declares, input names are
+looked up per group (some builds suffix them), and outputs are taken in declared order
+(output_names=None).
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+from typing import Any, Sequence
+
+import ml_dtypes
+import numpy as np
+
+from ..logs import get_logger
+from ..models.package import ModelPackage
+from .ax_cmm import CMM_INFO, check_fits
+from .ax_runtime import SessionFactory, factory_for, release_session
+from .ax_timing import DeviceClock, TimedSession, profile
+from .base import EngineError
+
+log = get_logger("engine.ax")
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+MASKED = -65536.0
+LAYER_IN = ("K_cache", "V_cache", "indices", "input", "mask")
+LAYER_OUT = ("K_cache_out", "V_cache_out", "output")
+
+
+def _lookup(args: list, canon: Sequence[str], where: str) -> list[int]:
+    """Positions of the canonical names among args (exact name, or name + '_<n>')."""
+    names = [a.name for a in args]
+    out = []
+    for c in canon:
+        pat = re.compile(rf"^{re.escape(c)}(_\d+)?$")
+        hits = [i for i, n in enumerate(names) if pat.match(n)]
+        if len(hits) != 1:
+            raise EngineError(f"{where}: cannot find input/output '{c}' among {names}")
+        out.append(hits[0])
+    return out
+
+
+def _shape_groups(sess: Any) -> int:
+    n = getattr(sess, "_shape_count", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    n = 0
+    while n < 4096:
+        try:
+            if not sess.get_inputs(shape_group=n):
+                break
+        except (ValueError, IndexError):
+            break
+        n += 1
+    return n
+
+
+class AxEngine:
+    def __init__(self, package: ModelPackage, *, max_slots: int = 1, context_length: int | None = None,
+                 session_factory: SessionFactory | None = None, device_id: int | None = None,
+                 simulate_timing: str = "", cmm_info: str = CMM_INFO, threads: int = 1):
+        if max_slots < 1:
+            raise ValueError("max_slots must be at least 1")
+        ax = package.extra.get("ax")
+        if not ax:
+            raise EngineError(f"model '{package.id}' is not an AX package")
+        root = package.path
+        layer_files = [root / f for f in ax["layer_files"]]
+        factory = session_factory or factory_for(layer_files[0], device_id=device_id, threads=threads)
+        free = check_fits(int(ax.get("cmm_kb") or 0), package.id, cmm_info)
+        self.package = package
+        self.max_slots = max_slots
+        self.clock = DeviceClock()
+        self._layers: list[Any] = []
+        self._post: Any = None
+        self._closed = False
+        try:
+            for f in layer_files:
+                self._layers.append(factory(f))
+            self._post = factory(root / ax["post_file"])
+            if simulate_timing:
+                prof = profile(simulate_timing)
+                self._layers = [TimedSession(s, prof, post=False, clock=self.clock) for s in self._layers]
+                self._post = TimedSession(self._post, prof, post=True, clock=self.clock)
+            self._read_signature(package)
+            self._embed = self._open_embedding(root / ax["embed_file"])
+        except BaseException:
+            self.close()
+            raise
+        self.context_length = min(self._C, context_length or self._C)
+        self._tokens: list[list[int]] = [[] for _ in range(max_slots)]
+        self._kv: list[list[tuple[np.ndarray, np.ndarray]] | None] = [None] * max_slots
+        log.info("ax engine ready", model=package.id, layers=len(self._layers), kv_cache_len=self._C,
+                 prefill_len=self._P, shape_groups=self._groups, slots=max_slots, cmm_free_kb=free,
+                 simulate_timing=simulate_timing or None)
+
+    # -- signature -----------------------------------------------------------------------------
+    def _read_signature(self, package: ModelPackage) -> None:
+        s0 = self._layers[0]
+        self._groups = _shape_groups(s0)
+        self._in: list[list[tuple[str, np.dtype, tuple]]] = []   # per group, canonical order
+        self._out: list[list[int]] = []
+        for g in range(self._groups):
+            ins = s0.get_inputs(shape_group=g)
+            idx = _lookup(ins, LAYER_IN, f"layer graph group {g}")
+            self._in.append([(ins[i].name, np.dtype(ins[i].dtype), tuple(ins[i].shape)) for i in idx])
+            self._out.append(_lookup(s0.get_outputs(shape_group=g), LAYER_OUT, f"layer graph group {g}"))
+        k0 = self._in[0][0][2]
+        self._C, self._D = int(k0[1]), int(k0[2])
+        self._H = int(self._in[0][3][2][2])
+        self._P = int(self._in[1][3][2][1]) if self._groups > 1 else 0
+        self._prefill_group: dict[int, int] = {}      # past rows -> group
+        for g in range(1, self._groups):
+            seq, width = self._in[g][4][2][1], self._in[g][4][2][2]
+            if seq != self._P:
+                raise EngineError(f"layer graph group {g}: chunk of {seq} tokens, group 1 has {self._P}")
+            self._prefill_group[int(width) - seq] = g
+        pin = self._post.get_inputs(shape_group=0)
+        self._post_in = (pin[_lookup(pin, ("input",), "post graph")[0]].name,
+                         np.dtype(pin[0].dtype), tuple(pin[0].shape))
+        self.vocab_size = int(self._post.get_outputs(shape_group=0)[0].shape[-1])
+        if package.dims.vocab and package.dims.vocab != self.vocab_size:
+            log.warning("post graph vocabulary differs from the package's", graph=self.vocab_size,
+                        package=package.dims.vocab)
+
+    def _open_embedding(self, path: pathlib.Path) -> np.ndarray:
+        rows = path.stat().st_size // (2 * self._H)
+        if rows < self.vocab_size:
+            raise EngineError(f"{path}: {rows} rows of {self._H} bf16, the post graph has {self.vocab_size} logits")
+        return np.memmap(path, dtype=BF16, mode="r", shape=(rows, self._H))
+
+    # -- Engine interface ----------------------------------------------------------------------
+    def prefill(self, slot: int, token_ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        self._check_slot(slot)
+        ids = self._check_ids(token_ids)
+        if len(ids) == 0:
+            raise EngineError("empty prompt: prefill needs at least one token")
+        hist = self._tokens[slot]
+        start = len(hist)
+        room = self.context_length - start
+        if len(ids) > room:
+            raise EngineError(f"prompt of {len(ids)} tokens does not fit: slot {slot} has room for {room} "
+                              f"of {self.context_length}")
+        kv = self._slot_kv(slot)
+        hist.extend(int(t) for t in ids)
+        T, pos, rows = len(hist), start, []
+        try:
+            while pos < T:
+                base = (pos // self._P) * self._P if self._P else pos
+                g = self._prefill_group.get(base) if self._P else None
+                if g is None:                       # no prefill group here: one token through group 0
+                    x = self._step(kv, hist[pos], pos)
+                    if all_logits or pos == T - 1:
+                        rows.append(self._logits(x))
+                    pos += 1
+                    continue
+                n = min(T, base + self._P) - base
+                x = self._chunk(kv, hist[base:base + n], base, g)
+                want = range(pos - base, n) if all_logits else ([n - 1] if base + n == T else [])
+                rows.extend(self._logits(x[:, r:r + 1]) for r in want)
+                pos = base + n
+        except BaseException:
+            del hist[start:]                        # the slot keeps what it held before
+            raise
+        return np.stack(rows) if all_logits else rows[-1]
+
+    def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        slots = [int(s) for s in slots]
+        if len(slots) != len(token_ids):
+            raise EngineError(f"decode got {len(slots)} slots and {len(token_ids)} tokens")
+        if len(set(slots)) != len(slots):
+            raise EngineError("decode names a slot twice")
+        for s in slots:
+            self._check_slot(s)
+            if len(self._tokens[s]) >= self.context_length:
+                raise EngineError(f"slot {s} is full ({self.context_length} tokens)")
+        ids = self._check_ids(token_ids)
+        out = np.empty((len(slots), self.vocab_size), np.float32)
+        for i, (s, t) in enumerate(zip(slots, ids)):
+            pos = len(self._tokens[s])
+            out[i] = self._logits(self._step(self._slot_kv(s), int(t), pos))
+            self._tokens[s].append(int(t))
+        return out
+
+    def release(self, slot: int) -> None:
+        self._check_slot(slot)
+        self._tokens[slot] = []
+
+    def length(self, slot: int) -> int:
+        self._check_slot(slot)
+        return len(self._tokens[slot])
+
+    def close(self) -> None:
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        for s in [*self._layers, self._post]:
+            if s is not None:
+                release_session(s)
+        self._layers, self._post = [], None
+        self._kv = []
+
+    # -- graph runs ----------------------------------------------------------------------------
+    def _feed(self, g: int, values: tuple) -> dict[str, np.ndarray]:
+        return {name: v for (name, _, _), v in zip(self._in[g], values)}
+
+    def _step(self, kv, token: int, pos: int) -> np.ndarray:
+        """One token at position pos through every layer's decode group; returns the hidden row."""
+        spec = self._in[0]
+        x = np.asarray(self._embed[token]).reshape(spec[3][2]).astype(spec[3][1], copy=False)
+        idx = np.full(spec[2][2], pos, spec[2][1])
+        mask = np.zeros(spec[4][2], np.float32)
+        mask[..., pos:self._C] = MASKED
+        mask = mask.astype(spec[4][1])
+        ko_i, vo_i, x_i = self._out[0]
+        for layer, (k, v) in zip(self._layers, kv):
+            outs = layer.run(None, self._feed(0, (k, v, idx, x, mask)), shape_group=0)
+            k[0, pos] = outs[ko_i][0, 0]
+            v[0, pos] = outs[vo_i][0, 0]
+            x = outs[x_i]
+        return x
+
+    def _chunk(self, kv, tokens: list[int], base: int, g: int) -> np.ndarray:
+        """Tokens at positions base.. through prefill group g (base = (g-1)*P); returns [1,P,H]."""
+        spec, P, n = self._in[g], self._P, len(tokens)
+        x = np.zeros(spec[3][2], spec[3][1])
+        x[0, :n] = self._embed[np.asarray(tokens)]
+        idx = np.arange(base, base + P).reshape(spec[2][2]).astype(spec[2][1])
+        mask = np.full(spec[4][2], MASKED, np.float32)
+        for i in range(n):
+            mask[0, i, :base + i + 1] = 0.0
+        mask = mask.astype(spec[4][1])
+        dummy = None if base else (np.zeros(spec[0][2], spec[0][1]), np.zeros(spec[1][2], spec[1][1]))
+        ko_i, vo_i, x_i = self._out[g]
+        for layer, (k, v) in zip(self._layers, kv):
+            kin, vin = dummy or (k[:, :base], v[:, :base])
+            outs = layer.run(None, self._feed(g, (kin, vin, idx, x, mask)), shape_group=g)
+            k[:, base:base + n] = outs[ko_i][:, :n]
+            v[:, base:base + n] = outs[vo_i][:, :n]
+            x = outs[x_i]
+        return x
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        name, dtype, shape = self._post_in
+        out = self._post.run(None, {name: np.ascontiguousarray(x).reshape(shape).astype(dtype, copy=False)})[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _slot_kv(self, slot: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        kv = self._kv[slot]
+        if kv is None:
+            dt = self._in[0][0][1]
+            kv = [(np.zeros((1, self._C, self._D), dt), np.zeros((1, self._C, self._D), dt)) for _ in self._layers]
+            self._kv[slot] = kv
+        return kv
+
+    def _check_slot(self, slot: int) -> None:
+        if self._closed:
+            raise EngineError("engine is closed")
+        if not 0 <= slot < self.max_slots:
+            raise EngineError(f"slot {slot} out of range 0..{self.max_slots - 1}")
+
+    def _check_ids(self, token_ids: Sequence[int]) -> np.ndarray:
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise EngineError("token ids must be a flat list of integers")
+        ids = ids.astype(np.int64)
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if bad.size:
+            raise EngineError(f"token id {int(bad[0])} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return ids
