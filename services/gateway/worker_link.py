@@ -190,7 +190,7 @@ class WorkerLink:
                     async with asyncio.timeout_at(when):
                         batch = await st.get()
                 except TimeoutError:
-                    st.fail(E.ERROR_CODE_DEADLINE_EXCEEDED, "The request timed out.")
+                    st.fail(E.ERROR_CODE_DEADLINE_EXCEEDED, "The request passed its deadline and was stopped.")
                     batch = await st.get()
                 yield batch
         finally:
