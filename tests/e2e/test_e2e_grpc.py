@@ -95,27 +95,29 @@ def test_generate_from_token_ids_with_logprobs(stub):
 
 
 def test_concurrent_streams_on_two_models(stub):
-    out, spans = {}, {}
+    """Two streams on the second model and one with two choices on the default one, at once."""
+    out, spans = [], {}
 
-    def run(model):
+    def run(k, model, n):
         t0 = time.monotonic()
-        msgs = list(stub.Chat(gs.ChatRequest(model=model, messages=HI, n=2,
-                                             sampling=common_pb2.SamplingParams(max_tokens=24, seed=1)),
+        msgs = list(stub.Chat(gs.ChatRequest(model=model, messages=HI, n=n,
+                                             sampling=common_pb2.SamplingParams(max_tokens=24, seed=k)),
                               timeout=120))
-        spans[model] = (t0, time.monotonic())
-        out[model] = msgs
+        spans.setdefault(model, []).append((t0, time.monotonic()))
+        out.append((model, n, msgs))
 
-    threads = [threading.Thread(target=run, args=(m,)) for m in (DEFAULT_ID, SECOND) for _ in range(2)]
+    jobs = [(0, DEFAULT_ID, 2), (1, SECOND, 1), (2, SECOND, 1)]
+    threads = [threading.Thread(target=run, args=job) for job in jobs]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert set(out) == {DEFAULT_ID, SECOND}
-    for model, msgs in out.items():
-        assert all(m.model == model for m in msgs) and msgs[-1].usage.completion_tokens >= 2
-        assert {c.index for m in msgs for c in m.choices} == {0, 1}
-        assert {c.index for m in msgs for c in m.choices if c.finish_reason} == {0, 1}
-    (a0, a1), (b0, b1) = spans[DEFAULT_ID], spans[SECOND]
+    assert sorted((m, n) for m, n, _ in out) == sorted((m, n) for _, m, n in jobs)
+    for model, n, msgs in out:
+        assert all(m.model == model for m in msgs) and msgs[-1].usage.completion_tokens >= n
+        assert {c.index for m in msgs for c in m.choices if c.finish_reason} == set(range(n))
+        assert sum(len(c.token_ids) for m in msgs for c in m.choices) == msgs[-1].usage.completion_tokens
+    (a0, a1), (b0, b1) = spans[DEFAULT_ID][0], min(spans[SECOND])
     assert a0 < b1 and b0 < a1, "the two models' streams did not overlap"
 
 
