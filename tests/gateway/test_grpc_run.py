@@ -2,6 +2,7 @@
 lets a running gRPC stream finish, then exits 0."""
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import threading
 import time
 
 import grpc
+import pytest
 import zmq.asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -25,6 +27,8 @@ def _free_port() -> int:
 
 
 def _self_signed(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
