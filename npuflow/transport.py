@@ -22,9 +22,12 @@ def ipc_path(endpoint: str) -> pathlib.Path | None:
 
 
 def check_endpoint(endpoint: str) -> str:
-    """Raise ValueError unless endpoint is a usable ipc:// or tcp:// address."""
+    """Raise ValueError unless endpoint is a usable ipc:// or tcp:// address (or inproc:// for
+    threads of one process)."""
     u = urllib.parse.urlparse(endpoint)
     if u.scheme == "ipc" and ipc_path(endpoint):
+        return endpoint
+    if u.scheme == "inproc" and endpoint[len("inproc://"):]:
         return endpoint
     if u.scheme == "tcp" and u.hostname and u.port:
         return endpoint

@@ -1,9 +1,12 @@
-"""The worker's socket loop: one ROUTER (`recv_from_gateway`), hello/heartbeat, event framing.
+"""The worker's sockets: one ROUTER (`recv_from_gateway`) served by its own I/O thread.
 
-Every frame is [peer identity, serialized FromWorker]. The first frame to a peer is a Hello.
-Between scheduler steps the socket is drained without blocking, so a ping is answered within one
-step (about 100 ms) even while generating. The events of one step go out as one TokenEvents
-message per peer.
+The I/O thread owns the ROUTER. It answers pings at once with a Heartbeat (so a long prefill
+or a slow step never makes the gateway think the worker is gone), greets every new peer with a
+Hello, hands generate/abort frames to the scheduler thread through an inbox, and forwards the
+scheduler's outgoing frames, which arrive on an inproc PUSH/PULL pair (a ZMQ socket is used by
+one thread only). The scheduler thread (the caller of `serve`) runs steps while there is work
+and otherwise waits on the inbox. The events of one step go out as one TokenEvents message per
+peer. Every frame is [peer identity, serialized FromWorker].
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import os
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 
 import zmq
@@ -25,8 +28,8 @@ from .scheduler import Event, Scheduler
 
 log = get_logger("worker")
 
-IDLE_POLL_MS = 100      # how long to wait for frames when there is nothing to do
-MAX_FRAMES_PER_TURN = 1000
+IDLE_WAIT_S = 0.1       # how long the scheduler thread sleeps on an empty inbox before re-checking
+IO_POLL_MS = 50         # how often the I/O thread looks at its stop flag
 SHUTDOWN_GRACE_S = 3.0  # on stop: let running requests finish this long, then end them
 
 
@@ -41,6 +44,65 @@ class WorkerInfo:
     created: int
 
 
+class _IoThread(threading.Thread):
+    """Owns the ROUTER and the PULL end of the outgoing pipe."""
+
+    def __init__(self, link: "WorkerLink", router: zmq.Socket, outgoing: zmq.Socket):
+        super().__init__(name="worker-io", daemon=True)
+        self.link, self.router, self.outgoing = link, router, outgoing
+        self.halt = threading.Event()
+        self.peers: set[bytes] = set()
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.outgoing, zmq.POLLIN)
+        while not self.halt.is_set():
+            ready = dict(poller.poll(IO_POLL_MS))
+            if self.outgoing in ready:
+                self._forward()
+            if self.router in ready:
+                self._receive()
+        self._forward()  # the scheduler's last frames, pushed before it set `halt`
+
+    def _send(self, peer: bytes, payload: bytes) -> None:
+        if peer not in self.peers:
+            self.peers.add(peer)
+            self.router.send_multipart([peer, self.link.hello().SerializeToString()])
+        self.router.send_multipart([peer, payload])
+
+    def _forward(self) -> None:
+        while True:
+            try:
+                peer, payload = self.outgoing.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._send(peer, payload)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                log.warning("dropped malformed frame", parts=len(frames))
+                continue
+            peer, payload = frames
+            try:
+                msg = worker_pb2.ToWorker.FromString(payload)
+            except DecodeError:
+                log.warning("dropped undecodable frame", bytes=len(payload))
+                continue
+            kind = msg.WhichOneof("kind")
+            if kind == "ping":
+                self._send(peer, self.link.heartbeat(msg.ping.sent_unix_ms).SerializeToString())
+            elif kind in ("generate", "abort"):
+                self.link.post(peer, msg)
+            else:
+                log.warning("dropped empty frame")
+
+
 class WorkerLink:
     def __init__(self, scheduler: Scheduler, info: WorkerInfo, endpoint: str, *, grace_s: float = SHUTDOWN_GRACE_S):
         self.scheduler = scheduler
@@ -48,68 +110,57 @@ class WorkerLink:
         self.info = info
         self.endpoint = endpoint
         self.worker_id = uuid.uuid4().hex
-        self._peers: set[bytes] = set()
-        self._sock: zmq.Socket | None = None
+        self._inbox: deque[tuple[bytes, worker_pb2.ToWorker]] = deque()
+        self._wake = threading.Event()
+        self._push: zmq.Socket | None = None
         self._stopping_since: float | None = None
 
-    def _send(self, peer: bytes, msg: worker_pb2.FromWorker) -> None:
-        if peer not in self._peers:
-            self._peers.add(peer)
-            i = self.info
-            hello = worker_pb2.FromWorker(hello=worker_pb2.Hello(
-                model=i.model, worker_id=self.worker_id, context_length=i.context_length, max_batch=i.max_batch,
-                vocab_size=i.vocab_size, engine=i.engine, pid=os.getpid(), eos_token_ids=i.eos_token_ids,
-                created_unix=i.created))
-            self._sock.send_multipart([peer, hello.SerializeToString()])
-        self._sock.send_multipart([peer, msg.SerializeToString()])
+    # ---- called by the I/O thread ---------------------------------------------------------
+    def hello(self) -> worker_pb2.FromWorker:
+        i = self.info
+        return worker_pb2.FromWorker(hello=worker_pb2.Hello(
+            model=i.model, worker_id=self.worker_id, context_length=i.context_length, max_batch=i.max_batch,
+            vocab_size=i.vocab_size, engine=i.engine, pid=os.getpid(), eos_token_ids=i.eos_token_ids,
+            created_unix=i.created))
+
+    def heartbeat(self, sent_unix_ms: int) -> worker_pb2.FromWorker:
+        return worker_pb2.FromWorker(heartbeat=worker_pb2.Heartbeat(
+            worker_id=self.worker_id, running=self.scheduler.n_running, waiting=self.scheduler.n_waiting,
+            sent_unix_ms=sent_unix_ms))
+
+    def post(self, peer: bytes, msg: worker_pb2.ToWorker) -> None:
+        self._inbox.append((peer, msg))
+        self._wake.set()
+
+    # ---- the scheduler thread ---------------------------------------------------------------
+    def _handle_inbox(self) -> None:
+        while self._inbox:
+            peer, msg = self._inbox.popleft()
+            if msg.WhichOneof("kind") == "abort":
+                self.scheduler.abort(msg.abort.request_id)
+            elif self._stopping_since is not None:
+                self.scheduler.submit_rejected(msg.generate, peer, common_pb2.Error(
+                    code=common_pb2.ERROR_CODE_WORKER_LOST, message="the worker is shutting down"))
+            else:
+                self.scheduler.submit(msg.generate, peer)
 
     def _send_events(self, events: list[Event]) -> None:
         by_peer: dict[bytes, list[worker_pb2.TokenEvent]] = defaultdict(list)
         for peer, ev in events:
             by_peer[peer].append(ev)
         for peer, evs in by_peer.items():
-            self._send(peer, worker_pb2.FromWorker(events=worker_pb2.TokenEvents(events=evs)))
-
-    def _handle(self, peer: bytes, payload: bytes) -> None:
-        try:
-            msg = worker_pb2.ToWorker.FromString(payload)
-        except DecodeError:
-            log.warning("dropped undecodable frame", bytes=len(payload))
-            return
-        kind = msg.WhichOneof("kind")
-        if kind == "ping":
-            self._send(peer, worker_pb2.FromWorker(heartbeat=worker_pb2.Heartbeat(
-                worker_id=self.worker_id, running=self.scheduler.n_running, waiting=self.scheduler.n_waiting,
-                sent_unix_ms=msg.ping.sent_unix_ms)))
-        elif kind == "generate":
-            if self._stopping_since is not None:
-                self.scheduler.submit_rejected(msg.generate, peer, common_pb2.Error(
-                    code=common_pb2.ERROR_CODE_WORKER_LOST, message="the worker is shutting down"))
-            else:
-                self.scheduler.submit(msg.generate, peer)
-        elif kind == "abort":
-            self.scheduler.abort(msg.abort.request_id)
-        else:
-            log.warning("dropped empty frame")
-
-    def _drain(self, timeout_ms: int) -> None:
-        sock = self._sock
-        if not sock.poll(timeout_ms):
-            return
-        for _ in range(MAX_FRAMES_PER_TURN):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(frames) == 2:
-                self._handle(frames[0], frames[1])
-            else:
-                log.warning("dropped malformed frame", parts=len(frames))
+            msg = worker_pb2.FromWorker(events=worker_pb2.TokenEvents(events=evs))
+            self._push.send_multipart([peer, msg.SerializeToString()])
 
     def serve(self, stop: threading.Event, ctx: zmq.Context | None = None) -> None:
         """Bind, then run until `stop` is set and in-flight requests are done (or the grace ran out)."""
         ctx = ctx or zmq.Context.instance()
-        self._sock = make_socket(ctx, zmq.ROUTER, self.endpoint, bind=True)
+        pipe = f"inproc://worker-out-{self.worker_id}"
+        router = make_socket(ctx, zmq.ROUTER, self.endpoint, bind=True)
+        pull = make_socket(ctx, zmq.PULL, pipe, bind=True)
+        self._push = make_socket(ctx, zmq.PUSH, pipe, bind=False)
+        io = _IoThread(self, router, pull)
+        io.start()
         log.info("serving", endpoint=self.endpoint, model=self.info.model, worker_id=self.worker_id)
         sched = self.scheduler
         try:
@@ -118,17 +169,25 @@ class WorkerLink:
                     self._stopping_since = time.monotonic()
                     log.info("stopping", running=sched.n_running, waiting=sched.n_waiting)
                 if self._stopping_since is not None:
-                    if not sched.requests and not sched.has_work:
+                    if not sched.requests and not sched.has_work and not self._inbox:
                         break
                     if time.monotonic() - self._stopping_since > self.grace_s:
+                        self._handle_inbox()
                         sched.abort_all(common_pb2.FINISH_REASON_ERROR, common_pb2.Error(
                             code=common_pb2.ERROR_CODE_WORKER_LOST, message="the worker is shutting down"))
                         self._send_events(sched.take_events())
                         break
-                self._drain(0 if sched.has_work else IDLE_POLL_MS)
+                if not sched.has_work and not self._inbox:
+                    self._wake.wait(IDLE_WAIT_S)
+                self._wake.clear()
+                self._handle_inbox()
                 if sched.has_work:
                     self._send_events(sched.step())
         finally:
-            self._sock.close(linger=500)  # let the last events go out
-            self._sock = None
+            io.halt.set()
+            io.join()
+            self._push.close(linger=0)
+            pull.close(linger=0)
+            router.close(linger=500)  # let the last events go out
+            self._push = None
             remove_ipc_file(self.endpoint)

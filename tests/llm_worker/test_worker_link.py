@@ -139,6 +139,25 @@ def test_heartbeat_during_long_prefill(worker):
     gw.close()
 
 
+
+def test_pings_are_answered_while_one_engine_call_blocks(worker):
+    """The I/O thread answers pings while the scheduler is inside a single slow engine call
+    (onnxruntime releases the GIL), so a slow step is never mistaken for a dead worker."""
+    link, gw = worker(decode_s=1.5)
+    gw.ping()
+    gw.recv(), gw.recv()  # hello, heartbeat
+    gw.generate("slow", [5, 6, 7], max_tokens=3)
+    time.sleep(0.2)  # the scheduler is now inside a 1.5 s decode call
+    for _ in range(5):
+        t0 = time.monotonic()
+        gw.ping()
+        while gw.recv().WhichOneof("kind") != "heartbeat":
+            pass
+        assert time.monotonic() - t0 < 0.2
+        time.sleep(0.1)
+    assert gw.events_until_final("slow", timeout=10)[-1].finish_reason == FR.FINISH_REASON_LENGTH
+    gw.close()
+
 SCRIPT = """
 import sys
 sys.path.insert(0, {here!r})
