@@ -21,7 +21,7 @@ from npuflow.transport import remove_ipc_file
 
 log = get_logger("supervisor")
 
-GATEWAY_DRAIN_S = 35.0
+GATEWAY_DRAIN_S = 65.0  # the gateway drains gRPC (<= 30 s), then HTTP (<= 30 s)
 CHILD_STOP_S = 10.0
 BACKOFF_MAX_S = 10.0
 HEALTHY_AFTER_S = 30.0
