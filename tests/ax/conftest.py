@@ -1,0 +1,61 @@
+"""The default model exported in the AX layout (prefill 32, KV cache 256) next to the CPU engine."""
+import pathlib
+
+import pytest
+
+AX_ID = "smollm2-135m-instruct"
+PREFILL, KV = 32, 256
+
+
+@pytest.fixture(scope="session")
+def default_gguf(default_package) -> pathlib.Path:
+    """The GGUF the default CPU package was converted from (fetched by default_package)."""
+    from npuflow.models.default import GGUF_SHA256
+    src = pathlib.Path(default_package.extra["source"]["path"])
+    assert default_package.extra["source"]["sha256"] == GGUF_SHA256 and src.is_file()
+    return src
+
+
+@pytest.fixture(scope="session")
+def ax_dir(default_gguf, tmp_path_factory) -> pathlib.Path:
+    from npuflow.convert import convert
+    out = tmp_path_factory.mktemp("ax") / AX_ID
+    convert(default_gguf, out, model_id=AX_ID, layout="ax", prefill_len=PREFILL, kv_cache_len=KV)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ax_package(ax_dir):
+    from npuflow.models.ax_package import read_ax_package
+    return read_ax_package(ax_dir, AX_ID)
+
+
+@pytest.fixture(scope="module")
+def ax_engine(ax_package):
+    from npuflow.engine.ax import AxEngine
+    eng = AxEngine(ax_package, max_slots=2, threads=1)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="session")
+def cpu_package(default_gguf, tmp_path_factory):
+    """The CPU package of the same GGUF, converted by the same converter code as the AX export
+    (the cached default package may predate converter changes, which move logits slightly)."""
+    from npuflow.convert import convert
+    return convert(default_gguf, tmp_path_factory.mktemp("cpu") / "pkg", model_id=AX_ID)
+
+
+@pytest.fixture(scope="module")
+def cpu_engine(cpu_package):
+    from npuflow.engine.cpu import CpuEngine
+    eng = CpuEngine(cpu_package, max_slots=1, context_length=KV, threads=2)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="session")
+def chat(default_package):
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(default_package.tokenizer_path))
+    return lambda text: tok.encode(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n").ids
