@@ -16,6 +16,11 @@ SkipSimplifiedLayerNormalization), one fused q|k|v MatMulNBits, GroupQueryAttent
 built-in rotary (interleaved pairs for GGUF llama, rotate-half otherwise), one fused gate|up
 MatMulNBits, QuickGelu(alpha=1) = SiLU, down projection. Quantized weights stay quantized
 (accuracy_level 4: int8 activations); float weights stay float32.
+
+Q4_1 projections (a float zero point per block) are widened to 8 bits with whole-number uint8
+zero points (weights.widen_to_8bit, off by at most scale/34 per block), which onnxruntime's int8
+kernel runs natively: one MatMulNBits per projection. Kept 4-bit (widen_q4_1=False, or float
+activations) they carry the zero point with an exact correction term, four extra nodes each.
 """
 from __future__ import annotations
 
@@ -27,15 +32,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .spec import ModelSpec
-from .weights import Linear, concat
+from .weights import Linear, concat, integer_zero_points, widen_to_8bit
 
 MS = "com.microsoft"
 ACCURACY_LEVEL = 4
 
 
 class _Builder:
-    def __init__(self, accuracy_level: int = ACCURACY_LEVEL):
-        self.accuracy_level = accuracy_level
+    def __init__(self, accuracy_level: int | Callable[[str], int] = ACCURACY_LEVEL, widen_q4_1: bool = False):
+        self.level = accuracy_level if callable(accuracy_level) else (lambda prefix: accuracy_level)
+        self.widen_q4_1 = widen_q4_1
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self._n = 0
@@ -57,6 +63,9 @@ class _Builder:
 
     def linear(self, x: str, lin: Linear, prefix: str, rank: int = 3) -> str:
         if lin.quantized:
+            if (self.widen_q4_1 and self.level(prefix) >= 2 and lin.zero_points is not None
+                    and integer_zero_points(lin) is None):
+                lin = widen_to_8bit(lin)
             return self._nbits(x, lin, prefix, rank)
         y = self.node("MatMul", [x, self.init(prefix + ".weight_t", lin.weight.T.copy())])[0]
         if lin.bias is not None:
@@ -64,22 +73,28 @@ class _Builder:
         return y
 
     def _nbits(self, x: str, lin: Linear, prefix: str, rank: int) -> str:
-        """MatMulNBits with the default zero point (8 / 128), which keeps onnxruntime on its int8
-        kernel. A block's own zero point zp (Q4_1) is carried exactly by a correction term:
+        """MatMulNBits. Whole-number zero points go in as uint8, which onnxruntime's int8 kernel
+        handles natively. Float zero points (Q4_1 kept 4-bit) are carried exactly by a correction
+        term instead, since a float zero point sends MatMulNBits to a slow path:
         (q - zp) * s = (q - z0) * s + (z0 - zp) * s, and sum_k x_k * c_b over a block is
         c_b * blocksum(x), so y += blocksum(x) @ C^T with C = (z0 - zp) * s [N, K/32]."""
-        nb = lin.k // 32
+        nb = lin.scales.shape[-1]
+        block = lin.k // nb
+        level = self.level(prefix)
         ins = [x, self.init(prefix + ".qweight", lin.packed),
                self.init(prefix + ".scales", lin.scales.reshape(-1).astype(np.float32))]
+        zp_int = integer_zero_points(lin)
+        if zp_int is not None:
+            ins.append(self.init(prefix + ".zero_points", _pack_zero_points(zp_int, lin.bits)))
         if lin.bias is not None:
-            ins += ["", "", self.init(prefix + ".bias", lin.bias.astype(np.float32))]
-        y = self.node("MatMulNBits", ins, domain=MS, K=lin.k, N=lin.n, bits=lin.bits, block_size=32,
-                      accuracy_level=self.accuracy_level)[0]
-        if lin.zero_points is None:
+            ins += [""] * (4 - len(ins)) + ["", self.init(prefix + ".bias", lin.bias.astype(np.float32))]
+        y = self.node("MatMulNBits", ins, domain=MS, K=lin.k, N=lin.n, bits=lin.bits, block_size=block,
+                      accuracy_level=level)[0]
+        if lin.zero_points is None or zp_int is not None:
             return y
         z0 = 8.0 if lin.bits == 4 else 128.0
         corr = ((z0 - lin.zero_points) * lin.scales).astype(np.float32)        # [N, nb]
-        shape = [0] * (rank - 1) + [nb, 32]
+        shape = [0] * (rank - 1) + [nb, block]
         blocks = self.node("Reshape", [x, self.init(self.name(prefix + ".blocks"), np.array(shape, np.int64))])[0]
         sums = self.node("ReduceSum", [blocks, self.init(self.name("axis"), np.array([-1], np.int64))], keepdims=0)[0]
         c = self.node("MatMul", [sums, self.init(prefix + ".zp_correction_t", corr.T.copy())])[0]
@@ -99,10 +114,13 @@ class _Builder:
 
 
 def build_graph(spec: ModelSpec, progress: Callable[[str, int], None] = lambda what, pct: None,
-                accuracy_level: int = ACCURACY_LEVEL) -> onnx.ModelProto:
+                accuracy_level: int | Callable[[str], int] = ACCURACY_LEVEL, *,
+                widen_q4_1: bool = True) -> onnx.ModelProto:
     """accuracy_level 4 quantizes activations to int8 per block of 32 (fast, as llama.cpp does);
-    0 keeps them float32 (exact to the dequantized weights, about 2.5x slower projections)."""
-    b = _Builder(accuracy_level)
+    0 keeps them float32 (exact to the dequantized weights, about 2.5x slower projections). It may
+    also be a function of the projection's name ("l{i}.qkv", "l{i}.o", "l{i}.gate_up", "l{i}.down",
+    "lm_head") for a mixed graph. widen_q4_1: see the module docstring."""
+    b = _Builder(accuracy_level, widen_q4_1)
     H, hd, nh, nkv = spec.hidden, spec.head_dim, spec.heads, spec.kv_heads
     eps = float(spec.rms_eps)
     f32, i32, i64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
@@ -172,3 +190,15 @@ def _head_norm(b: _Builder, x: str, weight: np.ndarray, name: str, eps: float, h
     y = b.node("Reshape", [x, head_shape])[0]
     y = b.node("SimplifiedLayerNormalization", [y, b.init(name, weight.astype(np.float32))], axis=-1, epsilon=eps)[0]
     return b.node("Reshape", [y, flat_shape])[0]
+
+
+def _pack_zero_points(zp: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 zero points [N, nb] in MatMulNBits layout: 8 bits as is; 4 bits two per byte (low
+    nibble first), each row padded to a whole byte."""
+    if bits == 8:
+        return zp.reshape(-1)
+    n, nb = zp.shape
+    padded = np.zeros((n, nb + nb % 2), np.uint8)
+    padded[:, :nb] = zp
+    return (padded[:, 0::2] | (padded[:, 1::2] << 4)).reshape(-1)
+

@@ -12,6 +12,7 @@ from ..models.cache import sha256_file
 from ..models.package import write_manifest
 from .graph import build_graph
 from .spec import ModelSpec
+from .weights import CONVERTER_VERSION
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -63,7 +64,8 @@ def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source:
         "created": int(time.time()),
         "source": source,
         "graph": {"rope_theta": spec.rope_theta, "rotary_interleaved": spec.rotary_interleaved,
-                  "rms_eps": spec.rms_eps, "accuracy_level": accuracy_level, "embedding": {"bits": emb_bits}},
+                  "rms_eps": spec.rms_eps, "accuracy_level": accuracy_level, "embedding": {"bits": emb_bits},
+                  "converter_version": CONVERTER_VERSION},
         "checksums": checksums,
     })
 

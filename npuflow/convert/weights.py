@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 BLOCK = 32
+# Bump when the converted graph or weight layout changes: cached packages of another version are
+# converted again (npuflow.models.resolve).
+CONVERTER_VERSION = 2
 
 
 @dataclass
@@ -132,3 +135,44 @@ def concat(parts: list[Linear]) -> Linear | None:
         zp = np.concatenate([p.float_zero_points() for p in parts])
     return Linear(n, first.k, first.bits, np.concatenate([p.packed for p in parts]),
                   np.concatenate([p.scales for p in parts]), zp, bias=bias)
+
+
+def integer_zero_points(lin: Linear) -> np.ndarray | None:
+    """lin's zero points as uint8 when they are whole numbers within the value range of its bits
+    (MatMulNBits then keeps its int8 kernel), else None."""
+    zp = lin.zero_points
+    if zp is None or not lin.quantized:
+        return None
+    top = (1 << lin.bits) - 1
+    if np.any(zp != np.round(zp)) or zp.min() < 0 or zp.max() > top:
+        return None
+    return zp.astype(np.uint8)
+
+
+def widen_to_8bit(lin: Linear, max_mult: int = 17) -> Linear:
+    """A 4-bit Linear with float zero points (Q4_1) as an 8-bit one with whole-number zero points.
+
+    A block (q - zp) * s, q in 0..15, is written as (m*q - round(m*zp)) * (s / m) with the
+    multiplier m in 1..max_mult that makes m*zp closest to a whole number (absolute error, in
+    weight units, |m*zp - round(m*zp)| * s / m <= s / (2 * max_mult)); the values m*q stay exact.
+    Blocks whose zero point lies outside 0..15 are first shifted by whole steps."""
+    if lin.bits != 4 or lin.zero_points is None:
+        return lin
+    q = unpack(lin.packed, 4).astype(np.int32)                       # [N, nb, 32]
+    zp = lin.zero_points.astype(np.float64)
+    lo = np.minimum(0.0, np.floor(zp))                                # shift so that zp - lo >= 0
+    span = np.maximum(15.0, np.ceil(zp)) - lo
+    if np.any(span * 1 > 255):
+        raise ValueError("zero point too far outside the 4-bit range to widen")
+    mults = np.arange(1, max_mult + 1, dtype=np.float64)
+    zs = (zp - lo)[..., None] * mults                                 # [N, nb, M]
+    err = np.abs(zs - np.round(zs)) / mults
+    err[(span[..., None] * mults) > 255] = np.inf
+    best = np.argmin(err, axis=-1)
+    m = mults[best]
+    z = np.round(np.take_along_axis(zs, best[..., None], -1)[..., 0])
+    q8 = ((q - lo[..., None].astype(np.int32)) * m[..., None].astype(np.int32)).astype(np.uint8)
+    scales = (lin.scales / m).astype(np.float32)
+    return Linear(lin.n, lin.k, 8, q8, scales, z.astype(np.float32), bias=lin.bias)
+
+

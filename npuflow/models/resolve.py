@@ -44,10 +44,15 @@ def resolve_model(source: str, cache_dir: str | pathlib.Path, model_id: str) -> 
 
 
 def _cached_or_converted(target: pathlib.Path, get_source, model_id: str) -> ModelPackage:
+    from ..convert.weights import CONVERTER_VERSION
     pkg = usable_package(target)
     if pkg is not None:
-        log.info("using cached model", model=model_id, path=str(target))
-        return pkg
+        version = pkg.extra.get("graph", {}).get("converter_version")
+        if version == CONVERTER_VERSION:
+            log.info("using cached model", model=model_id, path=str(target))
+            return pkg
+        log.info("cached model is from another converter version: converting again", model=model_id,
+                 path=str(target), version=version, current=CONVERTER_VERSION)
     from ..convert import convert
     log.info("converting model into the cache", model=model_id, path=str(target))
     convert(get_source(), target, model_id=model_id, overwrite=True)

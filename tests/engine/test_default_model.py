@@ -102,11 +102,22 @@ def test_graph_is_exact_with_float_activations(default_package, teacher_forced, 
 
 
 def test_teacher_forced_logprobs_near_float_reference(engine, teacher_forced):
-    """The served graph quantizes activations to int8 per block of 32, like llama.cpp; on this
-    text llama.cpp itself deviates from the float reference by up to 0.39 (mean 0.06)."""
+    """The served graph quantizes activations to int8 per block of 32, like llama.cpp (which on
+    this text deviates from the float reference by up to 0.39, mean 0.06); it stays within 0.25."""
     ids, want = teacher_forced
     engine.release(0)
     diff, agree = _next_token_diff(ids, engine.prefill(0, ids, all_logits=True), want)
     engine.release(0)
-    assert diff.mean() < 0.1 and np.percentile(diff, 95) < 0.25 and diff.max() < 0.45, (diff.max(), diff.mean())
+    assert diff.max() < 0.25 and diff.mean() < 0.08 and np.percentile(diff, 95) < 0.2, (diff.max(), diff.mean())
     assert agree > 0.9
+
+
+def test_served_graph_has_one_kernel_per_projection(default_package):
+    """Q4_1 projections run as single MatMulNBits nodes (widened to 8 bits with integer zero
+    points), with no zero-point correction nodes."""
+    import onnx
+    model = onnx.load(str(default_package.file("model")), load_external_data=False)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulNBits") == 4 * default_package.dims.layers + 1
+    assert "ReduceSum" not in ops and "MatMul" not in ops
+    assert default_package.extra["graph"]["converter_version"] >= 2
