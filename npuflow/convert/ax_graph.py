@@ -20,18 +20,27 @@ signature forces it: bf16 residual stream and KV cache, bf16 embedding table.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .graph import ACCURACY_LEVEL, MS, _Builder, _head_norm
+from .graph import ACCURACY_LEVEL, MS, _Builder, _head_norm, build_graph
 from .spec import LayerWeights, ModelSpec
 
 BF16, F32, U32 = TensorProto.BFLOAT16, TensorProto.FLOAT, TensorProto.UINT32
 LAYER_INPUTS = ("K_cache", "V_cache", "indices", "input", "mask")
 LAYER_OUTPUTS = ("K_cache_out", "V_cache_out", "output")
+
+
+def _builder(accuracy_level) -> _Builder:
+    """A graph builder set up as build_graph sets up the CPU graph's (same weight forms), so the
+    projections of both engines compute the same thing."""
+    params = inspect.signature(build_graph).parameters
+    kw = {k: params[k].default for k in ("widen_q4_1",) if k in params}
+    return _Builder(accuracy_level, **kw)
 
 
 def rope_tables(positions: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +102,7 @@ def _attention(b: _Builder, spec: ModelSpec, q: str, k_all: str, v_all: str, mas
 def build_layer_graph(spec: ModelSpec, i: int, lw: LayerWeights, positions: int,
                       accuracy_level: int = ACCURACY_LEVEL) -> onnx.ModelProto:
     """The AX layer graph of layer i; RoPE tables cover positions 0..positions-1."""
-    b = _Builder(accuracy_level)
+    b = _builder(accuracy_level)
     H, hd, nh, nkv = spec.hidden, spec.head_dim, spec.heads, spec.kv_heads
     D = nkv * hd
     eps = float(spec.rms_eps)
@@ -140,7 +149,7 @@ def build_layer_graph(spec: ModelSpec, i: int, lw: LayerWeights, positions: int,
 
 
 def build_post_graph(spec: ModelSpec, accuracy_level: int = ACCURACY_LEVEL) -> onnx.ModelProto:
-    b = _Builder(accuracy_level)
+    b = _builder(accuracy_level)
     vi = helper.make_tensor_value_info
     x = b.node("Cast", ["input"], to=F32)[0]
     h = b.node("SimplifiedLayerNormalization", [x, b.init("final_norm", spec.final_norm().astype(np.float32))],

@@ -74,7 +74,7 @@ class AxEngine:
         root = package.path
         layer_files = [root / f for f in ax["layer_files"]]
         factory = session_factory or factory_for(layer_files[0], device_id=device_id, threads=threads)
-        free = check_fits(int(ax.get("cmm_kb") or 0), package.id, cmm_info)
+        free = check_fits(int(ax.get("cmm_kb") or 0), "the model", cmm_info)
         self.package = package
         self.max_slots = max_slots
         self.clock = DeviceClock()

@@ -42,7 +42,7 @@ def check_fits(need_kb: int, model: str, path: str | os.PathLike = CMM_INFO, *, 
         return None
     free, total = info
     if need_kb > free:
-        raise CmmError(f"model '{model}' needs {need_kb // 1024} MiB of NPU memory (CMM) but only "
+        raise CmmError(f"{model} needs {need_kb // 1024} MiB of NPU memory (CMM) but only "
                        f"{free // 1024} MiB of {total // 1024} MiB are free; stop another model or "
                        f"use a smaller one")
     return free
