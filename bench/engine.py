@@ -1,10 +1,12 @@
 """Prefill and decode speed and peak RSS of the CPU engine on the default model, next to
 llama.cpp (llama-cpp-python) on the same GGUF when it is installed.
 
-    python bench/engine.py [--threads 2] [--prompt 100] [--gen 128] [--repeat 3]
+    python bench/engine.py [--threads 2] [--prompt 100] [--gen 128] [--repeat 3] [--rounds 1]
 
 Each engine runs in a fresh subprocess so its peak RSS is its own. The prompt is real text cut
 to --prompt tokens; generation is greedy for --gen tokens (the first comes from the prefill).
+With --rounds N the two engines run alternately N times (for a machine that others load too);
+the table shows medians over rounds and the ratio line is the median of the per-round ratios.
 """
 from __future__ import annotations
 
@@ -94,6 +96,7 @@ def main() -> int:
     p.add_argument("--prompt", type=int, default=100)
     p.add_argument("--gen", type=int, default=128)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--child", choices=["ours", "llama"], help=argparse.SUPPRESS)
     p.add_argument("--package", help=argparse.SUPPRESS)
@@ -110,23 +113,40 @@ def main() -> int:
     pkg = resolve_model("default", cache, DEFAULT_MODEL_ID)
     print(f"model {pkg.id} ({pkg.path}), threads={args.threads}, prompt={args.prompt} tokens, "
           f"generate={args.gen} tokens, median of {args.repeat}")
-    ours = _run_child("ours", args, ["--package", str(pkg.path)])
-    rows = [("npuflow cpu", ours)]
     try:
-        import llama_cpp  # noqa: F401
-        theirs = _run_child("llama", args, ["--gguf", pkg.extra["source"]["path"], "--tokenizer", str(pkg.tokenizer_path)])
-        rows.append((f"llama.cpp {llama_cpp.__version__}", theirs))
+        import llama_cpp
+        llama_name = f"llama.cpp {llama_cpp.__version__}"
     except ImportError:
-        theirs = None
+        llama_name = None
         print("llama_cpp not importable: no comparison")
+    results: dict[str, list[dict]] = {"ours": [], "llama": []}
+    for r in range(args.rounds):
+        ours = _run_child("ours", args, ["--package", str(pkg.path)])
+        if ours is None:
+            return 1
+        results["ours"].append(ours)
+        if llama_name:
+            theirs = _run_child("llama", args, ["--gguf", pkg.extra["source"]["path"], "--tokenizer", str(pkg.tokenizer_path)])
+            if theirs:
+                results["llama"].append(theirs)
+        if args.rounds > 1:
+            line = f"round {r + 1}: ours decode {ours['decode_tps']:.1f} tok/s"
+            if llama_name and theirs:
+                line += f", llama.cpp {theirs['decode_tps']:.1f} tok/s, ratio {ours['decode_tps'] / theirs['decode_tps']:.2f}"
+            print(line, flush=True)
+    med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in results.items() if v}
+    rows = [("npuflow cpu", med.get("ours"))]
+    if "llama" in med:
+        rows.append((llama_name, med["llama"]))
     print(f"{'engine':<22}{'prefill tok/s':>15}{'decode tok/s':>15}{'peak RSS MiB':>15}")
     for name, r in rows:
         if r:
             print(f"{name:<22}{r['prefill_tps']:>15.1f}{r['decode_tps']:>15.1f}{r['peak_rss_mib']:>15.0f}")
-    if ours and theirs:
-        print(f"{'ours / llama.cpp':<22}{ours['prefill_tps'] / theirs['prefill_tps']:>15.2f}"
-              f"{ours['decode_tps'] / theirs['decode_tps']:>15.2f}{ours['peak_rss_mib'] / theirs['peak_rss_mib']:>15.2f}")
-    return 0 if ours else 1
+    if len(results["llama"]) == len(results["ours"]):
+        ratio = {m: statistics.median(a[m] / b[m] for a, b in zip(results["ours"], results["llama"]))
+                 for m in ("prefill_tps", "decode_tps", "peak_rss_mib")}
+        print(f"{'ours / llama.cpp':<22}{ratio['prefill_tps']:>15.2f}{ratio['decode_tps']:>15.2f}{ratio['peak_rss_mib']:>15.2f}")
+    return 0
 
 
 if __name__ == "__main__":
