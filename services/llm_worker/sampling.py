@@ -26,7 +26,8 @@ _OPTIONAL = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "freq
              "repetition_penalty", "seed")
 MAX_TOP_LOGPROBS = 20
 LOGPROB_FLOOR = -9999.0
-_TOP_P_CANDIDATES = 256  # nucleus searched among the best 256 first, the whole row if not enough
+_FLOOR = 1e-4  # weight (relative to the best token) under which tokens are searched last
+_BLOCK = 256   # block size of the two-level draw over long rows
 
 
 @dataclass(frozen=True)
@@ -143,32 +144,65 @@ def _adjust(x: np.ndarray, states: Sequence[SamplerState]) -> None:
             s.matcher.apply(x[i])
 
 
+def _top_k(p: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest weights, in no order. The search starts among the weights above
+    _FLOOR (a few hundred of a vocabulary's tens of thousands, which is what makes it cheap) and
+    widens to the whole row when fewer than k are there, so the answer is always exact."""
+    cand = np.flatnonzero(p >= _FLOOR)
+    if len(cand) < k:
+        cand = np.arange(p.shape[0])
+    if len(cand) > k:
+        cand = cand[np.argpartition(p[cand], len(cand) - k)[len(cand) - k:]]
+    return cand
+
+
+def _nucleus(p: np.ndarray, cand: np.ndarray | None, top_p: float) -> np.ndarray:
+    """The smallest set of best tokens holding top_p of the mass, best first. Without `cand`
+    the tokens above _FLOOR are tried first: when they hold enough mass the nucleus is among
+    them (they are exactly the best ones); otherwise the whole row is sorted."""
+    total = float(p[cand].sum()) if cand is not None else float(p.sum())
+    order = cand if cand is not None else np.flatnonzero(p >= _FLOOR)
+    order = order[np.argsort(-p[order], kind="stable")]
+    c = np.cumsum(p[order], dtype=np.float64)
+    if cand is None and c[-1] < top_p * total:
+        order = np.argsort(-p, kind="stable")
+        c = np.cumsum(p[order], dtype=np.float64)
+    keep = int(np.searchsorted(c, top_p * total, side="left")) + 1
+    return order[:keep]
+
+
+def _draw(w: np.ndarray, rng: np.random.Generator) -> int:
+    """Index drawn with probability proportional to the weights w (inverse CDF). Long rows are
+    searched block by block: a cumulative sum over a whole vocabulary costs far more than
+    summing blocks and then searching inside one."""
+    n = w.shape[0]
+    if n <= _BLOCK * 4:
+        c = np.cumsum(w, dtype=np.float64)
+        if not c[-1] > 0:
+            return int(np.argmax(w))
+        return min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), n - 1)
+    pad = (-n) % _BLOCK
+    wb = np.concatenate([w, np.zeros(pad, w.dtype)]) if pad else w
+    cb = np.cumsum(wb.reshape(-1, _BLOCK).sum(axis=1, dtype=np.float64))
+    if not cb[-1] > 0:
+        return int(np.argmax(w))
+    u = rng.random() * cb[-1]
+    b = min(int(np.searchsorted(cb, u, side="right")), len(cb) - 1)
+    inner = np.cumsum(wb[b * _BLOCK:(b + 1) * _BLOCK], dtype=np.float64)
+    u -= cb[b - 1] if b else 0.0
+    j = min(int(np.searchsorted(inner, u, side="right")), int(np.flatnonzero(inner < inner[-1]).size))
+    return min(b * _BLOCK + j, n - 1)
+
+
 def _choose(p: np.ndarray, top_k: int, top_p: float, rng: np.random.Generator) -> int:
-    """Draw one id from the (unnormalised) probabilities p after top_k and top_p."""
+    """Draw one id from the (unnormalised, best token = 1) probabilities p after top_k and top_p."""
     v = p.shape[0]
-    if top_k and top_k < v:
-        order = np.argpartition(p, v - top_k)[v - top_k:]
-    elif top_p < 1.0:
-        k = min(_TOP_P_CANDIDATES, v)
-        order = np.argpartition(p, v - k)[v - k:] if k < v else np.arange(v)
-    else:
-        order = None
+    order = _top_k(p, top_k) if top_k and top_k < v else None
     if top_p < 1.0:
-        total = float(p[order].sum()) if top_k else float(p.sum())
-        order = order[np.argsort(-p[order], kind="stable")]
-        c = np.cumsum(p[order])
-        if c[-1] < top_p * total and not top_k:  # the nucleus is wider than the candidates
-            order = np.argsort(-p, kind="stable")
-            c = np.cumsum(p[order])
-        keep = int(np.searchsorted(c, top_p * total, side="left")) + 1
-        order = order[:keep]
-    w = p if order is None else p[order]
-    c = np.cumsum(w, dtype=np.float64)
-    if not c[-1] > 0:
-        j = int(np.argmax(w))
-    else:
-        j = min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), len(w) - 1)
-    return int(j if order is None else order[j])
+        order = _nucleus(p, order, top_p)
+    if order is None:
+        return _draw(p, rng)
+    return int(order[_draw(p[order], rng)])
 
 
 def sample_batch(logits: np.ndarray, states: Sequence[SamplerState]) -> list[Pick]:

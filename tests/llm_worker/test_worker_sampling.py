@@ -99,3 +99,30 @@ def test_resolve_defaults_and_validation():
         with pytest.raises(RequestError) as e:
             resolve_sampling(common_pb2.SamplingParams(**bad), {}, V)
         assert e.value.param == param and e.value.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+
+
+def test_fast_paths_pick_exactly_the_brute_force_sets():
+    """top_k / top_p search the heavy tokens first; the sets must equal a full sort's, for peaked
+    and for flat rows (where the first search is not enough and the whole row is sorted)."""
+    from npuflow.llm_worker.sampling import _nucleus, _top_k
+    rng = np.random.default_rng(1)
+    for scale in (0.1, 1.0, 4.0):
+        z = rng.standard_normal(5000) * scale
+        p = np.exp(z - z.max()).astype(np.float32)
+        full = np.argsort(-p, kind="stable")
+        for k in (1, 7, 300, 4999):
+            assert set(_top_k(p, k).tolist()) == set(full[:k].tolist())
+        for top_p in (0.05, 0.5, 0.95):
+            c = np.cumsum(p[full], dtype=np.float64)
+            keep = int(np.searchsorted(c, top_p * float(p.sum()), side="left")) + 1
+            assert set(_nucleus(p, None, top_p).tolist()) == set(full[:keep].tolist())
+
+
+def test_block_draw_follows_the_weights():
+    from npuflow.llm_worker.sampling import _draw
+    rng = np.random.default_rng(2)
+    w = np.zeros(49152, np.float32)
+    w[[3, 1000, 30000, 49151]] = [1.0, 2.0, 3.0, 4.0]
+    counts = np.bincount([_draw(w, rng) for _ in range(20000)], minlength=len(w))
+    assert set(np.flatnonzero(counts)) == {3, 1000, 30000, 49151}
+    np.testing.assert_allclose(counts[[3, 1000, 30000, 49151]] / 20000, [0.1, 0.2, 0.3, 0.4], atol=0.015)
