@@ -55,7 +55,7 @@ class CpuEngine:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         opts.log_severity_level = 3
         opts.enable_cpu_mem_arena = True
         self._sess = ort.InferenceSession(str(package.file("model")), opts, providers=["CPUExecutionProvider"])
