@@ -105,12 +105,13 @@ def test_teacher_forced_logprobs_near_float_reference(engine, teacher_forced):
     """The served graph quantizes activations to int8 per block of 32, like llama.cpp. On this
     text it deviates from the float reference by up to 0.23 (mean 0.056) and llama.cpp by up to
     0.39 (mean 0.06); the maximum is heavy-tailed (another text: ours 0.74, llama.cpp 0.28, both
-    at mean 0.06), so the bound on it is loose and the mean and 95th percentile carry the test."""
+    at mean 0.06): the issue's bound of 0.25 holds on this text, and the mean and 95th percentile
+    guard the typical error."""
     ids, want = teacher_forced
     engine.release(0)
     diff, agree = _next_token_diff(ids, engine.prefill(0, ids, all_logits=True), want)
     engine.release(0)
-    assert diff.mean() < 0.08 and np.percentile(diff, 95) < 0.22 and diff.max() < 0.45, (diff.max(), diff.mean())
+    assert diff.mean() < 0.08 and np.percentile(diff, 95) < 0.22 and diff.max() < 0.25, (diff.max(), diff.mean())
     assert agree > 0.9
 
 
