@@ -24,7 +24,7 @@ from ..models.package import ModelPackage
 from .ax_cmm import CMM_INFO, check_fits
 from .ax_runtime import SessionFactory, factory_for, release_session
 from .ax_timing import DeviceClock, TimedSession, profile
-from .base import EngineError
+from .base import EngineError, check_slot, check_token_ids
 
 log = get_logger("engine.ax")
 
@@ -262,17 +262,7 @@ class AxEngine:
         return kv
 
     def _check_slot(self, slot: int) -> None:
-        if self._closed:
-            raise EngineError("engine is closed")
-        if not 0 <= slot < self.max_slots:
-            raise EngineError(f"slot {slot} out of range 0..{self.max_slots - 1}")
+        check_slot(slot, self.max_slots, self._closed)
 
     def _check_ids(self, token_ids: Sequence[int]) -> np.ndarray:
-        ids = np.asarray(token_ids)
-        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-            raise EngineError("token ids must be a flat list of integers")
-        ids = ids.astype(np.int64)
-        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
-        if bad.size:
-            raise EngineError(f"token id {int(bad[0])} is outside the vocabulary (0..{self.vocab_size - 1})")
-        return ids
+        return check_token_ids(token_ids, self.vocab_size)

@@ -15,6 +15,26 @@ class EngineError(Exception):
     """A request the engine cannot serve (bad ids, no room in the context); message is one line."""
 
 
+def check_slot(slot: int, max_slots: int, closed: bool) -> None:
+    """Raise EngineError unless `slot` names a slot of an open engine."""
+    if closed:
+        raise EngineError("engine is closed")
+    if not 0 <= slot < max_slots:
+        raise EngineError(f"slot {slot} out of range 0..{max_slots - 1}")
+
+
+def check_token_ids(token_ids: Sequence[int], vocab_size: int) -> np.ndarray:
+    """The ids as a flat int64 array; EngineError for anything else or an id outside the vocabulary."""
+    ids = np.asarray(token_ids)
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise EngineError("token ids must be a flat list of integers")
+    ids = ids.astype(np.int64)
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    if bad.size:
+        raise EngineError(f"token id {int(bad[0])} is outside the vocabulary (0..{vocab_size - 1})")
+    return ids
+
+
 class Engine(Protocol):
     vocab_size: int       # rows of the logits
     context_length: int   # positions a slot can hold
