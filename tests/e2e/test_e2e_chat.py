@@ -51,18 +51,39 @@ def test_max_tokens_cuts_with_length_and_counts_real_tokens(client):
         assert r.usage.completion_tokens == 5
 
 
-def test_whole_conversation_reaches_the_model(client):
-    """Every role goes through the template: a fact given in an earlier turn is used later."""
+def test_whole_conversation_reaches_the_model(stack, client):
+    """Every role goes through the template, in order: the tokens the model is given (the same
+    count as the request's usage) decode to every turn under its role's header."""
     msgs = [{"role": "system", "content": "You are a terse assistant."},
             {"role": "developer", "content": "Answer with one word."},
             {"role": "user", "content": "My cat is called Whiskers."},
             {"role": "assistant", "content": "Noted."},
             {"role": "user", "content": "What is my cat called?"}]
-    short = client.chat.completions.create(model=DEFAULT_ID, temperature=0, max_tokens=1,
-                                           messages=msgs[-1:])
     full = client.chat.completions.create(model=DEFAULT_ID, temperature=0, max_tokens=12, messages=msgs)
-    assert full.usage.prompt_tokens > short.usage.prompt_tokens + 20
-    assert "whiskers" in full.choices[0].message.content.lower()
+    assert full.choices[0].message.content
+    tok = _post(stack, "/tokenize", {"model": DEFAULT_ID, "messages": msgs})
+    assert tok["count"] == full.usage.prompt_tokens
+    text = _post(stack, "/detokenize", {"model": DEFAULT_ID, "tokens": tok["tokens"]})["prompt"]
+    want = ["<|im_start|>system\nYou are a terse assistant.<|im_end|>",
+            "<|im_start|>system\nAnswer with one word.<|im_end|>",      # developer = system
+            "<|im_start|>user\nMy cat is called Whiskers.<|im_end|>",
+            "<|im_start|>assistant\nNoted.<|im_end|>",
+            "<|im_start|>user\nWhat is my cat called?<|im_end|>",
+            "<|im_start|>assistant\n"]
+    pos = 0
+    for w in want:  # each turn after the one before
+        pos = text.find(w, pos)
+        assert pos >= 0, f"{w!r} missing or out of order in {text!r}"
+        pos += len(w)
+    assert text.endswith("<|im_start|>assistant\n")
+    assert "You are a helpful AI assistant" not in text  # no default system prompt added
+
+
+def _post(stack, path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{stack.port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
 
 
 def test_stream_matches_non_stream_and_invariants(client):
