@@ -20,15 +20,22 @@ def proto_files() -> list[pathlib.Path]:
     return sorted((PROTO_DIR / "npuflow" / "v1").glob("*.proto"))
 
 
+def _has_service(proto: pathlib.Path) -> bool:
+    """gRPC stubs are made only for files that define a service (the others would be empty)."""
+    return any(line.lstrip().startswith("service ") for line in proto.read_text().splitlines())
+
+
 def generate(out_root: pathlib.Path) -> pathlib.Path:
     """Run protoc (from grpcio-tools) on every .proto; return the folder of npuflow/v1 code."""
     from grpc_tools import protoc
 
     files = [str(p.relative_to(PROTO_DIR)) for p in proto_files()]
-    args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={out_root}", f"--pyi_out={out_root}",
-            f"--grpc_python_out={out_root}", *files]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    services = [str(p.relative_to(PROTO_DIR)) for p in proto_files() if _has_service(p)]
+    include = f"-I{PROTO_DIR}"
+    for args in (["protoc", include, f"--python_out={out_root}", f"--pyi_out={out_root}", *files],
+                 ["protoc", include, f"--grpc_python_out={out_root}", *services]):
+        if len(args) > 3 and protoc.main(args) != 0:
+            raise SystemExit("protoc failed")
     out = out_root / "npuflow" / "v1"
     (out / "__init__.py").write_text('"""Code generated from proto/npuflow/v1 by python -m npuflow.protogen."""\n')
     return out
