@@ -9,9 +9,15 @@ from __future__ import annotations
 import os
 import pathlib
 import urllib.parse
+from typing import Iterator
 
 import zmq
 import zmq.asyncio
+from google.protobuf.message import DecodeError, Message
+
+from npuflow.logs import get_logger
+
+log = get_logger("transport")
 
 
 def ipc_path(endpoint: str) -> pathlib.Path | None:
@@ -25,7 +31,7 @@ def check_endpoint(endpoint: str) -> str:
     """Raise ValueError unless endpoint is a usable ipc:// or tcp:// address (or inproc:// for
     threads of one process)."""
     u = urllib.parse.urlparse(endpoint)
-    if u.scheme == "ipc" and ipc_path(endpoint):
+    if u.scheme == "ipc" and endpoint[len("ipc://"):]:
         return endpoint
     if u.scheme == "inproc" and endpoint[len("inproc://"):]:
         return endpoint
@@ -78,3 +84,20 @@ def remove_ipc_file(endpoint: str) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def recv_waiting(sock: zmq.Socket, message_type: type[Message]) -> Iterator[tuple[bytes, Message]]:
+    """Every frame waiting on a ROUTER socket, without blocking, as (peer identity, message).
+    A frame that is not [identity, payload] or does not parse is logged and dropped."""
+    while True:
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if len(frames) != 2:
+            log.warning("dropped malformed frame", parts=len(frames))
+            continue
+        try:
+            yield frames[0], message_type.FromString(frames[1])
+        except DecodeError:
+            log.warning("dropped undecodable frame", bytes=len(frames[1]), type=message_type.__name__)

@@ -18,10 +18,9 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 
 import zmq
-from google.protobuf.message import DecodeError
 
 from npuflow.logs import get_logger
-from npuflow.transport import make_socket, remove_ipc_file
+from npuflow.transport import make_socket, recv_waiting, remove_ipc_file
 from npuflow.v1 import common_pb2, worker_pb2
 
 from .scheduler import Event, Scheduler
@@ -80,20 +79,7 @@ class _IoThread(threading.Thread):
             self._send(peer, payload)
 
     def _receive(self) -> None:
-        while True:
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(frames) != 2:
-                log.warning("dropped malformed frame", parts=len(frames))
-                continue
-            peer, payload = frames
-            try:
-                msg = worker_pb2.ToWorker.FromString(payload)
-            except DecodeError:
-                log.warning("dropped undecodable frame", bytes=len(payload))
-                continue
+        for peer, msg in recv_waiting(self.router, worker_pb2.ToWorker):
             kind = msg.WhichOneof("kind")
             if kind == "ping":
                 self._send(peer, self.link.heartbeat(msg.ping.sent_unix_ms).SerializeToString())

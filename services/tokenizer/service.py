@@ -9,10 +9,9 @@ import threading
 from typing import Mapping
 
 import zmq
-from google.protobuf.message import DecodeError
 
 from npuflow.logs import get_logger
-from npuflow.transport import make_socket, remove_ipc_file
+from npuflow.transport import make_socket, recv_waiting, remove_ipc_file
 from npuflow.v1 import common_pb2, tokenizer_pb2
 
 from .chat_template import MessageIn, ToolCallIn
@@ -82,20 +81,7 @@ class TokenizerService:
             while not stop.is_set():
                 if not recv_from_gateway.poll(POLL_MS):
                     continue
-                while True:
-                    try:
-                        frames = recv_from_gateway.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    if len(frames) != 2:
-                        log.warning("dropped malformed frame", parts=len(frames))
-                        continue
-                    peer, payload = frames
-                    try:
-                        req = tokenizer_pb2.TokenizerRequest.FromString(payload)
-                    except DecodeError:
-                        log.warning("dropped undecodable frame", bytes=len(payload))
-                        continue
+                for peer, req in recv_waiting(recv_from_gateway, tokenizer_pb2.TokenizerRequest):
                     recv_from_gateway.send_multipart([peer, self.handle(req).SerializeToString()])
         finally:
             recv_from_gateway.close(linger=0)
