@@ -23,6 +23,32 @@ READY_WAIT_MAX_S = 120.0
 FAILED = (FR.FINISH_REASON_ERROR, FR.FINISH_REASON_ABORT)
 FINISH_NAMES = {FR.FINISH_REASON_STOP: "stop", FR.FINISH_REASON_LENGTH: "length",
                 FR.FINISH_REASON_TOOL_CALLS: "tool_calls"}
+FAILED = (FR.FINISH_REASON_ERROR, FR.FINISH_REASON_ABORT)
+
+
+class Collected:
+    """What a non-streamed answer gathers per choice: text, logprobs, tokens, finish reason."""
+
+    def __init__(self, choices: int, prefixes: Sequence[str] | None = None):
+        self.texts = [[p] for p in prefixes] if prefixes is not None else [[] for _ in range(choices)]
+        self.logprobs: list[list] = [[] for _ in range(choices)]
+        self.counted = [0] * choices
+        self.completion = [0] * choices
+        self.finish = ["stop"] * choices
+
+    def add(self, c: int, d: Delta) -> None:
+        """Merge delta d into choice c; a failed choice raises its client-facing ApiError."""
+        if d.finish in FAILED:
+            raise delta_error(d)
+        self.texts[c].append(d.text)
+        self.counted[c] += len(d.token_ids)
+        self.logprobs[c].extend(d.logprobs)
+        if d.finish:
+            self.finish[c] = FINISH_NAMES.get(d.finish, "stop")
+            self.completion[c] = d.completion_tokens or self.counted[c]
+
+    def text(self, c: int) -> str:
+        return "".join(self.texts[c])
 
 
 def check_model(st: GatewayState, model: str) -> None:

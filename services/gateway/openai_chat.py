@@ -9,15 +9,12 @@ from aiohttp import web
 
 from npuflow.gateway.client import GenerateParams
 from npuflow.gateway.errors import ApiError
-from npuflow.gateway.generation import (FINISH_NAMES, FR, admit, check_model, deadline_unix_ms, delta_error,
-                                        metered)
+from npuflow.gateway.generation import (FAILED, FINISH_NAMES, Collected, admit, check_model, deadline_unix_ms,
+                                        delta_error, metered)
 from npuflow.gateway.sse import ChunkWriter, open_stream, send_error_and_done
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.tool_calls import CallStream, parse_tool_calls
 from npuflow.gateway.validation import ChatRequest, parse_chat, read_json
-
-_FAILED = (FR.FINISH_REASON_ERROR, FR.FINISH_REASON_ABORT)
-
 
 def _token_text(b: bytes) -> str:
     return b.decode("utf-8", errors="replace")
@@ -58,38 +55,27 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def _whole(st: GatewayState, req: ChatRequest, params: GenerateParams, arrived: float,
                  created: int) -> web.Response:
     n = req.n
-    texts: list[list[str]] = [[] for _ in range(n)]
-    lps: list[list] = [[] for _ in range(n)]
-    counted, completion, finish = [0] * n, [0] * n, ["stop"] * n
+    got = Collected(n)
     async with contextlib.aclosing(metered(st, params, arrived)) as it:
         async for batch in it:
             for d in batch:
-                i = d.index
-                if i >= n:
-                    continue
-                if d.finish in _FAILED:
-                    raise delta_error(d)
-                texts[i].append(d.text)
-                counted[i] += len(d.token_ids)
-                if d.logprobs:
-                    lps[i].extend(d.logprobs)
-                if d.finish:
-                    finish[i] = FINISH_NAMES.get(d.finish, "stop")
-                    completion[i] = d.completion_tokens or counted[i]
+                if d.index < n:
+                    got.add(d.index, d)
     choices = []
     for i in range(n):
-        message = {"role": "assistant", "content": "".join(texts[i]), "refusal": None}
+        message = {"role": "assistant", "content": got.text(i), "refusal": None}
+        finish = got.finish[i]
         if req.structured.parse_tool_calls:
             content, calls = parse_tool_calls(message["content"], _names(req))
             if calls:
                 message["content"] = content or None
                 message["tool_calls"] = [c.body() for c in calls]
-                finish[i] = "tool_calls"
+                finish = "tool_calls"
         choices.append({"index": i, "message": message,
-                        "logprobs": chat_logprobs(lps[i]) if req.logprobs else None, "finish_reason": finish[i]})
+                        "logprobs": chat_logprobs(got.logprobs[i]) if req.logprobs else None, "finish_reason": finish})
     return web.json_response({"id": params.request_id, "object": "chat.completion", "created": created,
                               "model": req.model, "choices": choices,
-                              "usage": usage(len(params.prompt_token_ids), sum(completion))})
+                              "usage": usage(len(params.prompt_token_ids), sum(got.completion))})
 
 
 async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, params: GenerateParams,
@@ -108,7 +94,7 @@ async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, para
                     i = d.index
                     if i >= req.n:
                         continue
-                    if d.finish in _FAILED:
+                    if d.finish in FAILED:
                         raise delta_error(d)
                     counted[i] += len(d.token_ids)
                     text, lps, reason = d.text, list(d.logprobs), FINISH_NAMES.get(d.finish, "stop")

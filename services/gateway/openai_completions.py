@@ -10,15 +10,12 @@ from aiohttp import web
 
 from npuflow.gateway.client import GenerateParams
 from npuflow.gateway.errors import ApiError
-from npuflow.gateway.generation import (FINISH_NAMES, FR, admit, check_model, check_prompt, deadline_unix_ms,
-                                        delta_error, merge_streams, metered)
+from npuflow.gateway.generation import (FAILED, FINISH_NAMES, Collected, admit, check_model, check_prompt,
+                                        deadline_unix_ms, delta_error, merge_streams, metered)
 from npuflow.gateway.openai_chat import usage
 from npuflow.gateway.sse import ChunkWriter, open_stream, send_error_and_done
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.validation import CompletionRequest, parse_completion, read_json
-
-_FAILED = (FR.FINISH_REASON_ERROR, FR.FINISH_REASON_ABORT)
-
 
 class _Logprobs:
     """The legacy logprobs object of one choice, built as tokens arrive."""
@@ -84,31 +81,21 @@ def _streams(st: GatewayState, params: list[GenerateParams], arrived: float):
 async def _whole(st: GatewayState, req: CompletionRequest, rid: str, params: list[GenerateParams],
                  echo: list[str], arrived: float, created: int) -> web.Response:
     n, total = req.n, req.n * len(params)
-    texts = [[echo[c // n]] for c in range(total)]
-    lps = [_Logprobs(len(echo[c // n])) for c in range(total)]
-    counted, completion, finish = [0] * total, [0] * total, ["stop"] * total
+    got = Collected(total, [echo[c // n] for c in range(total)])
     async with contextlib.aclosing(_streams(st, params, arrived)) as it:
         async for k, batch in it:
             for d in batch:
-                if d.index >= n:
-                    continue
-                c = k * n + d.index
-                if d.finish in _FAILED:
-                    raise delta_error(d)
-                texts[c].append(d.text)
-                counted[c] += len(d.token_ids)
-                if d.logprobs:
-                    lps[c].add(d.logprobs)
-                if d.finish:
-                    finish[c] = FINISH_NAMES.get(d.finish, "stop")
-                    if finish[c] == "tool_calls":
-                        finish[c] = "stop"
-                    completion[c] = d.completion_tokens or counted[c]
-    choices = [{"text": "".join(texts[c]), "index": c, "logprobs": lps[c].body() if req.logprobs else None,
-                "finish_reason": finish[c]} for c in range(total)]
+                if d.index < n:
+                    got.add(k * n + d.index, d)
+    choices = []
+    for c in range(total):
+        lps = _Logprobs(len(echo[c // n]))
+        lps.add(got.logprobs[c])
+        choices.append({"text": got.text(c), "index": c, "logprobs": lps.body() if req.logprobs else None,
+                        "finish_reason": "stop" if got.finish[c] == "tool_calls" else got.finish[c]})
     prompt_tokens = sum(len(p.prompt_token_ids) for p in params)
     return web.json_response({"id": rid, "object": "text_completion", "created": created, "model": req.model,
-                              "choices": choices, "usage": usage(prompt_tokens, sum(completion))})
+                              "choices": choices, "usage": usage(prompt_tokens, sum(got.completion))})
 
 
 async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest, rid: str,
@@ -127,7 +114,7 @@ async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest
                     if d.index >= n:
                         continue
                     c = k * n + d.index
-                    if d.finish in _FAILED:
+                    if d.finish in FAILED:
                         raise delta_error(d)
                     counted[c] += len(d.token_ids)
                     if d.finish:
