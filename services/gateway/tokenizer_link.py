@@ -1,8 +1,9 @@
 """The gateway's connection to the tokenizer service: one DEALER, one receive loop, a probe loop.
 
-Requests and answers are matched by request_id. `list_models` every 500 ms is the liveness
-probe: no frame for 1.5 s means the tokenizer is down; pending calls fail with 503 and new calls
-wait (bounded) for it to come back.
+Requests and answers are matched by request_id. The tokenizer is down when its connection
+drops (its process died) or, for a hung one, when the liveness probe (`list_models` every
+500 ms) has no answer for 1.5 s: pending calls fail with 503 and new calls wait (bounded) for it
+to come back.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import zmq.asyncio
 from npuflow.config import Settings
 from npuflow.gateway.client import ChatTurn
 from npuflow.gateway.errors import ApiError
+from npuflow.gateway.peer_watch import watch_disconnects
 from npuflow.gateway.worker_link import send_now
 from npuflow.logs import get_logger
 from npuflow.transport import make_socket
@@ -52,7 +54,9 @@ class TokenizerLink:
     async def start(self) -> None:
         self.sock = make_socket(self._ctx, zmq.DEALER, self.endpoint, bind=False)
         self._tasks = [asyncio.create_task(self._recv_loop(), name="recv_from_tokenizer"),
-                       asyncio.create_task(self._probe_loop(), name="probe_tokenizer")]
+                       asyncio.create_task(self._probe_loop(), name="probe_tokenizer"),
+                       asyncio.create_task(watch_disconnects(self.sock, lambda: self._down("disconnected")),
+                                           name="watch_tokenizer")]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -89,11 +93,17 @@ class TokenizerLink:
             req.list_models.SetInParent()
             send_now(self.sock, req.SerializeToString())
             if self.ready and time.monotonic() - self.last_rx > DOWN_AFTER_S:
-                self.ready = False
-                self._ready_evt.clear()
-                log.warning("tokenizer not answering", pending=len(self._pending))
-                self._fail_all()
+                self._down("not answering")
             await asyncio.sleep(PROBE_INTERVAL_S if self.ready else PROBE_INTERVAL_NOT_READY_S)
+
+    def _down(self, why: str) -> None:
+        """The tokenizer is gone: its pending calls fail, new ones wait for it to come back."""
+        if not self.ready:
+            return
+        self.ready = False
+        self._ready_evt.clear()
+        log.warning("tokenizer down", why=why, pending=len(self._pending))
+        self._fail_all()
 
     def _fail_all(self) -> None:
         pending, self._pending = self._pending, {}
@@ -102,20 +112,24 @@ class TokenizerLink:
                 fut.set_exception(_down_error())
 
     async def _call(self, req: tokenizer_pb2.TokenizerRequest) -> tokenizer_pb2.TokenizerResponse:
-        if not self.ready:
+        for attempt in range(2):
+            if not self.ready:
+                try:
+                    await asyncio.wait_for(self._ready_evt.wait(), self.wait_s)
+                except (asyncio.TimeoutError, TimeoutError):
+                    raise _down_error() from None
+            req.request_id = f"t{next(self._ids)}"
+            fut = asyncio.get_running_loop().create_future()
+            self._pending[req.request_id] = fut
             try:
-                await asyncio.wait_for(self._ready_evt.wait(), self.wait_s)
-            except (asyncio.TimeoutError, TimeoutError):
-                raise _down_error() from None
-        req.request_id = f"t{next(self._ids)}"
-        fut = asyncio.get_running_loop().create_future()
-        self._pending[req.request_id] = fut
-        try:
-            if not send_now(self.sock, req.SerializeToString()):
-                raise _down_error()
-            resp = await fut
-        finally:
-            self._pending.pop(req.request_id, None)
+                if send_now(self.sock, req.SerializeToString()):
+                    resp = await fut
+                    break
+                self._down("no connection")  # seen before the monitor or the probe saw it: wait, retry
+                if attempt:
+                    raise _down_error()
+            finally:
+                self._pending.pop(req.request_id, None)
         if resp.WhichOneof("kind") == "error":
             raise ApiError.from_code(resp.error.code, resp.error.message, resp.error.param)
         return resp

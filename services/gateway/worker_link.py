@@ -17,6 +17,7 @@ import zmq.asyncio
 from npuflow.config import ModelSettings, Settings
 from npuflow.gateway.client import Delta, GenerateParams, ModelInfo
 from npuflow.gateway.errors import ApiError, model_not_found
+from npuflow.gateway.peer_watch import watch_disconnects
 from npuflow.gateway.request_stream import RequestStream
 from npuflow.logs import get_logger
 from npuflow.transport import make_socket
@@ -61,7 +62,9 @@ class WorkerLink:
     async def start(self) -> None:
         self.sock = make_socket(self._ctx, zmq.DEALER, self.model.endpoint, bind=False)
         self._tasks = [asyncio.create_task(self._recv_loop(), name=f"recv_from_worker[{self.model.id}]"),
-                       asyncio.create_task(self._ping_loop(), name=f"ping_worker[{self.model.id}]")]
+                       asyncio.create_task(self._ping_loop(), name=f"ping_worker[{self.model.id}]"),
+                       asyncio.create_task(watch_disconnects(self.sock, self._on_disconnect),
+                                           name=f"watch_worker[{self.model.id}]")]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -132,10 +135,14 @@ class WorkerLink:
                 self._lost()
             await asyncio.sleep(PING_INTERVAL_S if self.ready else PING_INTERVAL_NOT_READY_S)
 
-    def _lost(self) -> None:
+    def _lost(self, why: str = "stopped answering") -> None:
         self._set_ready(False)
-        log.warning("worker lost", model=self.model.id, in_flight=len(self.requests))
-        self._fail_all(E.ERROR_CODE_WORKER_LOST, f"the worker of model '{self.model.id}' stopped answering")
+        log.warning("worker lost", model=self.model.id, why=why, in_flight=len(self.requests))
+        self._fail_all(E.ERROR_CODE_WORKER_LOST, f"the worker of model '{self.model.id}' {why}")
+
+    def _on_disconnect(self) -> None:
+        if self.ready:
+            self._lost("went away (its connection closed)")
 
     def _set_ready(self, ready: bool) -> None:
         self.ready = ready

@@ -73,10 +73,9 @@ def test_worker_restart_fails_in_flight(make_stack):
     t0 = time.monotonic()
     st, _, body = stack.request("POST", CHAT, {"model": MODEL, "messages": MSGS})
     assert st == 503 and body["error"]["code"] == "worker_lost"
-    assert time.monotonic() - t0 < 1.0          # the new Hello, not the 1 s silence, ended it
-    assert "restarted" in body["error"]["message"]
-    _, _, metrics = stack.request("GET", "/metrics")
-    assert f'npuflow_worker_restarts_total{{model="{MODEL}"}} 1.0' in metrics
+    assert time.monotonic() - t0 < 1.0   # the dropped connection or the new Hello, not 1 s of silence
+    assert "went away" in body["error"]["message"] or "restarted" in body["error"]["message"]
+    _wait(lambda: f'npuflow_worker_restarts_total{{model="{MODEL}"}} 1.0' in stack.request("GET", "/metrics")[2])
     st, _, body = stack.request("POST", CHAT, {"model": MODEL, "messages": MSGS})
     assert st == 200
 
