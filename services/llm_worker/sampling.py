@@ -205,8 +205,16 @@ def _choose(p: np.ndarray, top_k: int, top_p: float, rng: np.random.Generator) -
     return int(order[_draw(p[order], rng)])
 
 
+def _plain_greedy(s: SamplerState) -> bool:
+    """Nothing to do but argmax: no penalties, bias, grammar or log-probabilities."""
+    return (s.cfg.greedy and not s.cfg.logprobs and s.seen is None and s.counts is None
+            and s.bias_ids is None and s.matcher is None)
+
+
 def sample_batch(logits: np.ndarray, states: Sequence[SamplerState]) -> list[Pick]:
     """One token per row of logits [B, V] (row i belongs to states[i])."""
+    if all(_plain_greedy(s) for s in states):  # the common case, without copying the logits
+        return [Pick(int(t)) for t in np.argmax(np.asarray(logits).reshape(len(states), -1), axis=1)]
     x = np.array(logits, dtype=np.float32, copy=True)
     if x.ndim == 1:
         x = x[None, :]
