@@ -6,8 +6,8 @@
   engine  prefill + argmax on the CPU engine in this process
   worker  a GenerateRequest sent straight to the stack's worker over its ZMQ socket (the worker's
           I/O thread, scheduler, sampling and event framing on top of the engine)
-  http    a streamed /v1/completions request to the gateway with the prompt as token ids
-          (gateway, SSE and the HTTP client on top of the worker)
+  http    a streamed /v1/completions request to the gateway with the prompt as token ids, on a
+          kept-alive connection (gateway, SSE and the HTTP client on top of the worker)
 The three are measured in turn, sample by sample, with a pause between (the engine is idle
 before each, as it is before a request arrives); medians and minimums are printed with the
 difference each layer adds.
@@ -93,18 +93,16 @@ def main() -> None:
                     return time.perf_counter() - t0
 
         body = json.dumps({"model": MODEL, "prompt": ids, "max_tokens": 1, "temperature": 0, "stream": True})
+        conn = http.client.HTTPConnection("127.0.0.1", port)  # kept alive, as SDK clients do
 
         def on_http() -> float:
-            c = http.client.HTTPConnection("127.0.0.1", port)
             t0 = time.perf_counter()
-            c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-            r = c.getresponse()
+            conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            took = None
             for line in r:
-                if line.startswith(b"data: {"):
+                if took is None and line.startswith(b"data: {"):
                     took = time.perf_counter() - t0
-                    break
-            r.read()
-            c.close()
             return took
 
         kinds = {"engine": on_engine, "worker": on_worker, "http": on_http}
