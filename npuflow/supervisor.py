@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from npuflow.config import Settings
 from npuflow.logs import get_logger
-from npuflow.transport import remove_ipc_file
+from npuflow.transport import endpoint_in_use, remove_ipc_file
 
 log = get_logger("supervisor")
 
@@ -85,6 +85,11 @@ class Supervisor:
             return 1
         if self.stopping:
             return 0
+        busy = [ep for c in self.children for ep in c.endpoints if endpoint_in_use(ep)]
+        if busy:
+            log.error("another npuflow is running with the same run_dir; stop it or set server.run_dir",
+                      endpoints=",".join(busy))
+            return 1
         for c in self.children:
             c.start(self.env)
         ready_logged = False

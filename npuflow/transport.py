@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import socket
+import time
 import urllib.parse
 from typing import Iterator
 
@@ -40,12 +42,38 @@ def check_endpoint(endpoint: str) -> str:
     raise ValueError(f"endpoint {endpoint!r} is neither ipc://PATH nor tcp://HOST:PORT")
 
 
+BIND_WAIT_S = 1.0
+
+
+class EndpointInUse(OSError):
+    """Another live process is bound to this ipc:// path."""
+
+
+def endpoint_in_use(endpoint: str) -> bool:
+    """True when a live process listens on this ipc:// path (a file nobody listens on is not)."""
+    path = ipc_path(endpoint)
+    if path is None or not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def _prepare_bind(endpoint: str) -> None:
     path = ipc_path(endpoint)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():  # left behind by a process that died; binding would fail or misroute
-            path.unlink()
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + BIND_WAIT_S  # a closing socket or exiting process lets go soon
+    while endpoint_in_use(endpoint):
+        if time.monotonic() > deadline:
+            raise EndpointInUse(f"{endpoint} is in use by another running process "
+                                f"(another npuflow with the same run_dir?)")
+        time.sleep(0.05)
+    path.unlink(missing_ok=True)  # left behind by a process that died; binding would fail or misroute
 
 
 def make_socket(ctx: zmq.Context | zmq.asyncio.Context, kind: int, endpoint: str, *, bind: bool,

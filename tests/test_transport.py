@@ -40,3 +40,18 @@ def test_bind_replaces_a_stale_ipc_file_and_bad_frames_are_dropped(tmp_path):
         dealer.close(0)
         router.close(0)
         ctx.term()
+
+
+def test_a_live_ipc_endpoint_is_not_taken_over(tmp_path):
+    from npuflow.transport import EndpointInUse, endpoint_in_use
+    ep = f"ipc://{tmp_path}/busy.sock"
+    ctx = zmq.Context()
+    first = make_socket(ctx, zmq.ROUTER, ep, bind=True)
+    try:
+        assert endpoint_in_use(ep)
+        with pytest.raises(EndpointInUse, match="in use"):
+            make_socket(ctx, zmq.ROUTER, ep, bind=True)
+    finally:
+        first.close(0)
+        ctx.term()
+    assert not endpoint_in_use(ep)

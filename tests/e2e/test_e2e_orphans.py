@@ -74,3 +74,15 @@ def test_tokenizer_restart_then_supervisor_kill_leaves_no_orphans(tmp_path):
         for p in stack.children() if stack.proc.poll() is None else []:
             p.kill()
         stack.stop()
+
+
+def test_a_second_stack_on_the_same_run_dir_refuses_to_start(stack, tmp_path):
+    import subprocess
+    import sys
+    cfg = tmp_path / "second.toml"
+    cfg.write_text(stack.config.read_text().replace(f"port = {stack.port}", "port = 1"))
+    r = subprocess.run([sys.executable, "-m", "npuflow.cli", "serve", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "same run_dir" in r.stderr
+    assert stack.health()[0] == 200  # the running stack kept its sockets
