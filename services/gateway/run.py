@@ -54,4 +54,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
 def run_gateway(settings: Settings) -> None:
     start_process("gateway", settings.server.log_level, detail=f"{settings.server.host}:{settings.server.port}")
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except OSError as e:  # a port taken by another program: one clear line, not a traceback
+        log.error("cannot listen", error=str(e), http=f"{settings.server.host}:{settings.server.port}",
+                  grpc_port=settings.server.grpc_port)
+        raise SystemExit(1) from None
