@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-import zmq.asyncio
+import zmq
 from aiohttp import web
 
 from npuflow.config import Settings
@@ -21,10 +21,10 @@ from npuflow.gateway.worker_link import WorkerPool
 
 
 class ZmqClients:
-    """The real clients: a DEALER per worker and one to the tokenizer, on one asyncio ZMQ context."""
+    """The real clients: a DEALER per worker and one to the tokenizer, on one ZMQ context."""
 
     def __init__(self, settings: Settings):
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = zmq.Context()
         self.models = WorkerPool(settings, self._ctx)
         self.tokenizer = TokenizerLink(settings, self._ctx)
 

@@ -13,13 +13,11 @@ import time
 from typing import Sequence
 
 import zmq
-import zmq.asyncio
 
 from npuflow.config import Settings
 from npuflow.gateway.client import ChatTurn
 from npuflow.gateway.errors import ApiError
-from npuflow.gateway.peer_watch import watch_disconnects
-from npuflow.gateway.worker_link import send_now
+from npuflow.gateway.peer_watch import Dealer, watch_disconnects
 from npuflow.logs import get_logger
 from npuflow.transport import make_socket
 from npuflow.v1 import tokenizer_pb2
@@ -38,11 +36,12 @@ def _down_error() -> ApiError:
 class TokenizerLink:
     """TokenizerClient over ZMQ."""
 
-    def __init__(self, settings: Settings, ctx: zmq.asyncio.Context, wait_s: float = 120.0):
+    def __init__(self, settings: Settings, ctx: zmq.Context, wait_s: float = 120.0):
         self.endpoint = settings.tokenizer.endpoint
         self.wait_s = min(wait_s, settings.server.request_timeout_s)
         self._ctx = ctx
-        self.sock: zmq.asyncio.Socket | None = None
+        self.sock: zmq.Socket | None = None
+        self.dealer: Dealer | None = None
         self.ready = False
         self._ready_evt = asyncio.Event()
         self.models: dict[str, int] = {}
@@ -53,6 +52,7 @@ class TokenizerLink:
 
     async def start(self) -> None:
         self.sock = make_socket(self._ctx, zmq.DEALER, self.endpoint, bind=False)
+        self.dealer = Dealer(self.sock)
         self._tasks = [asyncio.create_task(self._recv_loop(), name="recv_from_tokenizer"),
                        asyncio.create_task(self._probe_loop(), name="probe_tokenizer"),
                        asyncio.create_task(watch_disconnects(self.sock, lambda: self._down("disconnected")),
@@ -68,30 +68,30 @@ class TokenizerLink:
 
     async def _recv_loop(self) -> None:
         FromString = tokenizer_pb2.TokenizerResponse.FromString
-        while True:
-            data = await self.sock.recv()
+        async for batch in self.dealer.batches():
             self.last_rx = time.monotonic()
-            try:
-                resp = FromString(data)
-            except Exception:
-                log.warning("undecodable frame from tokenizer", size=len(data))
-                continue
-            if not self.ready:
-                self.ready = True
-                self._ready_evt.set()
-                log.info("tokenizer ready")
-            if resp.WhichOneof("kind") == "models":
-                self.models = {m.model: m.vocab_size for m in resp.models.models}
-                continue
-            fut = self._pending.pop(resp.request_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(resp)
+            for data in batch:
+                try:
+                    resp = FromString(data)
+                except Exception:
+                    log.warning("undecodable frame from tokenizer", size=len(data))
+                    continue
+                if not self.ready:
+                    self.ready = True
+                    self._ready_evt.set()
+                    log.info("tokenizer ready")
+                if resp.WhichOneof("kind") == "models":
+                    self.models = {m.model: m.vocab_size for m in resp.models.models}
+                    continue
+                fut = self._pending.pop(resp.request_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(resp)
 
     async def _probe_loop(self) -> None:
         while True:
             req = tokenizer_pb2.TokenizerRequest(request_id=f"probe-{next(self._ids)}")
             req.list_models.SetInParent()
-            send_now(self.sock, req.SerializeToString())
+            self.dealer.send(req.SerializeToString())
             if self.ready and time.monotonic() - self.last_rx > DOWN_AFTER_S:
                 self._down("not answering")
             await asyncio.sleep(PROBE_INTERVAL_S if self.ready else PROBE_INTERVAL_NOT_READY_S)
@@ -122,7 +122,7 @@ class TokenizerLink:
             fut = asyncio.get_running_loop().create_future()
             self._pending[req.request_id] = fut
             try:
-                if send_now(self.sock, req.SerializeToString()):
+                if self.dealer.send(req.SerializeToString()):
                     resp = await fut
                     break
                 self._down("no connection")  # seen before the monitor or the probe saw it: wait, retry

@@ -12,12 +12,11 @@ import time
 from typing import AsyncIterator
 
 import zmq
-import zmq.asyncio
 
 from npuflow.config import ModelSettings, Settings
 from npuflow.gateway.client import Delta, GenerateParams, ModelInfo
 from npuflow.gateway.errors import ApiError, model_not_found
-from npuflow.gateway.peer_watch import watch_disconnects
+from npuflow.gateway.peer_watch import Dealer, watch_disconnects
 from npuflow.gateway.request_stream import RequestStream
 from npuflow.logs import get_logger
 from npuflow.transport import make_socket
@@ -32,21 +31,14 @@ PING_INTERVAL_NOT_READY_S = 0.05   # find a (re)starting worker quickly
 LOST_AFTER_S = 1.0
 
 
-def send_now(sock: zmq.asyncio.Socket, data: bytes) -> bool:
-    """Send without waiting; False when no peer can take the frame right now."""
-    fut = sock.send(data, zmq.DONTWAIT)
-    if fut.done() and fut.exception() is not None:
-        return False
-    return True
-
-
 class WorkerLink:
     """One model's worker as seen from the gateway."""
 
-    def __init__(self, model: ModelSettings, ctx: zmq.asyncio.Context):
+    def __init__(self, model: ModelSettings, ctx: zmq.Context):
         self.model = model
         self._ctx = ctx
-        self.sock: zmq.asyncio.Socket | None = None
+        self.sock: zmq.Socket | None = None
+        self.dealer: Dealer | None = None
         self.requests: dict[str, RequestStream] = {}
         self.hello: worker_pb2.Hello | None = None
         self.ready = False
@@ -61,6 +53,7 @@ class WorkerLink:
     # lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.sock = make_socket(self._ctx, zmq.DEALER, self.model.endpoint, bind=False)
+        self.dealer = Dealer(self.sock)
         self._tasks = [asyncio.create_task(self._recv_loop(), name=f"recv_from_worker[{self.model.id}]"),
                        asyncio.create_task(self._ping_loop(), name=f"ping_worker[{self.model.id}]"),
                        asyncio.create_task(watch_disconnects(self.sock, self._on_disconnect),
@@ -75,27 +68,26 @@ class WorkerLink:
             self.sock.close(linger=0)
 
     def send(self, msg: worker_pb2.ToWorker) -> bool:
-        return self.sock is not None and send_now(self.sock, msg.SerializeToString())
+        return self.dealer is not None and self.dealer.send(msg.SerializeToString())
 
     # receive side ------------------------------------------------------------------------
     async def _recv_loop(self) -> None:
-        sock = self.sock
         FromString = worker_pb2.FromWorker.FromString
-        while True:
-            data = await sock.recv(copy=True)
+        async for batch in self.dealer.batches():
             self.last_rx = time.monotonic()
-            try:
-                msg = FromString(data)
-            except Exception:
-                log.warning("undecodable frame from worker", model=self.model.id, size=len(data))
-                continue
-            kind = msg.WhichOneof("kind")
-            if kind == "events":
-                self._on_events(msg.events.events)
-            elif kind == "heartbeat":
-                self._on_heartbeat(msg.heartbeat)
-            elif kind == "hello":
-                self._on_hello(msg.hello)
+            for data in batch:
+                try:
+                    msg = FromString(data)
+                except Exception:
+                    log.warning("undecodable frame from worker", model=self.model.id, size=len(data))
+                    continue
+                kind = msg.WhichOneof("kind")
+                if kind == "events":
+                    self._on_events(msg.events.events)
+                elif kind == "heartbeat":
+                    self._on_heartbeat(msg.heartbeat)
+                elif kind == "hello":
+                    self._on_hello(msg.hello)
 
     def _on_events(self, events) -> None:
         requests = self.requests
@@ -209,7 +201,7 @@ class WorkerLink:
 class WorkerPool:
     """ModelClient over one WorkerLink per configured model."""
 
-    def __init__(self, settings: Settings, ctx: zmq.asyncio.Context):
+    def __init__(self, settings: Settings, ctx: zmq.Context):
         self.links = {m.id: WorkerLink(m, ctx) for m in settings.models}
 
     async def start(self) -> None:
