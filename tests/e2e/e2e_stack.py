@@ -66,6 +66,26 @@ class Stack:
         except OSError:
             return 0, {}
 
+    def post(self, path: str, body: dict) -> dict:
+        """POST a JSON body to a gateway route (e.g. /tokenize) and return the JSON answer."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def running(self, model_id: str) -> int:
+        """Sequences in the model's batch, from the worker's last heartbeat (every 0.2 s)."""
+        return self.health()[1]["workers"][model_id]["running"]
+
+    def wait_running(self, model_id: str, want: int, timeout: float) -> bool:
+        """True once the model's worker reports `want` running sequences within `timeout` s."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.running(model_id) == want:
+                return True
+            time.sleep(0.05)
+        return False
+
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -2,7 +2,6 @@
 n, structured output, tools, tokenize/detokenize, and cancellation seen from the worker."""
 import json
 import time
-import urllib.request
 
 import http.client
 import socket
@@ -12,13 +11,6 @@ import pytest
 from e2e_stack import DEFAULT_ID
 
 pytestmark = pytest.mark.e2e
-
-
-def post(stack, path, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{stack.port}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
 
 
 def test_logprobs_cover_the_content_whole_and_streamed(client):
@@ -102,24 +94,11 @@ def test_forced_tool_call_whole_streamed_and_history(client):
 
 def test_tokenize_detokenize_match_generation(stack, client):
     msgs = [{"role": "user", "content": "Hello there!"}]
-    tok = post(stack, "/tokenize", {"model": DEFAULT_ID, "messages": msgs})
+    tok = stack.post("/tokenize", {"model": DEFAULT_ID, "messages": msgs})
     usage = client.chat.completions.create(model=DEFAULT_ID, messages=msgs, max_tokens=1).usage
     assert tok["count"] == usage.prompt_tokens == len(tok["tokens"]) and tok["max_model_len"] == 2048
-    t = post(stack, "/tokenize", {"model": DEFAULT_ID, "prompt": "Hello, world! 日本"})
-    assert post(stack, "/detokenize", {"model": DEFAULT_ID, "tokens": t["tokens"]})["prompt"] == "Hello, world! 日本"
-
-
-def _running(stack) -> int:
-    return stack.health()[1]["workers"][DEFAULT_ID]["running"]
-
-
-def _wait_running(stack, want, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if _running(stack) == want:
-            return True
-        time.sleep(0.05)
-    return False
+    t = stack.post("/tokenize", {"model": DEFAULT_ID, "prompt": "Hello, world! 日本"})
+    assert stack.post("/detokenize", {"model": DEFAULT_ID, "tokens": t["tokens"]})["prompt"] == "Hello, world! 日本"
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -134,14 +113,14 @@ def test_disconnect_frees_the_workers_slot(stack, stream):
         for line in r:
             if line.startswith(b"data:") and b'"content": "' in line and b'"content": ""' not in line:
                 break
-        assert _wait_running(stack, 1, 2.0)
+        assert stack.wait_running(DEFAULT_ID, 1, 2.0)
     else:
         with pytest.raises(socket.timeout):
             c.getresponse()
-        assert _running(stack) == 1
+        assert stack.running(DEFAULT_ID) == 1
     c.sock.shutdown(socket.SHUT_RDWR)
     c.close()
     t0 = time.monotonic()
-    assert _wait_running(stack, 0, 2.0), "the worker kept generating for a client that left"
+    assert stack.wait_running(DEFAULT_ID, 0, 2.0), "the worker kept generating for a client that left"
     # the slot frees within a decode step; the heartbeat that reports it comes every 0.2 s
     assert time.monotonic() - t0 < 1.0

@@ -1,7 +1,4 @@
 """The official openai client against the real stack serving the default model."""
-import json
-import urllib.request
-
 import pytest
 
 from e2e_stack import DEFAULT_ID
@@ -61,9 +58,9 @@ def test_whole_conversation_reaches_the_model(stack, client):
             {"role": "user", "content": "What is my cat called?"}]
     full = client.chat.completions.create(model=DEFAULT_ID, temperature=0, max_tokens=12, messages=msgs)
     assert full.choices[0].message.content
-    tok = _post(stack, "/tokenize", {"model": DEFAULT_ID, "messages": msgs})
+    tok = stack.post("/tokenize", {"model": DEFAULT_ID, "messages": msgs})
     assert tok["count"] == full.usage.prompt_tokens
-    text = _post(stack, "/detokenize", {"model": DEFAULT_ID, "tokens": tok["tokens"]})["prompt"]
+    text = stack.post("/detokenize", {"model": DEFAULT_ID, "tokens": tok["tokens"]})["prompt"]
     want = ["<|im_start|>system\nYou are a terse assistant.<|im_end|>",
             "<|im_start|>system\nAnswer with one word.<|im_end|>",      # developer = system
             "<|im_start|>user\nMy cat is called Whiskers.<|im_end|>",
@@ -77,13 +74,6 @@ def test_whole_conversation_reaches_the_model(stack, client):
         pos += len(w)
     assert text.endswith("<|im_start|>assistant\n")
     assert "You are a helpful AI assistant" not in text  # no default system prompt added
-
-
-def _post(stack, path, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{stack.port}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
 
 
 def test_stream_matches_non_stream_and_invariants(client):

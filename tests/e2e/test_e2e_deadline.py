@@ -31,16 +31,6 @@ def short_deadline(tmp_path_factory):
     s.stop()
 
 
-def _freed_within(stack, seconds: float) -> bool:
-    """The worker's heartbeat (every 0.2 s) reports no running sequence within `seconds`."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if stack.health()[1]["workers"][DEFAULT_ID]["running"] == 0:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_deadline_stops_generation_and_frees_the_slot(short_deadline):
     client = openai.OpenAI(api_key="sk-", base_url=short_deadline.base_url, max_retries=0, timeout=30)
     t0 = time.monotonic()
@@ -49,11 +39,11 @@ def test_deadline_stops_generation_and_frees_the_slot(short_deadline):
     took = time.monotonic() - t0
     assert e.value.status_code == 504 and e.value.body["code"] == "timeout"
     assert 1.9 < took < 4.0
-    assert _freed_within(short_deadline, 1.0)
+    assert short_deadline.wait_running(DEFAULT_ID, 0, 1.0)
 
     got_text = False
     with pytest.raises(openai.APIError) as e:
         for chunk in client.chat.completions.create(stream=True, **LONG):
             got_text = got_text or bool(chunk.choices and chunk.choices[0].delta.content)
     assert got_text and "deadline" in str(e.value).lower()
-    assert _freed_within(short_deadline, 1.0)
+    assert short_deadline.wait_running(DEFAULT_ID, 0, 1.0)
