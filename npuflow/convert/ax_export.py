@@ -30,6 +30,7 @@ from .ax_graph import build_layer_graph, build_post_graph
 from .spec import ConvertError, ModelSpec
 
 EMBED_FILE = "model.embed_tokens.weight.bfloat16.bin"
+GRAPH_FORMAT = "onnx-ax-2"     # bumped whenever the exported graphs compute something different
 
 
 def shape_groups(hidden: int, kv_dim: int, kv_len: int, prefill_len: int) -> dict:
@@ -93,7 +94,7 @@ def write_ax_layout(spec: ModelSpec, root: pathlib.Path, *, model_id: str, kv_le
         "template_filename_axmodel": template, "axmodel_num": spec.layers, "filename_post_axmodel": post,
         "filename_tokens_embed": EMBED_FILE, "tokens_embed_num": spec.vocab, "tokens_embed_size": spec.hidden,
         "prefill_len": prefill_len, "kv_cache_len": kv_len, "model_name": model_id,
-        "post_config_path": "post_config.json", "npuflow_graph_format": "onnx-ax-1",
+        "post_config_path": "post_config.json", "npuflow_graph_format": GRAPH_FORMAT,
     }
     tmp = root / "config.json.tmp"
     tmp.write_text(json.dumps(config, indent=2))

@@ -1,22 +1,25 @@
 """Per-layer and post ONNX graphs with the exact I/O signature of `pulsar2 llm_build` output.
 
 Layer graph (one per decoder layer; see /work/shared/docs/axera.md):
-  inputs   K_cache, V_cache bf16 [1, Lk, D]   past keys (rotated) / values; only the first
-                                              mask_len - S rows are read
+  inputs   K_cache, V_cache bf16 [1, Lk, D]   past keys (rotated) / values; rows 0..n-1
+                                              are read, n = zeros in the mask's first row - 1
            indices uint32 [1, S]              positions of the S new tokens (RoPE)
            input   bf16 [1, S, H]             residual stream
            mask    bf16 [1, S, mask_len]      additive: 0 = attend, -65536 = masked; columns are
                                               the mask_len - S past rows, then the S new tokens
+                                              (the vendor loop's masks: row 0 admits exactly the
+                                              past rows before the chunk, and itself)
   outputs  K_cache_out, V_cache_out bf16 [1, S, D], output bf16 [1, S, H]
 Dims are symbolic; the concrete shape groups go into the file's metadata (ax_export.py).
 
 Post graph: input bf16 [1, 1, H] -> final RMSNorm -> lm_head -> output float32 [1, 1, V].
 
-Inside, the math mirrors the CPU engine's graph (npuflow/convert/graph.py) op for op where it can:
-the same MatMulNBits projections (same packed weights and accuracy level), RMSNorm ops, SiLU
-gate; attention is written out (MatMul, additive mask, Softmax in float32) because
-GroupQueryAttention keeps its own cache layout. So the two engines differ only where the AX
-signature forces it: bf16 residual stream and KV cache, bf16 embedding table.
+Inside, the math is the CPU engine's graph (npuflow/convert/graph.py) op for op: the same
+MatMulNBits projections (same packed weights and accuracy level), RMSNorm ops, SiLU gate, RoPE
+tables, and GroupQueryAttention for attention (fed the past rows the mask admits, the mask as its
+bias). The two differ only where the AX signature forces it: bf16 residual stream, KV cache and
+embedding table. The CPU graph built with bf16_boundaries rounds at exactly those points, and
+then the two compute bit-identical logits (tests/ax/test_ax_identity.py).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .graph import ACCURACY_LEVEL, MS, _Builder, _head_norm, build_graph
+from .graph import ACCURACY_LEVEL, MS, _Builder, _head_norm, _round_bf16, build_graph, rotate
 from .spec import LayerWeights, ModelSpec
 
 BF16, F32, U32 = TensorProto.BFLOAT16, TensorProto.FLOAT, TensorProto.UINT32
@@ -61,42 +64,37 @@ def _i64(b: _Builder, base: str, values) -> str:
     return b.init(b.name(base), np.array(values, np.int64))
 
 
-def _rotate(b: _Builder, x: str, heads: int, hd: int, cos: str, sin: str, interleaved: bool) -> str:
-    """RoPE on x [1, S, heads*hd] with cos/sin [1, S, hd/2]: pairs (2i, 2i+1) when interleaved,
-    else (i, i + hd/2) (rotate-half)."""
-    half = hd // 2
-    if interleaved:
-        shape, axis, un = [0, 0, heads, half, 2], 4, [2, 4]
-    else:
-        shape, axis, un = [0, 0, heads, 2, half], 3, [2, 3]
-    y = b.node("Reshape", [x, _i64(b, "rope_shape", shape)])[0]
-    x0, x1 = b.node("Split", [y], 2, axis=axis, num_outputs=2)
-    c = b.node("Unsqueeze", [cos, _i64(b, "axes", un)])[0]
-    s = b.node("Unsqueeze", [sin, _i64(b, "axes", un)])[0]
-    o0 = b.node("Sub", [b.node("Mul", [x0, c])[0], b.node("Mul", [x1, s])[0]])[0]
-    o1 = b.node("Add", [b.node("Mul", [x1, c])[0], b.node("Mul", [x0, s])[0]])[0]
-    out = b.node("Concat", [o0, o1], axis=axis)[0]
-    return b.node("Reshape", [out, _i64(b, "flat", [0, 0, heads * hd])])[0]
-
-
-def _attention(b: _Builder, spec: ModelSpec, q: str, k_all: str, v_all: str, mask: str) -> str:
-    """softmax(q k^T * scale + mask) v with kv heads shared by groups of query heads."""
-    nh, nkv, hd = spec.heads, spec.kv_heads, spec.head_dim
-    g = nh // nkv
-    qh = b.node("Transpose", [b.node("Reshape", [q, _i64(b, "q4", [0, 0, nh, hd])])[0]], perm=[0, 2, 1, 3])[0]
-    qg = b.node("Reshape", [qh, _i64(b, "qg", [1, nkv, -1, hd])])[0]                      # [1,nkv,G*S,hd]
-    kt = b.node("Transpose", [b.node("Reshape", [k_all, _i64(b, "k4", [0, 0, nkv, hd])])[0]], perm=[0, 2, 3, 1])[0]
-    vh = b.node("Transpose", [b.node("Reshape", [v_all, _i64(b, "v4", [0, 0, nkv, hd])])[0]], perm=[0, 2, 1, 3])[0]
-    scores = b.node("Mul", [b.node("MatMul", [qg, kt])[0],
-                            b.init(b.name("scale"), np.array(1.0 / math.sqrt(hd), np.float32))])[0]
-    m = b.node("Cast", [mask], to=F32)[0]
-    if g > 1:
-        m = b.node("Tile", [m, _i64(b, "tile", [1, g, 1])])[0]                            # rows: g*S + s
-    m = b.node("Unsqueeze", [m, _i64(b, "axes", [1])])[0]
-    probs = b.node("Softmax", [b.node("Add", [scores, m])[0]], axis=-1)[0]
-    o = b.node("MatMul", [probs, vh])[0]                                                  # [1,nkv,G*S,hd]
-    o = b.node("Transpose", [b.node("Reshape", [o, _i64(b, "oh", [1, nh, -1, hd])])[0]], perm=[0, 2, 1, 3])[0]
-    return b.node("Reshape", [o, _i64(b, "o3", [0, 0, nh * hd])])[0]
+def _attention(b: _Builder, spec: ModelSpec, q: str, k: str, v: str) -> str:
+    """Attention of the S new rows (q, k, v [1, S, *], already rotated; k and v as the cache holds
+    them) over the past rows the mask's first row admits, then themselves, with GroupQueryAttention
+    as the CPU engine's graph runs it (same kernel, same summation order: the results are
+    bit-identical to the CPU graph with bf16 boundaries for the same inputs). The rest of the mask
+    (the past columns admitted, and the new rows among themselves) is added as attention_bias:
+    0 attends, -65536 masks; the kernel is causal over the new rows as well."""
+    nkv, hd = spec.kv_heads, spec.head_dim
+    mask = b.node("Cast", ["mask"], to=F32)[0]                                               # [1, S, W]
+    zero, one, two = _i64(b, "zero", [0]), _i64(b, "one", [1]), _i64(b, "two", [2])
+    row0 = b.node("Slice", [mask, zero, one, one])[0]                                        # [1, 1, W]
+    admitted = b.node("ReduceSum", [b.node("Cast", [b.node("Equal", [row0, b.init(b.name("f0"), np.array(0, np.float32))])[0]],
+                                           to=TensorProto.INT64)[0]], keepdims=0)[0]      # scalar
+    seq = b.node("Shape", ["input"], start=1, end=2)[0]                                      # [1]
+    width = b.node("Shape", ["mask"], start=2, end=3)[0]                                     # [1]
+    n_past = b.node("Sub", [b.node("Unsqueeze", [admitted, zero])[0], one])[0]               # [1]
+    past = []
+    for name in ("K_cache", "V_cache"):
+        rows = b.node("Cast", [b.node("Slice", [name, zero, n_past, one])[0]], to=F32)[0]     # [1, n, D]
+        rows = b.node("Reshape", [rows, _i64(b, "bnsh", [1, -1, nkv, hd])])[0]
+        past.append(b.node("Transpose", [rows], perm=[0, 2, 1, 3])[0])                       # [1, nkv, n, hd]
+    total = b.node("Add", [n_past, seq])[0]                                                  # [1]
+    seqlens = b.node("Cast", [b.node("Sub", [total, one])[0]], to=TensorProto.INT32)[0]
+    total_s = b.node("Cast", [b.node("Squeeze", [total])[0]], to=TensorProto.INT32)[0]
+    bias = b.node("Concat", [b.node("Slice", [mask, zero, n_past, two])[0],
+                             b.node("Slice", [mask, b.node("Sub", [width, seq])[0], width, two])[0]], axis=2)[0]
+    bias = b.node("Unsqueeze", [bias, one])[0]                                               # [1, 1, S, total]
+    return b.node("GroupQueryAttention",
+                  [q, k, v, past[0], past[1], seqlens, total_s, "", "", "", bias],
+                  [b.name("attn"), b.name("present_k"), b.name("present_v")], domain=MS,
+                  num_heads=spec.heads, kv_num_heads=nkv, scale=1.0 / math.sqrt(hd), do_rotary=0)[0]
 
 
 def build_layer_graph(spec: ModelSpec, i: int, lw: LayerWeights, positions: int,
@@ -123,19 +121,13 @@ def build_layer_graph(spec: ModelSpec, i: int, lw: LayerWeights, positions: int,
     pos = b.node("Cast", ["indices"], to=TensorProto.INT64)[0]
     cos = b.node("Gather", [b.init("rope_cos", cos_t), pos], axis=0)[0]
     sin = b.node("Gather", [b.init("rope_sin", sin_t), pos], axis=0)[0]
-    q = _rotate(b, q, nh, hd, cos, sin, spec.rotary_interleaved)
-    k = _rotate(b, k, nkv, hd, cos, sin, spec.rotary_interleaved)
+    q = rotate(b, q, nh, hd, cos, sin, spec.rotary_interleaved)
+    k = rotate(b, k, nkv, hd, cos, sin, spec.rotary_interleaved)
     b.node("Cast", [k], ["K_cache_out"], to=BF16)
     b.node("Cast", [v], ["V_cache_out"], to=BF16)
+    k, v = _round_bf16(b, k), _round_bf16(b, v)     # the new rows are attended as the cache holds them
 
-    # past rows actually read: mask_len - S (0 in the first prefill chunk, whatever K_cache holds)
-    n_past = b.node("Sub", [b.node("Shape", ["mask"], start=2, end=3)[0], b.node("Shape", ["input"], start=1, end=2)[0]])[0]
-    zero, one = _i64(b, "zero", [0]), _i64(b, "one", [1])
-    k_past = b.node("Cast", [b.node("Slice", ["K_cache", zero, n_past, one])[0]], to=F32)[0]
-    v_past = b.node("Cast", [b.node("Slice", ["V_cache", zero, n_past, one])[0]], to=F32)[0]
-    k_all = b.node("Concat", [k_past, k], axis=1)[0]
-    v_all = b.node("Concat", [v_past, v], axis=1)[0]
-    attn = _attention(b, spec, q, k_all, v_all, "mask")
+    attn = _attention(b, spec, q, k, v)
 
     o = b.linear(attn, lw.o, f"l{i}.o")
     h2, _, _, res = b.node("SkipSimplifiedLayerNormalization",

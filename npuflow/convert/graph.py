@@ -115,11 +115,17 @@ class _Builder:
 
 def build_graph(spec: ModelSpec, progress: Callable[[str, int], None] = lambda what, pct: None,
                 accuracy_level: int | Callable[[str], int] = ACCURACY_LEVEL, *,
-                widen_q4_1: bool = True) -> onnx.ModelProto:
+                widen_q4_1: bool = True, bf16_boundaries: bool = False) -> onnx.ModelProto:
     """accuracy_level 4 quantizes activations to int8 per block of 32 (fast, as llama.cpp does);
     0 keeps them float32 (exact to the dequantized weights, about 2.5x slower projections). It may
     also be a function of the projection's name ("l{i}.qkv", "l{i}.o", "l{i}.gate_up", "l{i}.down",
-    "lm_head") for a mixed graph. widen_q4_1: see the module docstring."""
+    "lm_head") for a mixed graph. widen_q4_1: see the module docstring.
+
+    bf16_boundaries rounds to bfloat16 wherever the AX NPU graphs (ax_graph.py) hand tensors over
+    in bf16: the embeddings, the residual stream after every layer, and the rotated keys and the
+    values as they enter the KV cache. RoPE is then applied outside GroupQueryAttention, so the
+    keys are rounded after rotation, as the NPU's K_cache holds them. It makes the CPU engine a
+    numerical twin of the AX engine (the same model seen through the chip's bf16 interface)."""
     b = _Builder(accuracy_level, widen_q4_1)
     H, hd, nh, nkv = spec.hidden, spec.head_dim, spec.heads, spec.kv_heads
     eps = float(spec.rms_eps)
@@ -132,20 +138,25 @@ def build_graph(spec: ModelSpec, progress: Callable[[str, int], None] = lambda w
               helper.make_tensor_value_info("logit_index", i64, ["n"])]
     outputs = [helper.make_tensor_value_info("logits", f32, ["n", spec.vocab])]
 
-    x = "inputs_embeds"       # residual stream
+    x = _round_bf16(b, "inputs_embeds") if bf16_boundaries else "inputs_embeds"   # residual stream
     pending = None            # output of the previous block, added to x by the next norm
+    cos = sin = ""
+    if bf16_boundaries:       # positions of the step's tokens: seqlens_k + 1 - S + [0, S)
+        cos, sin = _step_rotary(b)
     for i, lw in spec.layers_iter():
         progress(f"layer {i}", int(100 * i / spec.layers))
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_{kind}.{i}", f32, ["batch", nkv, "max_seq", hd]))
             outputs.append(helper.make_tensor_value_info(f"present_{kind}.{i}", f32, ["batch", nkv, "max_seq", hd]))
         g = b.init(f"l{i}.attn_norm", lw.attn_norm.astype(np.float32))
+        if bf16_boundaries and pending is not None:
+            x, pending = _round_bf16(b, b.node("Add", [pending, x])[0]), None
         if pending is None:
             h = b.node("SimplifiedLayerNormalization", [x, g], axis=-1, epsilon=eps)[0]
         else:
             h, _, _, x = b.node("SkipSimplifiedLayerNormalization", [pending, x, g],
                                 [b.name("h"), "", "", b.name("res")], domain=MS, epsilon=eps)
-        if lw.q_norm is None:
+        if lw.q_norm is None and not bf16_boundaries:
             qkv = b.linears(h, [lw.q, lw.k, lw.v], f"l{i}.qkv", split=False)
             if len(qkv) == 1:       # packed q|k|v, which GroupQueryAttention takes as is
                 q, k, v = qkv[0], "", ""
@@ -153,13 +164,18 @@ def build_graph(spec: ModelSpec, progress: Callable[[str, int], None] = lambda w
                 q, k, v = qkv
         else:
             q, k, v = b.linears(h, [lw.q, lw.k, lw.v], f"l{i}.qkv")
-            q = _head_norm(b, q, lw.q_norm, f"l{i}.q_norm", eps, hd)
-            k = _head_norm(b, k, lw.k_norm, f"l{i}.k_norm", eps, hd)
+            if lw.q_norm is not None:
+                q = _head_norm(b, q, lw.q_norm, f"l{i}.q_norm", eps, hd)
+                k = _head_norm(b, k, lw.k_norm, f"l{i}.k_norm", eps, hd)
+        if bf16_boundaries:
+            q = rotate(b, q, nh, hd, cos, sin, spec.rotary_interleaved)
+            k = _round_bf16(b, rotate(b, k, nkv, hd, cos, sin, spec.rotary_interleaved))
+            v = _round_bf16(b, v)
         attn = b.node("GroupQueryAttention",
                       [q, k, v, f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_seq_len",
-                       "cos_cache", "sin_cache"],
+                       "" if bf16_boundaries else "cos_cache", "" if bf16_boundaries else "sin_cache"],
                       [b.name("attn"), f"present_key.{i}", f"present_value.{i}"], domain=MS,
-                      num_heads=nh, kv_num_heads=nkv, scale=1.0 / math.sqrt(hd), do_rotary=1,
+                      num_heads=nh, kv_num_heads=nkv, scale=1.0 / math.sqrt(hd), do_rotary=int(not bf16_boundaries),
                       rotary_interleaved=int(spec.rotary_interleaved))[0]
         o = b.linear(attn, lw.o, f"l{i}.o")
         g2 = b.init(f"l{i}.ffn_norm", lw.ffn_norm.astype(np.float32))
@@ -170,8 +186,12 @@ def build_graph(spec: ModelSpec, progress: Callable[[str, int], None] = lambda w
         pending = b.linear(act, lw.down, f"l{i}.down")
     progress("output head", 100)
     gn = b.init("final_norm", spec.final_norm().astype(np.float32))
-    hn = b.node("SkipSimplifiedLayerNormalization", [pending, x, gn], [b.name("h"), "", "", ""],
-                domain=MS, epsilon=eps)[0]
+    if bf16_boundaries:
+        x = _round_bf16(b, b.node("Add", [pending, x])[0])
+        hn = b.node("SimplifiedLayerNormalization", [x, gn], axis=-1, epsilon=eps)[0]
+    else:
+        hn = b.node("SkipSimplifiedLayerNormalization", [pending, x, gn], [b.name("h"), "", "", ""],
+                    domain=MS, epsilon=eps)[0]
     flat = b.node("Reshape", [hn, b.init("hidden_2d", np.array([-1, H], np.int64))])[0]
     rows = b.node("Gather", [flat, "logit_index"], axis=0)[0]
     head = b.linear(rows, spec.output(), "lm_head", rank=2)
@@ -181,6 +201,42 @@ def build_graph(spec: ModelSpec, progress: Callable[[str, int], None] = lambda w
                               producer_name="npuflow.convert")
     model.ir_version = 10
     return model
+
+
+def _round_bf16(b: _Builder, x: str) -> str:
+    """x rounded to the nearest bfloat16 (ties to even), kept as float32."""
+    return b.node("Cast", [b.node("Cast", [x], to=TensorProto.BFLOAT16)[0]], to=TensorProto.FLOAT)[0]
+
+
+def _step_rotary(b: _Builder) -> tuple[str, str]:
+    """cos, sin [B, S, head_dim/2] for the step's tokens, row b at positions
+    seqlens_k[b] + 1 - S .. seqlens_k[b] (GroupQueryAttention's own convention)."""
+    i64 = lambda base, v: b.init(b.name(base), np.array(v, np.int64))  # noqa: E731
+    seq = b.node("Shape", ["inputs_embeds"], start=1, end=2)[0]                       # [1]: S
+    last = b.node("Unsqueeze", [b.node("Cast", ["seqlens_k"], to=TensorProto.INT64)[0], i64("axes", [1])])[0]
+    first = b.node("Sub", [b.node("Add", [last, i64("one", 1)])[0], seq])[0]         # [B, 1]
+    steps = b.node("Range", [i64("zero", 0), b.node("Squeeze", [seq])[0], i64("one", 1)])[0]
+    pos = b.node("Add", [first, steps])[0]                                            # [B, S]
+    return (b.node("Gather", ["cos_cache", pos], axis=0)[0], b.node("Gather", ["sin_cache", pos], axis=0)[0])
+
+
+def rotate(b: _Builder, x: str, heads: int, hd: int, cos: str, sin: str, interleaved: bool) -> str:
+    """RoPE on x [B, S, heads*hd] with cos/sin [B, S, hd/2]: pairs (2i, 2i+1) when interleaved,
+    else (i, i + hd/2) (rotate-half)."""
+    half = hd // 2
+    i64 = lambda base, v: b.init(b.name(base), np.array(v, np.int64))  # noqa: E731
+    if interleaved:
+        shape, axis, un = [0, 0, heads, half, 2], 4, [2, 4]
+    else:
+        shape, axis, un = [0, 0, heads, 2, half], 3, [2, 3]
+    y = b.node("Reshape", [x, i64("rope_shape", shape)])[0]
+    x0, x1 = b.node("Split", [y], 2, axis=axis, num_outputs=2)
+    c = b.node("Unsqueeze", [cos, i64("axes", un)])[0]
+    s = b.node("Unsqueeze", [sin, i64("axes", un)])[0]
+    o0 = b.node("Sub", [b.node("Mul", [x0, c])[0], b.node("Mul", [x1, s])[0]])[0]
+    o1 = b.node("Add", [b.node("Mul", [x1, c])[0], b.node("Mul", [x0, s])[0]])[0]
+    out = b.node("Concat", [o0, o1], axis=axis)[0]
+    return b.node("Reshape", [out, i64("flat", [0, 0, heads * hd])])[0]
 
 
 def _head_norm(b: _Builder, x: str, weight: np.ndarray, name: str, eps: float, hd: int) -> str:

@@ -19,7 +19,8 @@ DATA_FILE = "model.onnx.data"
 
 
 def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source: dict[str, Any],
-                  progress: Callable[[str, int], None], accuracy_level: int = 4) -> None:
+                  progress: Callable[[str, int], None], accuracy_level: int = 4,
+                  bf16_boundaries: bool = False) -> None:
     """Fill the (empty) directory root; the manifest goes last."""
     files: dict[str, str] = {"model": MODEL_FILE, "model_data": DATA_FILE, "tokenizer": "tokenizer.json"}
     (root / "tokenizer.json").write_text(spec.tokenizer_json, encoding="utf-8")
@@ -39,7 +40,7 @@ def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source:
         files[f"embedding.{key}"] = name
     del emb, arrays
 
-    model = build_graph(spec, lambda what, pct: progress(what, pct), accuracy_level)
+    model = build_graph(spec, lambda what, pct: progress(what, pct), accuracy_level, bf16_boundaries=bf16_boundaries)
     progress("writing graph", 100)
     onnx.save(model, str(root / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
               location=DATA_FILE, size_threshold=1024)
@@ -65,7 +66,7 @@ def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source:
         "source": source,
         "graph": {"rope_theta": spec.rope_theta, "rotary_interleaved": spec.rotary_interleaved,
                   "rms_eps": spec.rms_eps, "accuracy_level": accuracy_level, "embedding": {"bits": emb_bits},
-                  "converter_version": CONVERTER_VERSION},
+                  "bf16_boundaries": bf16_boundaries, "converter_version": CONVERTER_VERSION},
         "checksums": checksums,
     })
 

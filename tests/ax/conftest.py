@@ -3,8 +3,7 @@ import pathlib
 
 import pytest
 
-AX_ID = "smollm2-135m-instruct"
-PREFILL, KV = 32, 256
+from ax_shapes import AX_ID, KV, PREFILL
 
 
 @pytest.fixture(scope="session")
@@ -40,16 +39,26 @@ def ax_engine(ax_package):
 
 @pytest.fixture(scope="session")
 def cpu_package(default_gguf, tmp_path_factory):
-    """The CPU package of the same GGUF, converted by the same converter code as the AX export
-    (the cached default package may predate converter changes, which move logits slightly)."""
+    """The CPU package of the same GGUF with bf16 boundaries (npuflow convert --bf16-boundaries):
+    the CPU engine rounding where the AX graphs hand over bf16, converted by the same converter
+    code as the AX export."""
     from npuflow.convert import convert
-    return convert(default_gguf, tmp_path_factory.mktemp("cpu") / "pkg", model_id=AX_ID)
+    return convert(default_gguf, tmp_path_factory.mktemp("cpu") / "pkg", model_id=AX_ID, bf16_boundaries=True)
 
 
 @pytest.fixture(scope="module")
 def cpu_engine(cpu_package):
     from npuflow.engine.cpu import CpuEngine
     eng = CpuEngine(cpu_package, max_slots=1, context_length=KV, threads=2)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def served_cpu_engine(default_package):
+    """The CPU engine on the default package as `npuflow serve` runs it (float32 boundaries)."""
+    from npuflow.engine.cpu import CpuEngine
+    eng = CpuEngine(default_package, max_slots=1, context_length=KV, threads=2)
     yield eng
     eng.close()
 

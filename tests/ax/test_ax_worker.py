@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import AX_ID, KV
+from ax_shapes import AX_ID, KV
 from npuflow.config import ModelSettings, load_settings
 from npuflow.engine.ax import AxEngine
 from npuflow.engine.ax_ort import NodeArg, OrtAxSession
