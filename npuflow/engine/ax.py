@@ -97,6 +97,7 @@ class AxEngine:
         self.context_length = min(self._C, context_length or self._C)
         self._tokens: list[list[int]] = [[] for _ in range(max_slots)]
         self._kv: list[list[tuple[np.ndarray, np.ndarray]] | None] = [None] * max_slots
+        self._feeds: list[list[dict[str, np.ndarray]] | None] = [None] * max_slots
         log.info("ax engine ready", model=package.id, layers=len(self._layers), kv_cache_len=self._C,
                  prefill_len=self._P, shape_groups=self._groups, slots=max_slots, cmm_free_kb=free,
                  simulate_timing=simulate_timing or None)
@@ -156,7 +157,7 @@ class AxEngine:
                 base = (pos // self._P) * self._P if self._P else pos
                 g = self._prefill_group.get(base) if self._P else None
                 if g is None:                       # no prefill group here: one token through group 0
-                    x = self._step(kv, hist[pos], pos)
+                    x = self._step(slot, hist[pos], pos)
                     if all_logits or pos == T - 1:
                         rows.append(self._logits(x))
                     pos += 1
@@ -182,10 +183,9 @@ class AxEngine:
             if len(self._tokens[s]) >= self.context_length:
                 raise EngineError(f"slot {s} is full ({self.context_length} tokens)")
         ids = self._check_ids(token_ids)
-        out = np.empty((len(slots), self.vocab_size), np.float32)
+        out = np.empty((len(slots), self.vocab_size), np.float32)   # a copy: a session may reuse its output buffers
         for i, (s, t) in enumerate(zip(slots, ids)):
-            pos = len(self._tokens[s])
-            out[i] = self._logits(self._step(self._slot_kv(s), int(t), pos))
+            out[i] = self._logits(self._step(s, int(t), len(self._tokens[s])))
             self._tokens[s].append(int(t))
         return out
 
@@ -205,13 +205,13 @@ class AxEngine:
             if s is not None:
                 release_session(s)
         self._layers, self._post = [], None
-        self._kv = []
+        self._kv, self._feeds = [], []
 
     # -- graph runs ----------------------------------------------------------------------------
     def _feed(self, g: int, values: tuple) -> dict[str, np.ndarray]:
         return {name: v for (name, _, _), v in zip(self._in[g], values)}
 
-    def _step(self, kv, token: int, pos: int) -> np.ndarray:
+    def _step(self, slot: int, token: int, pos: int) -> np.ndarray:
         """One token at position pos through every layer's decode group; returns the hidden row."""
         spec = self._in[0]
         x = np.asarray(self._embed[token]).reshape(spec[3][2]).astype(spec[3][1], copy=False)
@@ -219,11 +219,13 @@ class AxEngine:
         mask = np.zeros(spec[4][2], np.float32)
         mask[..., pos:self._C] = MASKED
         mask = mask.astype(spec[4][1])
+        (k_name, _, _), (v_name, _, _), (i_name, _, _), (x_name, _, _), (m_name, _, _) = spec
         ko_i, vo_i, x_i = self._out[0]
-        for layer, (k, v) in zip(self._layers, kv):
-            outs = layer.run(None, self._feed(0, (k, v, idx, x, mask)), shape_group=0)
-            k[0, pos] = outs[ko_i][0, 0]
-            v[0, pos] = outs[vo_i][0, 0]
+        for layer, feed in zip(self._layers, self._decode_feeds(slot)):
+            feed[i_name], feed[x_name], feed[m_name] = idx, x, mask
+            outs = layer.run(None, feed, shape_group=0)
+            feed[k_name][0, pos] = outs[ko_i][0, 0]
+            feed[v_name][0, pos] = outs[vo_i][0, 0]
             x = outs[x_i]
         return x
 
@@ -260,6 +262,14 @@ class AxEngine:
             kv = [(np.zeros((1, self._C, self._D), dt), np.zeros((1, self._C, self._D), dt)) for _ in self._layers]
             self._kv[slot] = kv
         return kv
+
+    def _decode_feeds(self, slot: int) -> list[dict[str, np.ndarray]]:
+        """Per layer, the decode group's input dict of the slot, its K/V buffers already in place."""
+        feeds = self._feeds[slot]
+        if feeds is None:
+            k_name, v_name = self._in[0][0][0], self._in[0][1][0]
+            feeds = self._feeds[slot] = [{k_name: k, v_name: v} for k, v in self._slot_kv(slot)]
+        return feeds
 
     def _check_slot(self, slot: int) -> None:
         check_slot(slot, self.max_slots, self._closed)

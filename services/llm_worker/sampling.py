@@ -30,6 +30,24 @@ _FLOOR = 1e-4  # weight (relative to the best token) under which tokens are sear
 _BLOCK = 256   # block size of the two-level draw over long rows
 
 
+class _Scratch:
+    """Float32 work rows reused from step to step. A fresh vocabulary-sized array is past
+    malloc's mmap threshold, so each one would cost a mapping, page faults and an unmapping:
+    several of those per token were most of a sampled step's time."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, rows: int, cols: int) -> np.ndarray:
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != cols:
+            buf = self._bufs[name] = np.empty((max(rows, 1), cols), np.float32)
+        return buf[:rows]
+
+
+_scratch = _Scratch()   # sampling runs on the scheduler's thread only
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 1.0
@@ -205,37 +223,47 @@ def _choose(p: np.ndarray, top_k: int, top_p: float, rng: np.random.Generator) -
     return int(order[_draw(p[order], rng)])
 
 
+def _adjusts(s: SamplerState) -> bool:
+    """Whether the row's logits change before the choice (penalties, bias, grammar)."""
+    return s.seen is not None or s.counts is not None or s.bias_ids is not None or s.matcher is not None
+
+
 def _plain_greedy(s: SamplerState) -> bool:
     """Nothing to do but argmax: no penalties, bias, grammar or log-probabilities."""
-    return (s.cfg.greedy and not s.cfg.logprobs and s.seen is None and s.counts is None
-            and s.bias_ids is None and s.matcher is None)
+    return s.cfg.greedy and not s.cfg.logprobs and not _adjusts(s)
 
 
 def sample_batch(logits: np.ndarray, states: Sequence[SamplerState]) -> list[Pick]:
     """One token per row of logits [B, V] (row i belongs to states[i])."""
     if all(_plain_greedy(s) for s in states):  # the common case, without copying the logits
         return [Pick(int(t)) for t in np.argmax(np.asarray(logits).reshape(len(states), -1), axis=1)]
-    x = np.array(logits, dtype=np.float32, copy=True)
-    if x.ndim == 1:
-        x = x[None, :]
-    _adjust(x, states)
-    temps = np.array([1.0 if s.cfg.greedy else s.cfg.temperature for s in states], np.float32)
-    if np.any(temps != 1.0):
-        x /= temps[:, None]
+    src = np.asarray(logits, dtype=np.float32).reshape(len(states), -1)
+    if any(_adjusts(s) or s.cfg.logprobs for s in states):
+        x = _scratch.get("logits", *src.shape)
+        np.copyto(x, src)
+        _adjust(x, states)
+        temps = np.array([1.0 if s.cfg.greedy else s.cfg.temperature for s in states], np.float32)
+        if np.any(temps != 1.0):
+            x /= temps[:, None]
+        scaled = True
+    else:                                   # nothing changes the logits: read them where they are
+        x, scaled = src, False
     tokens = np.zeros(len(states), np.int64)
     greedy = [i for i, s in enumerate(states) if s.cfg.greedy]
     if greedy:
         tokens[greedy] = np.argmax(x[greedy], axis=1)
     sampled = [i for i, s in enumerate(states) if not s.cfg.greedy]
     if sampled:
-        z = x[sampled]
-        p = np.exp(z - z.max(axis=1, keepdims=True))  # the best token has weight 1
-        minp = np.array([states[i].cfg.min_p for i in sampled], np.float32)[:, None]
-        if np.any(minp > 0):
-            p[p < minp] = 0.0
+        w = _scratch.get("weights", len(sampled), x.shape[1])
         for row, i in enumerate(sampled):
-            s = states[i]
-            tokens[i] = _choose(p[row], s.cfg.top_k, s.cfg.top_p, s.rng)
+            p, s = w[row], states[i]
+            np.subtract(x[i], x[i].max(), out=p)
+            if not scaled and s.cfg.temperature != 1.0:
+                p *= np.float32(1.0 / s.cfg.temperature)
+            np.exp(p, out=p)                          # the best token has weight 1
+            if s.cfg.min_p > 0:
+                p[p < np.float32(s.cfg.min_p)] = 0.0
+            tokens[i] = _choose(p, s.cfg.top_k, s.cfg.top_p, s.rng)
     picks = []
     for i, s in enumerate(states):
         tok = int(tokens[i])

@@ -130,7 +130,8 @@ class Scheduler:
         self._decode(rows)
         self._prefill(rows, self.step_target_s if rows else self.idle_target_s)
         if rows:
-            picks = sample_batch(np.stack([r for _, r in rows]), [c.sampler for c, _ in rows])
+            logits = rows[0][1][None] if len(rows) == 1 else np.stack([r for _, r in rows])
+            picks = sample_batch(logits, [c.sampler for c, _ in rows])
             for (c, _), pick in zip(rows, picks):
                 c.accept(pick)
                 if c.finished:
