@@ -25,7 +25,7 @@ import ml_dtypes
 import numpy as np
 import onnx
 
-from ..engine.ax_ort import SHAPE_GROUPS_KEY
+from ..engine.ax_ort import CAUSAL_MASK_KEY, SHAPE_GROUPS_KEY
 from .ax_graph import build_layer_graph, build_post_graph
 from .spec import ConvertError, ModelSpec
 
@@ -49,8 +49,9 @@ def shape_groups(hidden: int, kv_dim: int, kv_len: int, prefill_len: int) -> dic
 
 def _save(model: onnx.ModelProto, path: pathlib.Path, groups: dict | None = None) -> None:
     if groups is not None:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = SHAPE_GROUPS_KEY, json.dumps(groups)
+        for key, value in ((SHAPE_GROUPS_KEY, json.dumps(groups)), (CAUSAL_MASK_KEY, "mask")):
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
     onnx.save(model, str(path))
 
 

@@ -12,6 +12,12 @@ per graph with symbolic dims and records the concrete shape of every input and o
 in the model's metadata under `SHAPE_GROUPS_KEY` (JSON: {"inputs": [[{"name", "shape"}, ...] per
 group], "outputs": [...]}). A file without that key has one group: its static shapes.
 
+Layer graphs exported by npuflow carry `CAUSAL_MASK_KEY` (the name of their mask input): their
+attention is onnxruntime's causal GroupQueryAttention, so they compute exactly what the NPU
+computes only for the masks the vendor loop builds (each row admits the past rows before the
+chunk and the new rows up to itself, or nothing, for padding). Any other mask raises ValueError
+instead of quietly computing something the chip would not.
+
 bfloat16 tensors (numpy `ml_dtypes.bfloat16`) cannot cross `InferenceSession.run`, so inputs and
 outputs go through IO binding as uint16 views typed BFLOAT16.
 """
@@ -30,6 +36,8 @@ import onnxruntime as ort
 from onnx import TensorProto
 
 SHAPE_GROUPS_KEY = "npuflow.ax.shape_groups"
+CAUSAL_MASK_KEY = "npuflow.ax.causal_mask"
+MASK_FLOOR = -1e4    # an entry at or below this masks its column (the vendor loop uses -65536)
 
 _DTYPES = {TensorProto.FLOAT: np.dtype(np.float32), TensorProto.BFLOAT16: np.dtype(ml_dtypes.bfloat16),
            TensorProto.UINT8: np.dtype(np.uint8), TensorProto.INT8: np.dtype(np.int8),
@@ -63,6 +71,7 @@ class OrtAxSession:
         self._inputs = [mk(g) for g in groups["inputs"]]
         self._outputs = [mk(g) for g in groups["outputs"]]
         self._shape_count = len(self._inputs)
+        self._mask_input = meta.get(CAUSAL_MASK_KEY)
         del model
         opts = sess_options if isinstance(sess_options, ort.SessionOptions) else ort.SessionOptions()
         if not isinstance(sess_options, ort.SessionOptions):
@@ -104,6 +113,8 @@ class OrtAxSession:
             assert list(arg.shape) == list(a.shape) and arg.dtype == a.dtype, (
                 f"model inputs({arg.name}) expect shape {arg.shape} and dtype {arg.dtype}, however gets input "
                 f"with shape {a.shape} and dtype {a.dtype}")
+            if arg.name == self._mask_input:
+                check_causal_mask(a)
             binding.bind_ortvalue_input(arg.name, _ortvalue(np.ascontiguousarray(a)))
         outs = []
         for arg in self._outputs[shape_group]:
@@ -127,6 +138,25 @@ class OrtAxSession:
     def _check_group(self, g: int) -> None:
         if not 0 <= g < self._shape_count:
             raise ValueError(f"Shape group '{g}' is out of range, total {self._shape_count}.")
+
+
+def check_causal_mask(mask: np.ndarray) -> None:
+    """mask [1, S, W] (additive; columns: W - S past rows, then the S new tokens) must be the
+    vendor loop's: row 0 admits the first n past columns and new column 0; row r admits the same
+    past columns and new columns 0..r, or nothing. Raises ValueError otherwise."""
+    m = np.asarray(mask, dtype=np.float32)[0]
+    S, W = m.shape
+    admit = m == 0
+    if not np.all(admit | (m <= MASK_FLOOR)):
+        raise ValueError(f"mask holds values other than 0 and <= {MASK_FLOOR:g}; the PC mirror computes only 0 / masked")
+    n_past = int(admit[0].sum()) - 1
+    rows, cols = np.arange(S)[:, None], np.arange(W)[None, :]
+    expect = (cols < n_past) | ((cols >= W - S) & (cols - (W - S) <= rows))
+    ok = np.all(admit == expect, axis=1) | ~admit.any(axis=1)
+    if n_past < 0 or n_past > W - S or not ok.all():
+        bad = int(np.flatnonzero(~ok)[0]) if not ok.all() else 0
+        raise ValueError(f"mask row {bad} is not causal over {n_past} past rows: the PC mirror computes only the "
+                         "masks of the vendor's decode loop")
 
 
 def _ortvalue(a: np.ndarray) -> ort.OrtValue:

@@ -185,3 +185,27 @@ def test_sessions_released_when_loading_fails(tmp_path):
     with pytest.raises(_Fail):
         AxEngine(pkg, session_factory=Sess, cmm_info=str(tmp_path / "absent"))
     assert len(made) == 2 and len(closed) == 2
+
+
+def test_mirror_refuses_masks_it_cannot_compute():
+    """The PC mirror's attention is causal: it takes the vendor loop's masks and refuses others."""
+    from npuflow.engine.ax_ort import check_causal_mask
+    M = -65536.0
+    P, base = 4, 8                                          # a second prefill chunk: 8 past rows
+    mask = np.full((1, P, base + P), M, np.float32)
+    for i in range(3):                                      # 3 real tokens, one padding row
+        mask[0, i, :base + i + 1] = 0
+    check_causal_mask(mask)
+    decode = np.zeros((1, 1, 17), np.float32)
+    decode[..., 5:16] = M                                   # position 5 of a 16-entry cache
+    check_causal_mask(decode)
+    future = mask.copy()
+    future[0, 1, base + 2] = 0                              # row 1 sees the token after it
+    with pytest.raises(ValueError, match="row 1 is not causal"):
+        check_causal_mask(future)
+    hole = mask.copy()
+    hole[0, 2, 3] = M                                       # row 2 misses a past row
+    with pytest.raises(ValueError, match="row 2"):
+        check_causal_mask(hole)
+    with pytest.raises(ValueError, match="values other than"):
+        check_causal_mask(np.where(mask == 0, 0, -1.0).astype(np.float32))
