@@ -160,7 +160,7 @@ def test_pings_are_answered_while_one_engine_call_blocks(worker):
 
 SCRIPT = """
 import sys
-sys.path.insert(0, {here!r})
+sys.path[:0] = [{here!r}, {tests!r}]   # worker_helpers, and the bpe_tokenizer it imports
 from pathlib import Path
 from npuflow.config import ModelSettings
 from npuflow.llm_worker import build_link
@@ -178,7 +178,7 @@ print("clean exit", flush=True)
 
 def test_sigterm_ends_in_flight_and_exits_0(tokenizer_json, tmp_path):
     endpoint = f"ipc://{tmp_path}/sig.sock"
-    code = SCRIPT.format(here=str(HERE), tok=str(tokenizer_json), endpoint=endpoint)
+    code = SCRIPT.format(here=str(HERE), tests=str(HERE.parent), tok=str(tokenizer_json), endpoint=endpoint)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     gw = Gateway(endpoint)
     try:

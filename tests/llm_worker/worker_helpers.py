@@ -6,26 +6,19 @@ import time
 from typing import Sequence
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
+from bpe_tokenizer import build_bpe_tokenizer
 from npuflow.engine.base import EngineError
 from npuflow.models.package import Dims, ModelPackage
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 EOS = 2
 CORPUS = ["Hello, world! How are you?", "The quick brown fox jumps over the lazy dog.",
           "héllo wörld, naïve café", "日本語のテキスト", "emoji 😀 🚀 ok"] * 20
 
 
 def build_tokenizer(path: pathlib.Path) -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.save(str(path))
-    return tok
+    return build_bpe_tokenizer(path, CORPUS, vocab_size=320)
 
 
 def make_package(tokenizer_json: pathlib.Path, *, context_length: int = 64, sampling_defaults=None) -> ModelPackage:

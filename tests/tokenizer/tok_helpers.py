@@ -1,11 +1,11 @@
 """A small byte-level BPE tokenizer and package for the tokenizer tests."""
 import pathlib
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
+from bpe_tokenizer import build_bpe_tokenizer
 from npuflow.models.package import Dims, ModelPackage
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CORPUS = ["Hello, world! How are you?", "The quick brown fox jumps over the lazy dog.",
           "héllo wörld, naïve café", "日本語のテキスト", "emoji 😀 🚀 ok", "def f(x):\n    return x + 1\n"] * 20
 
@@ -21,14 +21,7 @@ CHATML = (
 
 
 def build_tokenizer(path: pathlib.Path) -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.save(str(path))
-    return tok
+    return build_bpe_tokenizer(path, CORPUS, vocab_size=400)
 
 
 def make_package(tokenizer_json: pathlib.Path, *, template: str = CHATML, bos: int | None = None) -> ModelPackage:
