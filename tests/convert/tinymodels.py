@@ -6,7 +6,7 @@ import pathlib
 
 import numpy as np
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+from bpe_tokenizer import SPECIALS, build_bpe_tokenizer
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 TEXT = ("The quick brown fox jumps over the lazy dog. Hello, world! How are you today? "
@@ -20,15 +20,7 @@ SHAPES = {
 
 
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([TEXT], trainer)
-    return tok
+    return build_bpe_tokenizer(None, [TEXT], 320)
 
 
 def tiny_weights(arch: str, vocab: int, seed: int = 0) -> tuple[dict, dict]:
