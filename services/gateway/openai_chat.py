@@ -100,21 +100,23 @@ async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, para
                     text, lps, reason = d.text, list(d.logprobs), FINISH_NAMES.get(d.finish, "stop")
                     delta: dict = {}
                     if calls is not None:  # text that may be a tool call is held, with its logprobs
-                        text = calls[i].push(text)
+                        text, call_deltas = calls[i].push(text)
                         held_lps[i].extend(lps)
                         lps, held_lps[i] = (held_lps[i], []) if text else ([], held_lps[i])
                         if d.finish:
-                            rest, found = calls[i].finish()
+                            rest, more = calls[i].finish()
                             text += rest
+                            call_deltas += more
                             lps, held_lps[i] = lps + held_lps[i], []
-                            if found:
-                                delta["tool_calls"] = [c.body(k) for k, c in enumerate(found)]
+                            if (calls[i].streamed or more) and not calls[i].cut_short:
                                 reason = "tool_calls"
+                        if call_deltas:
+                            delta["tool_calls"] = call_deltas
                     if text:
                         delta = {"content": text, **delta}
                     if d.finish:
                         completion[i] = d.completion_tokens or counted[i]
-                    elif not text and not lps:
+                    elif not text and not lps and not delta:
                         continue
                     await w.choices([{
                         "index": i, "delta": delta,

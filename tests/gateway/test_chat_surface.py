@@ -95,6 +95,15 @@ def test_tool_calls_whole_and_streamed(stack):
         assert fc.finish_reason == "tool_calls"
         assert fc.message.tool_calls[0].function.name == "get_weather"
         assert json.loads(fc.message.tool_calls[0].function.arguments) == {"city": "Paris"}
+
+        # the call streams as it is written: id, type and name first, then the arguments in pieces
+        chunks = list(client.chat.completions.create(model=MODEL, messages=HI, tools=TOOLS, stream=True))
+        parts = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls for tc in c.choices[0].delta.tool_calls]
+        assert len(parts) >= 2 and {p.index for p in parts} == {0}
+        assert parts[0].id.startswith("call_") and parts[0].type == "function" and parts[0].function.name == "get_weather"
+        assert all(p.id is None and p.function.name is None for p in parts[1:])
+        assert "".join(p.function.arguments or "" for p in parts) == '{"city": "Paris"}'
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
     finally:
         from gw_fakes import REPLY
         stack.worker.reply = list(REPLY)
