@@ -84,8 +84,11 @@ def test_forced_tool_call_whole_streamed_and_history(client):
         call = r.message.tool_calls[0]
         assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
     with client.chat.completions.stream(messages=msgs, tool_choice="required", **kw) as s:
+        arg_events = sum(e.type == "tool_calls.function.arguments.delta" for e in s)
         final = s.get_final_completion().choices[0]
     assert final.finish_reason == "tool_calls" and final.message.tool_calls[0].function.name == "get_weather"
+    assert arg_events > 1          # the arguments arrive as they are generated, not in one piece
+    assert "city" in json.loads(final.message.tool_calls[0].function.arguments)
     history = msgs + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
                       {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
     r = client.chat.completions.create(messages=history, tool_choice="none", **kw)
