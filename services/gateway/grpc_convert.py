@@ -11,7 +11,8 @@ import json
 
 from npuflow.gateway.client import Delta, ModelInfo
 from npuflow.gateway.errors import bad_param
-from npuflow.gateway.structured import Structured, response_format_grammar
+from npuflow.gateway.structured import Structured, parse_structured, response_format_grammar
+from npuflow.gateway.structured import tools_json as tools_json_of
 from npuflow.gateway.validation import (MAX_N, ChatRequest, Fields, GenRequest, parse_logprobs, parse_messages,
                                         parse_sampling)
 from npuflow.v1 import common_pb2, generation_service_pb2 as gs
@@ -108,10 +109,19 @@ def tools_json(text: str) -> str:
 
 
 def chat_request(msg: gs.ChatRequest) -> ChatRequest:
+    """The checked request; response_format, tools and tool_choice go through the HTTP API's
+    parse_structured, so both front doors accept and refuse the same things."""
     common = _common(msg)
-    structured = _grammar(msg)
-    return ChatRequest(**common, messages=parse_messages(_turns(msg.messages)), tools_json=tools_json(msg.tools_json),
-                       structured=structured)
+    tools = json.loads(tools_json(msg.tools_json) or "[]")
+    body: dict = {"response_format": _response_format(msg.response_format, msg.HasField("response_format"))}
+    if tools:
+        body["tools"] = tools
+    tc = msg.tool_choice
+    if tc:
+        body["tool_choice"] = tc if tc in ("none", "auto", "required") else {"type": "function", "function": {"name": tc}}
+    structured = parse_structured(body)
+    return ChatRequest(**common, messages=parse_messages(_turns(msg.messages)),
+                       tools_json=tools_json_of(structured), structured=structured)
 
 
 def tokenize_request(msg: gs.TokenizeRequest):
@@ -128,10 +138,17 @@ def tokenize_request(msg: gs.TokenizeRequest):
     return model, msg.text, add, ""
 
 
-def choice(d: Delta) -> gs.GenerateResponse.Choice:
-    c = gs.GenerateResponse.Choice(index=d.index, text=d.text, token_ids=d.token_ids, finish_reason=d.finish,
-                                   stop_reason=d.stop_reason)
+def choice(d: Delta, text: str | None = None, calls: list[dict] = (),
+           finish: int | None = None) -> gs.GenerateResponse.Choice:
+    """A choice message from a worker delta; text, tool call pieces (tool_calls.CallStream's
+    OpenAI-shaped deltas) and finish reason as the tool-call reader decided, when it did."""
+    c = gs.GenerateResponse.Choice(index=d.index, text=d.text if text is None else text, token_ids=d.token_ids,
+                                   finish_reason=d.finish if finish is None else finish, stop_reason=d.stop_reason)
     c.logprobs.extend(d.logprobs)
+    for call in calls:
+        fn = call.get("function", {})
+        c.tool_calls.add(index=call["index"], id=call.get("id", ""), type=call.get("type", ""),
+                         function_name=fn.get("name") or "", arguments=fn.get("arguments") or "")
     return c
 
 

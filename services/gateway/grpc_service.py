@@ -24,8 +24,9 @@ from npuflow.gateway.generation import (FAILED, admit, check_model, check_prompt
                                         metered)
 from npuflow.gateway.state import GatewayState
 from npuflow.gateway.structured import Structured
+from npuflow.gateway.tool_calls import CallStream
 from npuflow.gateway.validation import GenRequest
-from npuflow.v1 import generation_service_pb2 as gs
+from npuflow.v1 import common_pb2, generation_service_pb2 as gs
 from npuflow.v1 import generation_service_pb2_grpc as gs_grpc
 
 Context = grpc.aio.ServicerContext
@@ -77,6 +78,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
                                 sampling=req.sampling, n=n, deadline_unix_ms=deadline_ms,
                                 grammar=structured.grammar, grammar_param=structured.grammar_param)
         counted, completion = [0] * n, [0] * n
+        readers = [CallStream(structured.names()) for _ in range(n)] if structured.parse_tool_calls else None
         async with contextlib.aclosing(metered(st, params, arrived)) as it:
             async for batch in it:
                 out = gs.GenerateResponse(id=params.request_id, model=req.model)
@@ -91,7 +93,17 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
                         completion[i] = d.completion_tokens or counted[i]
                     elif not d.text and not d.token_ids and not d.logprobs:
                         continue
-                    out.choices.append(convert.choice(d))
+                    if readers is None:
+                        out.choices.append(convert.choice(d))
+                        continue
+                    text, calls = readers[i].push(d.text)   # the text of a call goes out as tool_calls
+                    finish = None
+                    if d.finish:
+                        rest, more = readers[i].finish()
+                        text, calls = text + rest, calls + more
+                        if (readers[i].streamed or more) and not readers[i].cut_short:
+                            finish = common_pb2.FINISH_REASON_TOOL_CALLS
+                    out.choices.append(convert.choice(d, text, calls, finish))
                 if out.choices:
                     await context.write(out)
         prompt_tokens, completion_tokens = len(ids), sum(completion)

@@ -28,10 +28,6 @@ def chat_logprobs(lps: list) -> dict:
             "refusal": None}
 
 
-def _names(req: ChatRequest) -> set[str]:
-    return {t["function"]["name"] for t in req.structured.tools}
-
-
 def usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -66,7 +62,7 @@ async def _whole(st: GatewayState, req: ChatRequest, params: GenerateParams, arr
         message = {"role": "assistant", "content": got.text(i), "refusal": None}
         finish = got.finish[i]
         if req.structured.parse_tool_calls:
-            content, calls = parse_tool_calls(message["content"], _names(req))
+            content, calls = parse_tool_calls(message["content"], req.structured.names())
             if calls:
                 message["content"] = content or None
                 message["tool_calls"] = [c.body() for c in calls]
@@ -85,7 +81,7 @@ async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, para
     await w.choices([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None} for i in range(req.n)])
     counted, completion = [0] * req.n, [0] * req.n
-    calls = [CallStream(_names(req)) for _ in range(req.n)] if req.structured.parse_tool_calls else None
+    calls = [CallStream(req.structured.names()) for _ in range(req.n)] if req.structured.parse_tool_calls else None
     held_lps: list[list] = [[] for _ in range(req.n)]
     try:
         async with contextlib.aclosing(metered(st, params, arrived)) as it:

@@ -33,6 +33,10 @@ class Structured:
     tool_choice: str = "none"    # none | auto | required | function
     parse_tool_calls: bool = False
 
+    def names(self) -> set[str]:
+        """The functions the answer may call."""
+        return {t["function"]["name"] for t in self.tools}
+
 
 def _grammar(schema: Any, param: str) -> str:
     if _llg is None:

@@ -173,3 +173,21 @@ def test_bad_arguments(stub, model, fields, code, needle):
     with pytest.raises(grpc.RpcError) as e:
         list(stub.Generate(gs.GenerateTextRequest(model=model, **fields), timeout=30))
     assert e.value.code() == code and needle in e.value.details()
+
+
+def test_chat_forced_tool_call_streams_its_arguments(stub):
+    """The same forced call as over HTTP: a tool_calls piece with the name, then the arguments
+    in more than one piece, ending with FINISH_REASON_TOOL_CALLS and no text."""
+    tools = json.dumps([{"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
+    msgs = list(stub.Chat(gs.ChatRequest(
+        model=DEFAULT_ID, messages=[gs.ChatTurn(role="user", content="What is the weather in Paris?")],
+        tools_json=tools, tool_choice="get_weather",
+        sampling=common_pb2.SamplingParams(temperature=0, max_tokens=60)), timeout=60))
+    pieces = [t for m in msgs for c in m.choices for t in c.tool_calls]
+    assert pieces[0].function_name == "get_weather" and pieces[0].id.startswith("call_")
+    assert len(pieces) > 2 and "city" in json.loads("".join(t.arguments for t in pieces))
+    assert _text(msgs) == ""
+    assert [c.finish_reason for m in msgs for c in m.choices if c.finish_reason] == \
+        [common_pb2.FINISH_REASON_TOOL_CALLS]

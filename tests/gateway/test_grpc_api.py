@@ -92,6 +92,38 @@ def test_chat_uses_the_template_through_the_tokenizer(front):
     assert msgs[-1].usage.prompt_tokens == len(front.stack.worker.requests[-1].prompt_token_ids)
 
 
+WEATHER = '[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", ' \
+          '"properties": {"city": {"type": "string"}}, "required": ["city"]}}}]'
+CALL = ['<tool_call>', '\n{"name": "get_weather", ', '"arguments": {"city": ', '"Paris"}}', '\n</tool_call>']
+
+
+def test_chat_tool_calls_stream_as_written(front):
+    front.stack.worker.reply = ["Let me check. "] + CALL
+    try:
+        msgs = front.chat(model=MODEL, messages=HI, tools_json=WEATHER)
+        none = front.chat(model=MODEL, messages=HI, tools_json=WEATHER, tool_choice="none")
+    finally:
+        front.stack.worker.reply = list(REPLY)
+    assert texts(msgs) == ["Let me check. "] and finishes(msgs) == {0: FR.FINISH_REASON_TOOL_CALLS}
+    pieces = [t for m in msgs for c in m.choices for t in c.tool_calls]
+    assert len(pieces) >= 2 and {t.index for t in pieces} == {0}
+    assert pieces[0].id.startswith("call_") and pieces[0].type == "function" and pieces[0].function_name == "get_weather"
+    assert all(not t.id and not t.function_name for t in pieces[1:])
+    assert "".join(t.arguments for t in pieces) == '{"city": "Paris"}'
+    assert "<tool_call>" in texts(none)[0] and finishes(none) == {0: FR.FINISH_REASON_STOP}
+    assert not [t for m in none for c in m.choices for t in c.tool_calls]
+
+
+def test_chat_tool_choice_forces_a_call_through_the_grammar(front):
+    front.chat(model=MODEL, messages=HI, tools_json=WEATHER, tool_choice="get_weather")
+    forced = front.stack.worker.requests[-1]
+    assert forced.grammar_param == "tool_choice" and "get_weather" in forced.grammar
+    front.chat(model=MODEL, messages=HI, tools_json=WEATHER, tool_choice="required")
+    assert front.stack.worker.requests[-1].grammar == forced.grammar
+    front.chat(model=MODEL, messages=HI, tools_json=WEATHER)
+    assert not front.stack.worker.requests[-1].grammar
+
+
 @pytest.mark.parametrize("rf", [dict(type=RF.TYPE_JSON_OBJECT),
                                 dict(type=RF.TYPE_JSON_SCHEMA, json_schema=dict(
                                     name="city", schema='{"type": "object", "properties": {"city": {"type": "string"}}}'))])
@@ -154,6 +186,8 @@ def test_generate_bad_arguments(front, fields, param, needle):
     (dict(model=MODEL, messages=[gs.ChatTurn(role="robot", content="x")]), "messages[0].role", "robot"),
     (dict(model=MODEL, messages=[gs.ChatTurn(content="x")]), "messages[0].role", "Missing"),
     (dict(model=MODEL, messages=HI, tools_json="{}"), "tools_json", "JSON array"),
+    (dict(model=MODEL, messages=HI, tools_json=WEATHER, tool_choice="nope"), "tool_choice", "must name one"),
+    (dict(model=MODEL, messages=HI, tool_choice="required"), "tool_choice", "needs 'tools'"),
     (dict(model=MODEL, messages=HI, response_format=dict(type=RF.TYPE_JSON_SCHEMA)), "response_format.json_schema",
      "Missing"),
 ])
