@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,22 @@ from dataclasses import dataclass, field
 from npuflow.config import Settings
 from npuflow.logs import get_logger
 from npuflow.transport import endpoint_in_use, remove_ipc_file
+
+
+def _can_listen(host: str, port: int) -> bool:
+    """Whether a TCP listener could bind host:port now (with SO_REUSEADDR, as the servers bind)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return True                 # an address the server itself will report
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(addr)
+            except OSError:
+                return False
+    return True
 
 log = get_logger("supervisor")
 
@@ -90,6 +107,11 @@ class Supervisor:
             log.error("another npuflow is running with the same run_dir; stop it or set server.run_dir",
                       endpoints=",".join(busy))
             return 1
+        taken = self._ports_taken()
+        if taken:
+            log.error("a port is taken by another program; stop it or set server.port / server.grpc_port",
+                      ports=",".join(taken))
+            return 1
         for c in self.children:
             c.start(self.env)
         ready_logged = False
@@ -104,6 +126,16 @@ class Supervisor:
                 ready_logged = True
         self.shutdown()
         return 0
+
+    def _ports_taken(self) -> list[str]:
+        """The HTTP and gRPC addresses another program listens on (checked before starting, so a
+        taken port is one error here rather than a gateway restarting with back-off)."""
+        s = self.settings.server
+        taken = []
+        for host, port in ((s.host, s.port), (s.grpc_host, s.grpc_port)):
+            if port and not _can_listen(host, port):
+                taken.append(f"{host}:{port}")
+        return taken
 
     def _watch(self, c: Child, now: float) -> None:
         if c.alive():

@@ -86,3 +86,25 @@ def test_a_second_stack_on_the_same_run_dir_refuses_to_start(stack, tmp_path):
     assert r.returncode == 1
     assert "same run_dir" in r.stderr
     assert stack.health()[0] == 200  # the running stack kept its sockets
+
+
+def test_a_taken_port_is_one_error_before_anything_starts(stack, tmp_path):
+    """Another program on the gRPC port, the running stack on the HTTP port: serve exits 1 naming
+    both, and starts no children."""
+    import re
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        busy = other.getsockname()[1]
+        text = re.sub(r'run_dir = ".*"', f'run_dir = "{tmp_path / "run"}"', stack.config.read_text())
+        cfg = tmp_path / "taken.toml"
+        cfg.write_text(re.sub(r"grpc_port = \d+", f"grpc_port = {busy}", text))
+        r = subprocess.run([sys.executable, "-m", "npuflow.cli", "serve", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "port is taken" in r.stderr
+    assert f"127.0.0.1:{busy}" in r.stderr and f"127.0.0.1:{stack.port}" in r.stderr
+    assert "child" not in r.stderr and stack.health()[0] == 200
