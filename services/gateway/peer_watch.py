@@ -49,19 +49,18 @@ async def frames(sock: zmq.Socket, multipart: bool = False, wake: asyncio.Event 
     fd = sock.getsockopt(zmq.FD)
     wake = wake or asyncio.Event()
     loop.add_reader(fd, wake.set)
+    events = sock.getsockopt
     try:
         while True:
             wake.clear()
             batch = []
-            while True:
+            while events(zmq.EVENTS) & zmq.POLLIN:   # asking is cheaper than a failed recv's exception
                 try:
                     batch.append(recv(zmq.NOBLOCK))
                 except zmq.Again:
                     break
             if batch:
                 yield batch
-                continue
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 continue
             await wake.wait()
     finally:
