@@ -28,6 +28,7 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     max_batch = 4               # sequences decoded together
     threads = 2                 # onnxruntime intra-op threads
     max_queue = 64              # waiting requests before 429
+    prefix_cache = true         # a new prompt reuses the KV of a finished one it starts like
     endpoint = "ipc://{run_dir}/worker-{id}.sock"
     device_id = -1              # engine "ax": the AXCL card (-1 = default)
     ax_provider = ""            # engine "ax": AxEngineExecutionProvider (on-board) | AXCLRTExecutionProvider (card)
@@ -81,6 +82,7 @@ class ModelSettings:
     max_batch: int = 4
     threads: int = 2
     max_queue: int = 64
+    prefix_cache: bool = True    # reuse a free slot's KV for a prompt that starts the same way
     endpoint: str = ""
     device_id: int = -1          # engine "ax": AXCL card to use (-1 = the runtime's default)
     ax_provider: str = ""        # engine "ax": AxEngineExecutionProvider | AXCLRTExecutionProvider

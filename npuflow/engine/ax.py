@@ -24,7 +24,7 @@ from ..models.package import ModelPackage
 from .ax_cmm import CMM_INFO, check_fits
 from .ax_runtime import SessionFactory, factory_for, release_session
 from .ax_timing import DeviceClock, TimedSession, profile
-from .base import EngineError, check_slot, check_token_ids
+from .base import EngineError, check_slot, check_token_ids, check_truncate
 
 log = get_logger("engine.ax")
 
@@ -192,6 +192,13 @@ class AxEngine:
     def release(self, slot: int) -> None:
         self._check_slot(slot)
         self._tokens[slot] = []
+
+    def truncate(self, slot: int, length: int) -> None:
+        """Later tokens are forgotten; a prefill after a length that is not a multiple of the
+        chunk re-runs the kept tokens of its chunk, as any unaligned append does."""
+        self._check_slot(slot)
+        check_truncate(length, len(self._tokens[slot]))
+        del self._tokens[slot][length:]
 
     def length(self, slot: int) -> int:
         self._check_slot(slot)

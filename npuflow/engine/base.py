@@ -23,6 +23,11 @@ def check_slot(slot: int, max_slots: int, closed: bool) -> None:
         raise EngineError(f"slot {slot} out of range 0..{max_slots - 1}")
 
 
+def check_truncate(length: int, held: int) -> None:
+    if not 0 <= length <= held:
+        raise EngineError(f"cannot keep {length} tokens of a slot holding {held}")
+
+
 def check_token_ids(token_ids: Sequence[int], vocab_size: int) -> np.ndarray:
     """The ids as a flat int64 array; EngineError for anything else or an id outside the vocabulary."""
     ids = np.asarray(token_ids)
@@ -53,6 +58,11 @@ class Engine(Protocol):
 
     def release(self, slot: int) -> None:
         """Forget the slot's sequence; the slot can be reused at once."""
+        ...
+
+    def truncate(self, slot: int, length: int) -> None:
+        """Keep the first `length` tokens of the slot's sequence (their KV entries stay valid) and
+        forget the rest; the next prefill appends after them. EngineError if the slot holds fewer."""
         ...
 
     def length(self, slot: int) -> int:

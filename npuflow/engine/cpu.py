@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from ..logs import get_logger
 from ..models.package import ModelPackage
-from .base import EngineError, check_slot, check_token_ids
+from .base import EngineError, check_slot, check_token_ids, check_truncate
 from .embedding import EmbeddingTable
 
 log = get_logger("engine.cpu")
@@ -126,6 +126,11 @@ class CpuEngine:
     def release(self, slot: int) -> None:
         self._check_slot(slot)
         self._lengths[slot] = 0
+
+    def truncate(self, slot: int, length: int) -> None:
+        self._check_slot(slot)
+        check_truncate(length, self._lengths[slot])
+        self._lengths[slot] = length
 
     def length(self, slot: int) -> int:
         self._check_slot(slot)

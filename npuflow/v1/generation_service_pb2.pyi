@@ -129,14 +129,16 @@ class GenerateResponse(_message.Message):
         tool_calls: _containers.RepeatedCompositeFieldContainer[GenerateResponse.ToolCallDelta]
         def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., stop_reason: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[GenerateResponse.ToolCallDelta, _Mapping]]] = ...) -> None: ...
     class Usage(_message.Message):
-        __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens")
+        __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens")
         PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
         COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
         TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+        CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
         prompt_tokens: int
         completion_tokens: int
         total_tokens: int
-        def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ...) -> None: ...
+        cached_prompt_tokens: int
+        def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     CHOICES_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]

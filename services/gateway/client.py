@@ -24,6 +24,7 @@ class Delta:
     finish: int = FR.FINISH_REASON_UNSPECIFIED           # FinishReason; != UNSPECIFIED on the last
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0                               # prompt tokens the worker's KV already held
     stop_reason: str = ""
     error: tuple[int, str, str] | None = None             # (ErrorCode, message, param) when ERROR
 

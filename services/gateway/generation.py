@@ -34,6 +34,7 @@ class Collected:
         self.counted = [0] * choices
         self.completion = [0] * choices
         self.finish = ["stop"] * choices
+        self.cached = [0] * choices
 
     def add(self, c: int, d: Delta) -> None:
         """Merge delta d into choice c; a failed choice raises its client-facing ApiError."""
@@ -45,6 +46,7 @@ class Collected:
         if d.finish:
             self.finish[c] = FINISH_NAMES.get(d.finish, "stop")
             self.completion[c] = d.completion_tokens or self.counted[c]
+            self.cached[c] = d.cached_tokens
 
     def text(self, c: int) -> str:
         return "".join(self.texts[c])

@@ -77,7 +77,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
         params = GenerateParams(request_id=prefix + uuid.uuid4().hex, model=req.model, prompt_token_ids=ids,
                                 sampling=req.sampling, n=n, deadline_unix_ms=deadline_ms,
                                 grammar=structured.grammar, grammar_param=structured.grammar_param)
-        counted, completion = [0] * n, [0] * n
+        counted, completion, cached = [0] * n, [0] * n, [0] * n
         readers = [CallStream(structured.names()) for _ in range(n)] if structured.parse_tool_calls else None
         async with contextlib.aclosing(metered(st, params, arrived)) as it:
             async for batch in it:
@@ -91,6 +91,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
                     counted[i] += len(d.token_ids)
                     if d.finish:
                         completion[i] = d.completion_tokens or counted[i]
+                        cached[i] = d.cached_tokens
                     elif not d.text and not d.token_ids and not d.logprobs:
                         continue
                     if readers is None:
@@ -108,5 +109,6 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
                     await context.write(out)
         prompt_tokens, completion_tokens = len(ids), sum(completion)
         usage = gs.GenerateResponse.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                          total_tokens=prompt_tokens + completion_tokens)
+                                          total_tokens=prompt_tokens + completion_tokens,
+                                          cached_prompt_tokens=max(cached))
         await context.write(gs.GenerateResponse(id=params.request_id, model=req.model, usage=usage))

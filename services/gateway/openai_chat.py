@@ -28,8 +28,10 @@ def chat_logprobs(lps: list) -> dict:
             "refusal": None}
 
 
-def usage(prompt: int, completion: int) -> dict:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(prompt: int, completion: int, cached: int = 0) -> dict:
+    """OpenAI's usage object; cached = prompt tokens not computed again (the worker's KV held them)."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -71,7 +73,7 @@ async def _whole(st: GatewayState, req: ChatRequest, params: GenerateParams, arr
                         "logprobs": chat_logprobs(got.logprobs[i]) if req.logprobs else None, "finish_reason": finish})
     return web.json_response({"id": params.request_id, "object": "chat.completion", "created": created,
                               "model": req.model, "choices": choices,
-                              "usage": usage(len(params.prompt_token_ids), sum(got.completion))})
+                              "usage": usage(len(params.prompt_token_ids), sum(got.completion), max(got.cached))})
 
 
 async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, params: GenerateParams,
@@ -80,7 +82,7 @@ async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, para
     w = ChunkWriter(resp, params.request_id, "chat.completion.chunk", created, req.model, req.include_usage)
     await w.choices([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None} for i in range(req.n)])
-    counted, completion = [0] * req.n, [0] * req.n
+    counted, completion, cached = [0] * req.n, [0] * req.n, [0] * req.n
     calls = [CallStream(req.structured.names()) for _ in range(req.n)] if req.structured.parse_tool_calls else None
     held_lps: list[list] = [[] for _ in range(req.n)]
     try:
@@ -112,6 +114,7 @@ async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, para
                         delta = {"content": text, **delta}
                     if d.finish:
                         completion[i] = d.completion_tokens or counted[i]
+                        cached[i] = d.cached_tokens
                     elif not text and not lps and not delta:
                         continue
                     await w.choices([{
@@ -122,6 +125,6 @@ async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, para
         await send_error_and_done(resp, e)
         return resp
     if req.include_usage:
-        await w.usage(usage(len(params.prompt_token_ids), sum(completion)))
+        await w.usage(usage(len(params.prompt_token_ids), sum(completion), max(cached)))
     await w.done()
     return resp

@@ -94,8 +94,9 @@ async def _whole(st: GatewayState, req: CompletionRequest, rid: str, params: lis
         choices.append({"text": got.text(c), "index": c, "logprobs": lps.body() if req.logprobs else None,
                         "finish_reason": "stop" if got.finish[c] == "tool_calls" else got.finish[c]})
     prompt_tokens = sum(len(p.prompt_token_ids) for p in params)
+    cached = sum(max(got.cached[k * n:(k + 1) * n]) for k in range(len(params)))
     return web.json_response({"id": rid, "object": "text_completion", "created": created, "model": req.model,
-                              "choices": choices, "usage": usage(prompt_tokens, sum(got.completion))})
+                              "choices": choices, "usage": usage(prompt_tokens, sum(got.completion), cached)})
 
 
 async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest, rid: str,
@@ -103,7 +104,7 @@ async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest
     n, total = req.n, req.n * len(params)
     resp = await open_stream(request)
     w = ChunkWriter(resp, rid, "text_completion", created, req.model, usage_null=False)
-    counted, completion = [0] * total, [0] * total
+    counted, completion, cached = [0] * total, [0] * total, [0] * total
     if req.echo:
         await w.choices([{"text": echo[c // n], "index": c, "logprobs": None, "finish_reason": None}
                          for c in range(total)])
@@ -119,6 +120,7 @@ async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest
                     counted[c] += len(d.token_ids)
                     if d.finish:
                         completion[c] = d.completion_tokens or counted[c]
+                        cached[c] = d.cached_tokens
                     elif not d.text and not d.logprobs:
                         continue
                     lp = None
@@ -133,6 +135,7 @@ async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest
         await send_error_and_done(resp, e)
         return resp
     if req.include_usage:
-        await w.usage(usage(sum(len(p.prompt_token_ids) for p in params), sum(completion)))
+        prompt_cached = sum(max(cached[k * n:(k + 1) * n]) for k in range(len(params)))
+        await w.usage(usage(sum(len(p.prompt_token_ids) for p in params), sum(completion), prompt_cached))
     await w.done()
     return resp

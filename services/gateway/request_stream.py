@@ -79,6 +79,7 @@ def merge(evs: list[worker_pb2.TokenEvent]) -> list[Delta]:
             d.finish = ev.finish_reason
             d.prompt_tokens = ev.prompt_tokens
             d.completion_tokens = ev.completion_tokens
+            d.cached_tokens = ev.cached_prompt_tokens
             d.stop_reason = ev.stop_reason
             if ev.finish_reason == FR.FINISH_REASON_ERROR:
                 d.error = (ev.error.code, ev.error.message, ev.error.param)

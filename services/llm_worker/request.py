@@ -106,6 +106,7 @@ class Choice:
         self.stop_ids = stop_ids
         self.slot: int | None = None
         self.prefilled = 0                 # prompt tokens already in the slot
+        self.cached_tokens = 0             # ... of which the slot held from an earlier prompt
         self.next_token: int | None = None  # sampled, to be fed by the next decode
         self.completion = 0
         self.finished = False
@@ -196,6 +197,7 @@ class Choice:
             self._reported = True
             ev.finish_reason = self.finish_reason
             ev.prompt_tokens = len(self.request.prompt)
+            ev.cached_prompt_tokens = self.cached_tokens
             ev.completion_tokens = self.completion
             ev.stop_reason = self.stop_reason
             if self.error is not None:

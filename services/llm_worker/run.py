@@ -52,7 +52,7 @@ def build_link(engine: Engine, package: ModelPackage, model: ModelSettings, engi
     limits = ModelLimits(model_id=model.id, vocab_size=engine.vocab_size, context_length=engine.context_length,
                          eos_token_ids=tuple(package.eos_token_ids), sampling_defaults=dict(package.sampling_defaults),
                          grammar=_grammar_vocab(package, engine.vocab_size))
-    scheduler = Scheduler(engine, table, limits, max_queue=model.max_queue)
+    scheduler = Scheduler(engine, table, limits, max_queue=model.max_queue, prefix_cache=model.prefix_cache)
     info = WorkerInfo(model=model.id, context_length=engine.context_length, max_batch=engine.max_slots,
                       vocab_size=engine.vocab_size, engine=engine_kind or model.engine,
                       eos_token_ids=tuple(package.eos_token_ids), created=package.created)

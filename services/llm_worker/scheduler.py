@@ -59,7 +59,7 @@ class PrefillBudget:
 
 class Scheduler:
     def __init__(self, engine: Engine, table: TokenTable, limits: ModelLimits, *, max_queue: int,
-                 step_target_s: float = 0.15, idle_target_s: float = 0.4):
+                 step_target_s: float = 0.15, idle_target_s: float = 0.4, prefix_cache: bool = True):
         self.engine = engine
         self.table = table
         self.limits = limits
@@ -67,7 +67,9 @@ class Scheduler:
         self.step_target_s = step_target_s  # prefill time per step while others are decoding
         self.idle_target_s = idle_target_s  # ... and while nobody waits for a token
         self.budget = PrefillBudget()
-        self.free_slots = list(range(engine.max_slots))
+        self.free_slots = list(range(engine.max_slots))   # least recently used first
+        self.prefix_cache = prefix_cache
+        self.held: dict[int, list[int]] = {}   # free slot -> prompt tokens its KV still holds
         self.waiting: deque[Choice] = deque()
         self.running: list[Choice] = []
         self.requests: dict[str, Request] = {}
@@ -163,8 +165,34 @@ class Scheduler:
     def _admit(self) -> None:
         while self.waiting and self.free_slots:
             c = self.waiting.popleft()
-            c.slot = self.free_slots.pop(0)
+            c.slot, c.prefilled = self._take_slot(c.request.prompt)
+            c.cached_tokens = c.prefilled
             self.running.append(c)
+
+    def _take_slot(self, prompt: list[int]) -> tuple[int, int]:
+        """A free slot for `prompt` and how many of its first tokens the slot's KV already holds:
+        the slot whose last prompt shares the longest prefix with this one (a conversation's
+        next turn, a shared system prompt), else the least recently used. At least one prompt
+        token is always left to prefill, for the logits."""
+        slot, keep = self.free_slots[0], 0
+        if self.prefix_cache:
+            for s in self.free_slots:
+                n = _common_prefix(self.held.get(s), prompt)
+                if n > keep:
+                    slot, keep = s, n
+            keep = min(keep, len(prompt) - 1)
+        self.free_slots.remove(slot)
+        self.held.pop(slot, None)
+        try:
+            if keep:
+                self.engine.truncate(slot, keep)
+            else:
+                self.engine.release(slot)
+        except Exception:
+            log.error("slot reset failed", exc_info=True, slot=slot)
+            self.engine.release(slot)
+            keep = 0
+        return slot, keep
 
     def _decode(self, rows: list[tuple[Choice, np.ndarray]]) -> None:
         batch = [c for c in self.running if c.next_token is not None]
@@ -211,19 +239,32 @@ class Scheduler:
                 self.waiting.remove(c)
             except ValueError:
                 pass
-        self._release(c)
+        self._release(c, reuse=error is None)
         self._touched.append(c)
 
-    def _release(self, c: Choice) -> None:
+    def _release(self, c: Choice, reuse: bool = True) -> None:
+        """Free the choice's slot. Its prefilled prompt tokens stay in the KV for a later prompt
+        that starts the same way, unless the slot's state is in doubt (an engine error)."""
         if c.slot is None:
             return
-        try:
-            self.engine.release(c.slot)
-        except Exception:
-            log.error("release failed", exc_info=True, slot=c.slot)
+        if reuse and self.prefix_cache and c.prefilled:
+            self.held[c.slot] = c.request.prompt[:c.prefilled]
+        else:
+            try:
+                self.engine.release(c.slot)
+            except Exception:
+                log.error("release failed", exc_info=True, slot=c.slot)
         self.free_slots.append(c.slot)
         self.running.remove(c)
         c.slot = None
+
+
+def _common_prefix(a: list[int] | None, b: list[int]) -> int:
+    if not a:
+        return 0
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
 
 
 def _is_engine_error(e: Exception) -> bool:

@@ -156,3 +156,17 @@ def test_two_slots_do_not_interfere(ax_engine, chat):
     assert out == alone and ax_engine.length(1) == len(b) + 6
     ax_engine.release(0)
     ax_engine.release(1)
+
+
+def test_truncate_then_prefill_equals_one_call(ax_engine, chat):
+    """A kept prefix that ends inside a chunk: the rest is prefilled by re-running that chunk's
+    kept tokens, and the logits equal a fresh prefill of the whole prompt."""
+    prompt = chat(LONG) + chat(SHORT)                       # 49 tokens
+    ax_engine.release(0)
+    whole = ax_engine.prefill(0, prompt)
+    ax_engine.release(0)
+    ax_engine.prefill(0, prompt[:40])
+    ax_engine.decode([0], [11])
+    ax_engine.truncate(0, 37)
+    assert np.array_equal(ax_engine.prefill(0, prompt[37:]), whole)
+    ax_engine.release(0)

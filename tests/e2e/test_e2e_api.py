@@ -127,3 +127,19 @@ def test_disconnect_frees_the_workers_slot(stack, stream):
     assert stack.wait_running(DEFAULT_ID, 0, 2.0), "the worker kept generating for a client that left"
     # the slot frees within a decode step; the heartbeat that reports it comes every 0.2 s
     assert time.monotonic() - t0 < 1.0
+
+
+def test_a_conversation_reuses_the_kv_of_its_earlier_turns(client):
+    """The next turn of a conversation starts with the previous prompt: the worker keeps that
+    prompt's KV in the freed slot and computes only the new tokens (usage reports them as
+    cached_tokens); the same prompt again reuses all but its last token and answers the same."""
+    system = {"role": "system", "content": "You are a concise assistant who answers in one short sentence. " * 6}
+    first = [system, {"role": "user", "content": "Name a colour."}]
+    r1 = client.chat.completions.create(model=DEFAULT_ID, messages=first, temperature=0, max_tokens=8)
+    second = first + [{"role": "assistant", "content": r1.choices[0].message.content},
+                      {"role": "user", "content": "And another one?"}]
+    r2 = client.chat.completions.create(model=DEFAULT_ID, messages=second, temperature=0, max_tokens=8)
+    assert r2.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens - 2
+    r3 = client.chat.completions.create(model=DEFAULT_ID, messages=second, temperature=0, max_tokens=8)
+    assert r3.usage.prompt_tokens_details.cached_tokens == r3.usage.prompt_tokens - 1
+    assert r3.choices[0].message.content == r2.choices[0].message.content

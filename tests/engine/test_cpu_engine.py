@@ -130,3 +130,20 @@ def test_close_twice(tiny_package):
     eng.close()
     with pytest.raises(EngineError, match="closed"):
         eng.prefill(0, [1])
+
+
+def test_truncate_keeps_a_prefix_for_the_next_prompt(engine):
+    """What a reused prefix computes equals a fresh prefill of the whole prompt, bit for bit, even
+    after the slot decoded past it; keeping more than the slot holds is an error."""
+    fresh = engine.prefill(0, PROMPT)
+    engine.release(0)
+    engine.prefill(0, PROMPT[:25])
+    engine.decode([0], [3])
+    engine.decode([0], [4])
+    engine.truncate(0, 25)
+    assert engine.length(0) == 25
+    assert np.array_equal(engine.prefill(0, PROMPT[25:]), fresh)
+    with pytest.raises(EngineError, match="cannot keep"):
+        engine.truncate(0, len(PROMPT) + 1)
+    engine.truncate(0, 0)
+    assert engine.length(0) == 0

@@ -12,11 +12,13 @@ from worker_helpers import EOS, FakeEngine
 FR = common_pb2
 
 
-def make(tokenizer_json, hf_tokenizer, *, slots=2, ctx=64, max_queue=8, defaults=None, **engine_kw):
+def make(tokenizer_json, hf_tokenizer, *, slots=2, ctx=64, max_queue=8, defaults=None, prefix_cache=True,
+         **engine_kw):
     v = hf_tokenizer.get_vocab_size()
     eng = FakeEngine(v, max_slots=slots, context_length=ctx, **engine_kw)
     limits = ModelLimits("tiny", v, ctx, (EOS,), defaults or {"temperature": 0.0})
-    return Scheduler(eng, load_token_table(tokenizer_json, v), limits, max_queue=max_queue), eng
+    return Scheduler(eng, load_token_table(tokenizer_json, v), limits, max_queue=max_queue,
+                     prefix_cache=prefix_cache), eng
 
 
 def gen(rid, prompt, n=1, deadline=0, **sampling):
@@ -133,7 +135,7 @@ def test_abort_within_a_step(tokenizer_json, hf_tokenizer):
     finals = {ev.request_id: ev for _, ev in evs}
     assert finals["a"].finish_reason == FR.FINISH_REASON_ABORT and finals["w"].finish_reason == FR.FINISH_REASON_ABORT
     assert all(not ev.token_ids for ev in finals.values())
-    assert s.free_slots == [0] and eng.seqs[0] == [] and not s.has_work and not s.requests
+    assert s.free_slots == [0] and s.held == {0: [10]} and not s.has_work and not s.requests
 
 
 def test_deadline(tokenizer_json, hf_tokenizer):
@@ -255,3 +257,41 @@ def test_prefill_budget_follows_speed():
     for _ in range(20):
         b.record(100, 0.01)
     assert b.tokens(0.4) == 512
+
+
+def _answer(s, rid, prompt, **kw):
+    s.submit(gen(rid, prompt, max_tokens=4, **kw), b"p")
+    out, _ = run(s)
+    evs = out[(rid, 0)]
+    return [t for e in evs for t in e.token_ids], evs[-1]
+
+
+def test_a_prompt_that_starts_like_a_finished_one_reuses_its_kv(tokenizer_json, hf_tokenizer):
+    s, eng = make(tokenizer_json, hf_tokenizer, slots=2)
+    first = list(range(10, 30))
+    _answer(s, "a", first)
+    _answer(s, "other", [40, 41, 42])                    # the LRU slot goes to an unrelated prompt
+    eng.calls.clear()
+    longer = first + [50, 51, 52]
+    toks, last = _answer(s, "b", longer)
+    slot = next(c[1] for c in eng.calls if c[0] == "truncate")
+    assert ("truncate", slot, 20) in eng.calls and ("prefill", slot, 3) in eng.calls
+    assert last.cached_prompt_tokens == 20 and last.prompt_tokens == 23
+    fresh, _ = make(tokenizer_json, hf_tokenizer, slots=2, prefix_cache=False)
+    assert toks == _answer(fresh, "b", longer)[0]
+    eng.calls.clear()
+    toks_again, last = _answer(s, "c", longer)           # the same prompt: all but its last token
+    assert toks_again == toks and last.cached_prompt_tokens == 22
+    assert [c for c in eng.calls if c[0] == "prefill"] == [("prefill", slot, 1)]
+
+
+def test_no_reuse_when_off_or_after_an_engine_error(tokenizer_json, hf_tokenizer):
+    s, eng = make(tokenizer_json, hf_tokenizer, slots=1, prefix_cache=False)
+    _answer(s, "a", [10, 11, 12])
+    _, last = _answer(s, "b", [10, 11, 12, 13])
+    assert last.cached_prompt_tokens == 0 and not s.held and not any(c[0] == "truncate" for c in eng.calls)
+    s, eng = make(tokenizer_json, hf_tokenizer, slots=1, fail_token=15)
+    _, last = _answer(s, "a", [10, 11, 12, 13])              # decodes 14, then 15 fails in the engine
+    assert last.finish_reason == FR.FINISH_REASON_ERROR and not s.held and eng.seqs[0] == []
+    _, last = _answer(s, "b", [10, 11, 12, 20])
+    assert last.cached_prompt_tokens == 0

@@ -82,6 +82,11 @@ class FakeEngine:
     def release(self, slot: int) -> None:
         self.seqs[slot] = []
 
+    def truncate(self, slot: int, length: int) -> None:
+        assert 0 <= length <= len(self.seqs[slot])
+        self.calls.append(("truncate", slot, length))
+        del self.seqs[slot][length:]
+
     def length(self, slot: int) -> int:
         return len(self.seqs[slot])
 
