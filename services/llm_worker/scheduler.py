@@ -57,6 +57,9 @@ class PrefillBudget:
         self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
 
 
+MIN_PREFILL = 2   # prompt tokens a reused slot still prefills (see Scheduler._take_slot)
+
+
 class Scheduler:
     def __init__(self, engine: Engine, table: TokenTable, limits: ModelLimits, *, max_queue: int,
                  step_target_s: float = 0.15, idle_target_s: float = 0.4, prefix_cache: bool = True):
@@ -172,15 +175,16 @@ class Scheduler:
     def _take_slot(self, prompt: list[int]) -> tuple[int, int]:
         """A free slot for `prompt` and how many of its first tokens the slot's KV already holds:
         the slot whose last prompt shares the longest prefix with this one (a conversation's
-        next turn, a shared system prompt), else the least recently used. At least one prompt
-        token is always left to prefill, for the logits."""
+        next turn, a shared system prompt), else the least recently used. At least MIN_PREFILL
+        prompt tokens are left to prefill: a one-token prefill runs the engines' decode kernels,
+        whose results differ slightly from a prompt's, and the answer must not depend on reuse."""
         slot, keep = self.free_slots[0], 0
         if self.prefix_cache:
             for s in self.free_slots:
                 n = _common_prefix(self.held.get(s), prompt)
                 if n > keep:
                     slot, keep = s, n
-            keep = min(keep, len(prompt) - 1)
+            keep = max(0, min(keep, len(prompt) - MIN_PREFILL))
         self.free_slots.remove(slot)
         self.held.pop(slot, None)
         try:

@@ -143,6 +143,9 @@ def test_truncate_keeps_a_prefix_for_the_next_prompt(engine):
     engine.truncate(0, 25)
     assert engine.length(0) == 25
     assert np.array_equal(engine.prefill(0, PROMPT[25:]), fresh)
+    for rest in (2, 3):                                  # the scheduler leaves at least two
+        engine.truncate(0, len(PROMPT) - rest)
+        assert np.array_equal(engine.prefill(0, PROMPT[-rest:]), fresh)
     with pytest.raises(EngineError, match="cannot keep"):
         engine.truncate(0, len(PROMPT) + 1)
     engine.truncate(0, 0)

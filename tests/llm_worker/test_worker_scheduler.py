@@ -280,9 +280,9 @@ def test_a_prompt_that_starts_like_a_finished_one_reuses_its_kv(tokenizer_json, 
     fresh, _ = make(tokenizer_json, hf_tokenizer, slots=2, prefix_cache=False)
     assert toks == _answer(fresh, "b", longer)[0]
     eng.calls.clear()
-    toks_again, last = _answer(s, "c", longer)           # the same prompt: all but its last token
-    assert toks_again == toks and last.cached_prompt_tokens == 22
-    assert [c for c in eng.calls if c[0] == "prefill"] == [("prefill", slot, 1)]
+    toks_again, last = _answer(s, "c", longer)           # the same prompt: all but its last two
+    assert toks_again == toks and last.cached_prompt_tokens == 21
+    assert [c for c in eng.calls if c[0] == "prefill"] == [("prefill", slot, 2)]
 
 
 def test_no_reuse_when_off_or_after_an_engine_error(tokenizer_json, hf_tokenizer):
