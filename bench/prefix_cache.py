@@ -8,9 +8,12 @@ with the prefix cache on and off, alternating, and the script reports per turn t
 token and the prompt tokens the engine computed.
 
     .venv/bin/python bench/prefix_cache.py [--turns 6] [--rounds 3] [--max-tokens 24] [--threads 2]
+    .venv/bin/python bench/prefix_cache.py --ax ax630c [--prefill 128 --kv 1024]
 
-On an NPU board the saving is larger: prefill there is the slow part (axera.md: about 1.1 s to
-first token for a 0.5B model on an AX630C).
+With --ax the AX engine runs the default model's AX export on the onnxruntime mirror with a
+board's simulated per-graph time (npuflow/engine/ax_timing.py), as a board would see it: there
+prefill is the slow part (axera.md: about 1.1 s to first token for a 0.5B model on an AX630C),
+and reuse saves whole prefill chunks.
 """
 from __future__ import annotations
 
@@ -68,6 +71,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ax", default="", help="ax650n | ax630c: the AX engine with that chip's simulated timing")
+    p.add_argument("--prefill", type=int, default=128, help="--ax: prefill chunk of the export")
+    p.add_argument("--kv", type=int, default=1024, help="--ax: KV cache length of the export")
     args = p.parse_args()
 
     from tokenizers import Tokenizer
@@ -80,8 +86,16 @@ def main() -> int:
     from npuflow.logs import setup_logging
     from npuflow.models.resolve import DEFAULT_MODEL_ID, resolve_model
     setup_logging("warning")
-    pkg = resolve_model("default", load_settings().server.cache_dir, DEFAULT_MODEL_ID)
-    engine = CpuEngine(pkg, max_slots=4, context_length=2048, threads=args.threads)
+    cache = pathlib.Path(load_settings().server.cache_dir)
+    if args.ax:
+        from default_ax import export_default
+        from npuflow.engine.ax import AxEngine
+        from npuflow.models.ax_package import read_ax_package
+        pkg = read_ax_package(export_default(cache, args.prefill, args.kv))
+        engine = AxEngine(pkg, max_slots=4, simulate_timing=args.ax, threads=args.threads)
+    else:
+        pkg = resolve_model("default", cache, DEFAULT_MODEL_ID)
+        engine = CpuEngine(pkg, max_slots=4, context_length=2048, threads=args.threads)
     limits = ModelLimits(pkg.id, engine.vocab_size, engine.context_length, tuple(pkg.eos_token_ids), {})
     sched = Scheduler(engine, load_token_table(pkg.tokenizer_path, engine.vocab_size), limits, max_queue=8)
     tokenizer = Tokenizer.from_file(str(pkg.tokenizer_path))
@@ -90,7 +104,8 @@ def main() -> int:
     for _ in range(args.rounds):                                  # alternating, so drift hits both
         for cache in (False, True):
             runs[cache].append(conversation(sched, tokenizer, args.turns, args.max_tokens, cache))
-    print(f"model {pkg.id}, {args.turns} turns, {args.max_tokens} tokens per answer, {args.rounds} rounds, "
+    where = f"AX engine, simulated {args.ax}" if args.ax else "CPU engine"
+    print(f"model {pkg.id} on the {where}, {args.turns} turns, {args.max_tokens} tokens per answer, {args.rounds} rounds, "
           f"threads {args.threads}; medians over rounds")
     print("turn | prompt tokens computed: off    on | TTFT ms: off      on   on/off")
     ratios = []

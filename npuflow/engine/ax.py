@@ -95,6 +95,7 @@ class AxEngine:
             self.close()
             raise
         self.context_length = min(self._C, context_length or self._C)
+        self.prefill_align = self._P or 1
         self._tokens: list[list[int]] = [[] for _ in range(max_slots)]
         self._kv: list[list[tuple[np.ndarray, np.ndarray]] | None] = [None] * max_slots
         self._feeds: list[list[dict[str, np.ndarray]] | None] = [None] * max_slots

@@ -44,6 +44,7 @@ class Engine(Protocol):
     vocab_size: int       # rows of the logits
     context_length: int   # positions a slot can hold
     max_slots: int        # sequences that can be alive at once
+    prefill_align: int    # prefill runs in chunks of this many positions (1: any length costs its own)
 
     def prefill(self, slot: int, token_ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append token_ids to the slot's sequence and return float32 logits: [vocab] for the last

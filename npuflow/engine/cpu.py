@@ -49,6 +49,7 @@ class CpuEngine:
         self.vocab_size = d.vocab
         self.context_length = min(context_length or package.context_length, package.context_length)
         self.max_slots = max_slots
+        self.prefill_align = 1
         self._hidden = d.hidden
         gi = package.extra.get("graph", {})
         opts = ort.SessionOptions()

@@ -70,6 +70,9 @@ class Scheduler:
         self.step_target_s = step_target_s  # prefill time per step while others are decoding
         self.idle_target_s = idle_target_s  # ... and while nobody waits for a token
         self.budget = PrefillBudget()
+        # the engine's prefill granularity: the AX engine runs chunks of its prefill length, so
+        # a piece that ends inside one costs the whole chunk, and the next piece runs it again
+        self.align = max(1, int(getattr(engine, "prefill_align", 1) or 1))
         self.free_slots = list(range(engine.max_slots))   # least recently used first
         self.prefix_cache = prefix_cache
         self.held: dict[int, list[int]] = {}   # free slot -> prompt tokens its KV still holds
@@ -219,7 +222,10 @@ class Scheduler:
             if budget <= 0:
                 break
             prompt = c.request.prompt
-            chunk = prompt[c.prefilled:c.prefilled + budget]
+            end = c.prefilled + budget
+            if self.align > 1:        # whole engine chunks: a piece ending inside one is paid in full
+                end = -(-end // self.align) * self.align
+            chunk = prompt[c.prefilled:end]
             t0 = time.perf_counter()
             try:
                 logits = self.engine.prefill(c.slot, chunk)

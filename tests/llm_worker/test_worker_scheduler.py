@@ -295,3 +295,18 @@ def test_no_reuse_when_off_or_after_an_engine_error(tokenizer_json, hf_tokenizer
     assert last.finish_reason == FR.FINISH_REASON_ERROR and not s.held and eng.seqs[0] == []
     _, last = _answer(s, "b", [10, 11, 12, 20])
     assert last.cached_prompt_tokens == 0
+
+
+def test_prefill_pieces_end_on_the_engines_chunk_boundaries(tokenizer_json, hf_tokenizer):
+    """With an engine that prefills in chunks of 8 (the AX engine's prefill length), a small
+    budget still sends pieces that end on multiples of 8, so no chunk is run twice."""
+    from npuflow.llm_worker.scheduler import PrefillBudget
+    s, eng = make(tokenizer_json, hf_tokenizer, slots=1)
+    eng.prefill_align = 8
+    s.align = 8
+    s.budget = PrefillBudget(lo=3, hi=5, start=5)
+    _answer(s, "a", list(range(10, 40)))                    # 30 tokens
+    assert [c[2] for c in eng.calls if c[0] == "prefill"] == [8, 8, 8, 6]
+    eng.calls.clear()
+    _answer(s, "b", list(range(10, 23)) + list(range(60, 80)))   # reuses 13, then 13 -> 24 -> 32 -> 33
+    assert [c[2] for c in eng.calls if c[0] == "prefill"] == [11, 8, 1]

@@ -37,6 +37,7 @@ class FakeEngine:
                  prefill_s_per_token: float = 0.0, decode_s: float = 0.0, fail_token: int | None = None):
         self.vocab_size = vocab_size
         self.max_slots = max_slots
+        self.prefill_align = 1
         self.context_length = context_length
         self.prefill_s_per_token = prefill_s_per_token
         self.decode_s = decode_s
