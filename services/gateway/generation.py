@@ -116,6 +116,7 @@ async def metered(st: GatewayState, params: GenerateParams, arrived: float) -> A
     model = params.model
     ttft, itl, tokens = m.ttft.labels(model), m.itl.labels(model), m.tokens.labels(model)
     m.prompt_tokens.labels(model).inc(len(params.prompt_token_ids))
+    cached, counted_cache = m.cached_prompt_tokens.labels(model), False
     last = 0.0
     async with contextlib.aclosing(st.models.generate(params)) as it:
         async for batch in it:
@@ -128,6 +129,11 @@ async def metered(st: GatewayState, params: GenerateParams, arrived: float) -> A
                     ttft.observe(now - arrived)
                 last = now
                 tokens.inc(ntok)
+            if not counted_cache:                 # once per request: its first choice to finish
+                hit = next((d.cached_tokens for d in batch if d.finish), None)
+                if hit is not None:
+                    cached.inc(hit)
+                    counted_cache = True
             yield batch
 
 

@@ -44,6 +44,9 @@ class Metrics:
                              ["model"], buckets=_ITL_BUCKETS, registry=r)
         self.tokens = Counter("npuflow_generated_tokens", "Tokens generated", ["model"], registry=r)
         self.prompt_tokens = Counter("npuflow_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
+        self.cached_prompt_tokens = Counter("npuflow_cached_prompt_tokens",
+                                            "Prompt tokens whose KV a worker slot already held (not computed again)",
+                                            ["model"], registry=r)
         r.register(_LinkCollector(stats))
 
     def render(self) -> bytes:

@@ -129,7 +129,16 @@ def test_disconnect_frees_the_workers_slot(stack, stream):
     assert time.monotonic() - t0 < 1.0
 
 
-def test_a_conversation_reuses_the_kv_of_its_earlier_turns(client):
+def _cached_counter(stack) -> float:
+    import re
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(rf'npuflow_cached_prompt_tokens_total{{model="{re.escape(DEFAULT_ID)}"}} (\S+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_a_conversation_reuses_the_kv_of_its_earlier_turns(stack, client):
     """The next turn of a conversation starts with the previous prompt: the worker keeps that
     prompt's KV in the freed slot and computes only the new tokens (usage reports them as
     cached_tokens); the same prompt again reuses all but its last two tokens and answers the same."""
@@ -138,8 +147,11 @@ def test_a_conversation_reuses_the_kv_of_its_earlier_turns(client):
     r1 = client.chat.completions.create(model=DEFAULT_ID, messages=first, temperature=0, max_tokens=8)
     second = first + [{"role": "assistant", "content": r1.choices[0].message.content},
                       {"role": "user", "content": "And another one?"}]
+    before = _cached_counter(stack)
     r2 = client.chat.completions.create(model=DEFAULT_ID, messages=second, temperature=0, max_tokens=8)
     assert r2.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens - 2
     r3 = client.chat.completions.create(model=DEFAULT_ID, messages=second, temperature=0, max_tokens=8)
     assert r3.usage.prompt_tokens_details.cached_tokens == r3.usage.prompt_tokens - 2
     assert r3.choices[0].message.content == r2.choices[0].message.content
+    assert _cached_counter(stack) - before == r2.usage.prompt_tokens_details.cached_tokens + \
+        r3.usage.prompt_tokens_details.cached_tokens
