@@ -25,28 +25,48 @@ FINISH_NAMES = {FR.FINISH_REASON_STOP: "stop", FR.FINISH_REASON_LENGTH: "length"
                 FR.FINISH_REASON_TOOL_CALLS: "tool_calls"}
 
 
-class Collected:
+class Tally:
+    """The token accounting of an answer's choices, streamed or not: tokens seen, completion
+    tokens and cached prompt tokens as each choice's last delta reports them."""
+
+    def __init__(self, choices: int):
+        self.counted = [0] * choices
+        self.completion = [0] * choices
+        self.cached = [0] * choices
+
+    def count(self, c: int, d: Delta) -> None:
+        """Account delta d to choice c; a failed choice raises its client-facing ApiError."""
+        if d.finish in FAILED:
+            raise delta_error(d)
+        self.counted[c] += len(d.token_ids)
+        if d.finish:
+            self.completion[c] = d.completion_tokens or self.counted[c]
+            self.cached[c] = d.cached_tokens
+
+    def completion_tokens(self) -> int:
+        return sum(self.completion)
+
+    def cached_prompt_tokens(self, n: int) -> int:
+        """Over prompts of n choices each (in order): a prompt counts once, as its best choice."""
+        return sum(max(self.cached[k:k + n]) for k in range(0, len(self.cached), n))
+
+
+class Collected(Tally):
     """What a non-streamed answer gathers per choice: text, logprobs, tokens, finish reason."""
 
     def __init__(self, choices: int, prefixes: Sequence[str] | None = None):
+        super().__init__(choices)
         self.texts = [[p] for p in prefixes] if prefixes is not None else [[] for _ in range(choices)]
         self.logprobs: list[list] = [[] for _ in range(choices)]
-        self.counted = [0] * choices
-        self.completion = [0] * choices
         self.finish = ["stop"] * choices
-        self.cached = [0] * choices
 
     def add(self, c: int, d: Delta) -> None:
         """Merge delta d into choice c; a failed choice raises its client-facing ApiError."""
-        if d.finish in FAILED:
-            raise delta_error(d)
+        self.count(c, d)
         self.texts[c].append(d.text)
-        self.counted[c] += len(d.token_ids)
         self.logprobs[c].extend(d.logprobs)
         if d.finish:
             self.finish[c] = FINISH_NAMES.get(d.finish, "stop")
-            self.completion[c] = d.completion_tokens or self.counted[c]
-            self.cached[c] = d.cached_tokens
 
     def text(self, c: int) -> str:
         return "".join(self.texts[c])

@@ -20,8 +20,7 @@ import grpc.aio
 
 from npuflow.gateway import grpc_convert as convert
 from npuflow.gateway.client import GenerateParams
-from npuflow.gateway.generation import (FAILED, admit, check_model, check_prompt, deadline_unix_ms, delta_error,
-                                        metered)
+from npuflow.gateway.generation import Tally, admit, check_model, check_prompt, deadline_unix_ms, metered
 from npuflow.gateway.state import GatewayState
 from npuflow.gateway.structured import Structured
 from npuflow.gateway.tool_calls import CallStream
@@ -77,7 +76,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
         params = GenerateParams(request_id=prefix + uuid.uuid4().hex, model=req.model, prompt_token_ids=ids,
                                 sampling=req.sampling, n=n, deadline_unix_ms=deadline_ms,
                                 grammar=structured.grammar, grammar_param=structured.grammar_param)
-        counted, completion, cached = [0] * n, [0] * n, [0] * n
+        tally = Tally(n)
         readers = [CallStream(structured.names()) for _ in range(n)] if structured.parse_tool_calls else None
         async with contextlib.aclosing(metered(st, params, arrived)) as it:
             async for batch in it:
@@ -86,29 +85,20 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
                     i = d.index
                     if i >= n:
                         continue
-                    if d.finish in FAILED:
-                        raise delta_error(d)
-                    counted[i] += len(d.token_ids)
-                    if d.finish:
-                        completion[i] = d.completion_tokens or counted[i]
-                        cached[i] = d.cached_tokens
-                    elif not d.text and not d.token_ids and not d.logprobs:
+                    tally.count(i, d)
+                    if not d.finish and not d.text and not d.token_ids and not d.logprobs:
                         continue
                     if readers is None:
                         out.choices.append(convert.choice(d))
                         continue
-                    text, calls = readers[i].push(d.text)   # the text of a call goes out as tool_calls
-                    finish = None
-                    if d.finish:
-                        rest, more = readers[i].finish()
-                        text, calls = text + rest, calls + more
-                        if (readers[i].streamed or more) and not readers[i].cut_short:
-                            finish = common_pb2.FINISH_REASON_TOOL_CALLS
+                    # the text of a call goes out as tool_calls
+                    text, calls, called = readers[i].step(d.text, bool(d.finish))
+                    finish = common_pb2.FINISH_REASON_TOOL_CALLS if called else None
                     out.choices.append(convert.choice(d, text, calls, finish))
                 if out.choices:
                     await context.write(out)
-        prompt_tokens, completion_tokens = len(ids), sum(completion)
+        prompt_tokens, completion_tokens = len(ids), tally.completion_tokens()
         usage = gs.GenerateResponse.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                           total_tokens=prompt_tokens + completion_tokens,
-                                          cached_prompt_tokens=max(cached))
+                                          cached_prompt_tokens=tally.cached_prompt_tokens(n))
         await context.write(gs.GenerateResponse(id=params.request_id, model=req.model, usage=usage))

@@ -9,8 +9,7 @@ from aiohttp import web
 
 from npuflow.gateway.client import GenerateParams
 from npuflow.gateway.errors import ApiError
-from npuflow.gateway.generation import (FAILED, FINISH_NAMES, Collected, admit, check_model, deadline_unix_ms,
-                                        delta_error, metered)
+from npuflow.gateway.generation import FINISH_NAMES, Collected, Tally, admit, check_model, deadline_unix_ms, metered
 from npuflow.gateway.sse import ChunkWriter, open_stream, send_error_and_done
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.tool_calls import CallStream, parse_tool_calls
@@ -73,7 +72,8 @@ async def _whole(st: GatewayState, req: ChatRequest, params: GenerateParams, arr
                         "logprobs": chat_logprobs(got.logprobs[i]) if req.logprobs else None, "finish_reason": finish})
     return web.json_response({"id": params.request_id, "object": "chat.completion", "created": created,
                               "model": req.model, "choices": choices,
-                              "usage": usage(len(params.prompt_token_ids), sum(got.completion), max(got.cached))})
+                              "usage": usage(len(params.prompt_token_ids), got.completion_tokens(),
+                                             got.cached_prompt_tokens(n))})
 
 
 async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, params: GenerateParams,
@@ -82,7 +82,7 @@ async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, para
     w = ChunkWriter(resp, params.request_id, "chat.completion.chunk", created, req.model, req.include_usage)
     await w.choices([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None} for i in range(req.n)])
-    counted, completion, cached = [0] * req.n, [0] * req.n, [0] * req.n
+    tally = Tally(req.n)
     calls = [CallStream(req.structured.names()) for _ in range(req.n)] if req.structured.parse_tool_calls else None
     held_lps: list[list] = [[] for _ in range(req.n)]
     try:
@@ -92,30 +92,23 @@ async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, para
                     i = d.index
                     if i >= req.n:
                         continue
-                    if d.finish in FAILED:
-                        raise delta_error(d)
-                    counted[i] += len(d.token_ids)
+                    tally.count(i, d)
                     text, lps, reason = d.text, list(d.logprobs), FINISH_NAMES.get(d.finish, "stop")
                     delta: dict = {}
                     if calls is not None:  # text that may be a tool call is held, with its logprobs
-                        text, call_deltas = calls[i].push(text)
+                        text, call_deltas, called = calls[i].step(text, bool(d.finish))
                         held_lps[i].extend(lps)
-                        lps, held_lps[i] = (held_lps[i], []) if text else ([], held_lps[i])
                         if d.finish:
-                            rest, more = calls[i].finish()
-                            text += rest
-                            call_deltas += more
-                            lps, held_lps[i] = lps + held_lps[i], []
-                            if (calls[i].streamed or more) and not calls[i].cut_short:
-                                reason = "tool_calls"
+                            lps, held_lps[i] = held_lps[i], []
+                        else:
+                            lps, held_lps[i] = (held_lps[i], []) if text else ([], held_lps[i])
+                        if called:
+                            reason = "tool_calls"
                         if call_deltas:
                             delta["tool_calls"] = call_deltas
                     if text:
                         delta = {"content": text, **delta}
-                    if d.finish:
-                        completion[i] = d.completion_tokens or counted[i]
-                        cached[i] = d.cached_tokens
-                    elif not text and not lps and not delta:
+                    if not d.finish and not text and not lps and not delta:
                         continue
                     await w.choices([{
                         "index": i, "delta": delta,
@@ -125,6 +118,6 @@ async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, para
         await send_error_and_done(resp, e)
         return resp
     if req.include_usage:
-        await w.usage(usage(len(params.prompt_token_ids), sum(completion), max(cached)))
+        await w.usage(usage(len(params.prompt_token_ids), tally.completion_tokens(), tally.cached_prompt_tokens(req.n)))
     await w.done()
     return resp

@@ -10,8 +10,8 @@ from aiohttp import web
 
 from npuflow.gateway.client import GenerateParams
 from npuflow.gateway.errors import ApiError
-from npuflow.gateway.generation import (FAILED, FINISH_NAMES, Collected, admit, check_model, check_prompt,
-                                        deadline_unix_ms, delta_error, merge_streams, metered)
+from npuflow.gateway.generation import (FINISH_NAMES, Collected, Tally, admit, check_model, check_prompt,
+                                        deadline_unix_ms, merge_streams, metered)
 from npuflow.gateway.openai_chat import usage
 from npuflow.gateway.sse import ChunkWriter, open_stream, send_error_and_done
 from npuflow.gateway.state import STATE, GatewayState
@@ -94,9 +94,9 @@ async def _whole(st: GatewayState, req: CompletionRequest, rid: str, params: lis
         choices.append({"text": got.text(c), "index": c, "logprobs": lps.body() if req.logprobs else None,
                         "finish_reason": "stop" if got.finish[c] == "tool_calls" else got.finish[c]})
     prompt_tokens = sum(len(p.prompt_token_ids) for p in params)
-    cached = sum(max(got.cached[k * n:(k + 1) * n]) for k in range(len(params)))
     return web.json_response({"id": rid, "object": "text_completion", "created": created, "model": req.model,
-                              "choices": choices, "usage": usage(prompt_tokens, sum(got.completion), cached)})
+                              "choices": choices, "usage": usage(prompt_tokens, got.completion_tokens(),
+                                                                 got.cached_prompt_tokens(n))})
 
 
 async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest, rid: str,
@@ -104,7 +104,7 @@ async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest
     n, total = req.n, req.n * len(params)
     resp = await open_stream(request)
     w = ChunkWriter(resp, rid, "text_completion", created, req.model, usage_null=False)
-    counted, completion, cached = [0] * total, [0] * total, [0] * total
+    tally = Tally(total)
     if req.echo:
         await w.choices([{"text": echo[c // n], "index": c, "logprobs": None, "finish_reason": None}
                          for c in range(total)])
@@ -115,13 +115,8 @@ async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest
                     if d.index >= n:
                         continue
                     c = k * n + d.index
-                    if d.finish in FAILED:
-                        raise delta_error(d)
-                    counted[c] += len(d.token_ids)
-                    if d.finish:
-                        completion[c] = d.completion_tokens or counted[c]
-                        cached[c] = d.cached_tokens
-                    elif not d.text and not d.logprobs:
+                    tally.count(c, d)
+                    if not d.finish and not d.text and not d.logprobs:
                         continue
                     lp = None
                     if req.logprobs and d.logprobs:
@@ -135,7 +130,7 @@ async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest
         await send_error_and_done(resp, e)
         return resp
     if req.include_usage:
-        prompt_cached = sum(max(cached[k * n:(k + 1) * n]) for k in range(len(params)))
-        await w.usage(usage(sum(len(p.prompt_token_ids) for p in params), sum(completion), prompt_cached))
+        await w.usage(usage(sum(len(p.prompt_token_ids) for p in params), tally.completion_tokens(),
+                            tally.cached_prompt_tokens(n)))
     await w.done()
     return resp

@@ -203,6 +203,15 @@ class CallStream:
             return content, [c.body(k) for k, c in enumerate(calls)]
         return held, []
 
+    def step(self, text: str, last: bool) -> tuple[str, list[dict], bool]:
+        """One piece of the answer (`last` on its final piece): (content to send, tool_calls
+        deltas to send, whether the choice ends as tool calls, i.e. with complete calls)."""
+        out, deltas = self.push(text)
+        if not last:
+            return out, deltas, False
+        rest, more = self.finish()
+        return out + rest, deltas + more, bool(self.streamed or more) and not self.cut_short
+
     @property
     def cut_short(self) -> bool:
         """A streamed call's arguments were still open when the answer ended."""
