@@ -14,6 +14,8 @@ from typing import AsyncIterator, Callable
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from npuflow.transport import waiting
+
 
 class Dealer:
     """A connecting socket driven from the event loop: `send` never waits, `batches` yields every
@@ -44,21 +46,14 @@ async def frames(sock: zmq.Socket, multipart: bool = False, wake: asyncio.Event 
     or lists of parts with `multipart`; runs until cancelled. The socket's descriptor only
     signals changes, so the socket is asked for its events after each drain before the loop
     sleeps on the descriptor again (and whoever else uses the socket sets `wake` likewise)."""
-    recv = sock.recv_multipart if multipart else sock.recv
     loop = asyncio.get_running_loop()
     fd = sock.getsockopt(zmq.FD)
     wake = wake or asyncio.Event()
     loop.add_reader(fd, wake.set)
-    events = sock.getsockopt
     try:
         while True:
             wake.clear()
-            batch = []
-            while events(zmq.EVENTS) & zmq.POLLIN:   # asking is cheaper than a failed recv's exception
-                try:
-                    batch.append(recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
+            batch = list(waiting(sock, multipart))
             if batch:
                 yield batch
                 continue

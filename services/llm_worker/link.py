@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import zmq
 
 from npuflow.logs import get_logger
-from npuflow.transport import make_socket, recv_waiting, remove_ipc_file
+from npuflow.transport import make_socket, recv_waiting, remove_ipc_file, waiting
 from npuflow.v1 import common_pb2, worker_pb2
 
 from .scheduler import Event, Scheduler
@@ -71,11 +71,7 @@ class _IoThread(threading.Thread):
         self.router.send_multipart([peer, payload])
 
     def _forward(self) -> None:
-        while self.outgoing.getsockopt(zmq.EVENTS) & zmq.POLLIN:   # cheaper than ending on zmq.Again
-            try:
-                peer, payload = self.outgoing.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for peer, payload in waiting(self.outgoing, multipart=True):
             self._send(peer, payload)
 
     def _receive(self) -> None:
