@@ -39,13 +39,12 @@ def chatml(turns: list[tuple[str, str]]) -> str:
     return "".join(f"<|im_start|>{role}\n{text}<|im_end|>\n" for role, text in turns) + "<|im_start|>assistant\n"
 
 
-def conversation(sched, tokenizer, turns: int, max_tokens: int, cache: bool) -> list[tuple[float, int]]:
-    """(time to first token, prompt tokens computed) per turn."""
+def conversation(engine, table, limits, tokenizer, turns: int, max_tokens: int, cache: bool) -> list[tuple[float, int]]:
+    """(time to first token, prompt tokens computed) per turn, on a fresh scheduler (whatever the
+    engine's slots hold from an earlier run is not reused: the scheduler knows none of it)."""
+    from npuflow.llm_worker.scheduler import Scheduler
     from npuflow.v1 import common_pb2, worker_pb2
-    sched.prefix_cache = cache
-    for slot in list(sched.held):                      # start cold either way
-        sched.engine.release(slot)
-    sched.held.clear()
+    sched = Scheduler(engine, table, limits, max_queue=8, prefix_cache=cache)
     history: list[tuple[str, str]] = [("system", SYSTEM)]
     out = []
     for t in range(turns):
@@ -82,7 +81,6 @@ def main() -> int:
     from npuflow.engine.cpu import CpuEngine
     from npuflow.llm_worker.detok import load_token_table
     from npuflow.llm_worker.request import ModelLimits
-    from npuflow.llm_worker.scheduler import Scheduler
     from npuflow.logs import setup_logging
     from npuflow.models.resolve import DEFAULT_MODEL_ID, resolve_model
     setup_logging("warning")
@@ -97,13 +95,13 @@ def main() -> int:
         pkg = resolve_model("default", cache, DEFAULT_MODEL_ID)
         engine = CpuEngine(pkg, max_slots=4, context_length=2048, threads=args.threads)
     limits = ModelLimits(pkg.id, engine.vocab_size, engine.context_length, tuple(pkg.eos_token_ids), {})
-    sched = Scheduler(engine, load_token_table(pkg.tokenizer_path, engine.vocab_size), limits, max_queue=8)
+    table = load_token_table(pkg.tokenizer_path, engine.vocab_size)
     tokenizer = Tokenizer.from_file(str(pkg.tokenizer_path))
 
     runs: dict[bool, list[list[tuple[float, int]]]] = {True: [], False: []}
     for _ in range(args.rounds):                                  # alternating, so drift hits both
         for cache in (False, True):
-            runs[cache].append(conversation(sched, tokenizer, args.turns, args.max_tokens, cache))
+            runs[cache].append(conversation(engine, table, limits, tokenizer, args.turns, args.max_tokens, cache))
     where = f"AX engine, simulated {args.ax}" if args.ax else "CPU engine"
     print(f"model {pkg.id} on the {where}, {args.turns} turns, {args.max_tokens} tokens per answer, {args.rounds} rounds, "
           f"threads {args.threads}; medians over rounds")

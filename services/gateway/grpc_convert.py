@@ -96,15 +96,21 @@ def _turns(turns) -> list[dict]:
             for t in turns]
 
 
-def tools_json(text: str) -> str:
+def _tools(text: str) -> list:
+    """The tool definitions of a `tools_json` field ([] when empty)."""
     if not text:
-        return ""
+        return []
     try:
         tools = json.loads(text)
     except ValueError:
         tools = None
     if not isinstance(tools, list):
         raise bad_param("tools_json", "Invalid 'tools_json': expected a JSON array of tool definitions.")
+    return tools
+
+
+def tools_json(text: str) -> str:
+    tools = _tools(text)
     return json.dumps(tools) if tools else ""
 
 
@@ -112,7 +118,7 @@ def chat_request(msg: gs.ChatRequest) -> ChatRequest:
     """The checked request; response_format, tools and tool_choice go through the HTTP API's
     parse_structured, so both front doors accept and refuse the same things."""
     common = _common(msg)
-    tools = json.loads(tools_json(msg.tools_json) or "[]")
+    tools = _tools(msg.tools_json)
     body: dict = {"response_format": _response_format(msg.response_format, msg.HasField("response_format"))}
     if tools:
         body["tools"] = tools
