@@ -60,10 +60,6 @@ def _model(b: _Builder, name: str, inputs, outputs) -> onnx.ModelProto:
     return model
 
 
-def _i64(b: _Builder, base: str, values) -> str:
-    return b.init(b.name(base), np.array(values, np.int64))
-
-
 def _attention(b: _Builder, spec: ModelSpec, q: str, k: str, v: str) -> str:
     """Attention of the S new rows (q, k, v [1, S, *], already rotated; k and v as the cache holds
     them) over the past rows the mask's first row admits, then themselves, with GroupQueryAttention
@@ -73,7 +69,7 @@ def _attention(b: _Builder, spec: ModelSpec, q: str, k: str, v: str) -> str:
     0 attends, -65536 masks; the kernel is causal over the new rows as well."""
     nkv, hd = spec.kv_heads, spec.head_dim
     mask = b.node("Cast", ["mask"], to=F32)[0]                                               # [1, S, W]
-    zero, one, two = _i64(b, "zero", [0]), _i64(b, "one", [1]), _i64(b, "two", [2])
+    zero, one, two = b.i64("zero", [0]), b.i64("one", [1]), b.i64("two", [2])
     row0 = b.node("Slice", [mask, zero, one, one])[0]                                        # [1, 1, W]
     admitted = b.node("ReduceSum", [b.node("Cast", [b.node("Equal", [row0, b.init(b.name("f0"), np.array(0, np.float32))])[0]],
                                            to=TensorProto.INT64)[0]], keepdims=0)[0]      # scalar
@@ -83,7 +79,7 @@ def _attention(b: _Builder, spec: ModelSpec, q: str, k: str, v: str) -> str:
     past = []
     for name in ("K_cache", "V_cache"):
         rows = b.node("Cast", [b.node("Slice", [name, zero, n_past, one])[0]], to=F32)[0]     # [1, n, D]
-        rows = b.node("Reshape", [rows, _i64(b, "bnsh", [1, -1, nkv, hd])])[0]
+        rows = b.node("Reshape", [rows, b.i64("bnsh", [1, -1, nkv, hd])])[0]
         past.append(b.node("Transpose", [rows], perm=[0, 2, 1, 3])[0])                       # [1, nkv, n, hd]
     total = b.node("Add", [n_past, seq])[0]                                                  # [1]
     seqlens = b.node("Cast", [b.node("Sub", [total, one])[0]], to=TensorProto.INT32)[0]

@@ -54,6 +54,10 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
         return name
 
+    def i64(self, base: str, values) -> str:
+        """An int64 constant (shapes, axes, indices) under a fresh name from `base`."""
+        return self.init(self.name(base), np.array(values, np.int64))
+
     def node(self, op: str, inputs: list[str], outputs: list[str] | int = 1, domain: str = "", **attrs) -> list[str]:
         if isinstance(outputs, int):
             outputs = [self.name(op) for _ in range(outputs)]
@@ -95,8 +99,8 @@ class _Builder:
         z0 = 8.0 if lin.bits == 4 else 128.0
         corr = ((z0 - lin.zero_points) * lin.scales).astype(np.float32)        # [N, nb]
         shape = [0] * (rank - 1) + [nb, block]
-        blocks = self.node("Reshape", [x, self.init(self.name(prefix + ".blocks"), np.array(shape, np.int64))])[0]
-        sums = self.node("ReduceSum", [blocks, self.init(self.name("axis"), np.array([-1], np.int64))], keepdims=0)[0]
+        blocks = self.node("Reshape", [x, self.i64(prefix + ".blocks", shape)])[0]
+        sums = self.node("ReduceSum", [blocks, self.i64("axis", [-1])], keepdims=0)[0]
         c = self.node("MatMul", [sums, self.init(prefix + ".zp_correction_t", corr.T.copy())])[0]
         return self.node("Add", [y, c])[0]
 
@@ -109,7 +113,7 @@ class _Builder:
         y = self.linear(x, fused, prefix)
         if not split:
             return [y]
-        sizes = self.init(self.name(prefix + ".split"), np.array([p.n for p in parts], np.int64))
+        sizes = self.i64(prefix + ".split", [p.n for p in parts])
         return self.node("Split", [y, sizes], len(parts), axis=-1)
 
 
@@ -211,11 +215,10 @@ def _round_bf16(b: _Builder, x: str) -> str:
 def _step_rotary(b: _Builder) -> tuple[str, str]:
     """cos, sin [B, S, head_dim/2] for the step's tokens, row b at positions
     seqlens_k[b] + 1 - S .. seqlens_k[b] (GroupQueryAttention's own convention)."""
-    i64 = lambda base, v: b.init(b.name(base), np.array(v, np.int64))  # noqa: E731
     seq = b.node("Shape", ["inputs_embeds"], start=1, end=2)[0]                       # [1]: S
-    last = b.node("Unsqueeze", [b.node("Cast", ["seqlens_k"], to=TensorProto.INT64)[0], i64("axes", [1])])[0]
-    first = b.node("Sub", [b.node("Add", [last, i64("one", 1)])[0], seq])[0]         # [B, 1]
-    steps = b.node("Range", [i64("zero", 0), b.node("Squeeze", [seq])[0], i64("one", 1)])[0]
+    last = b.node("Unsqueeze", [b.node("Cast", ["seqlens_k"], to=TensorProto.INT64)[0], b.i64("axes", [1])])[0]
+    first = b.node("Sub", [b.node("Add", [last, b.i64("one", 1)])[0], seq])[0]         # [B, 1]
+    steps = b.node("Range", [b.i64("zero", 0), b.node("Squeeze", [seq])[0], b.i64("one", 1)])[0]
     pos = b.node("Add", [first, steps])[0]                                            # [B, S]
     return (b.node("Gather", ["cos_cache", pos], axis=0)[0], b.node("Gather", ["sin_cache", pos], axis=0)[0])
 
@@ -224,25 +227,24 @@ def rotate(b: _Builder, x: str, heads: int, hd: int, cos: str, sin: str, interle
     """RoPE on x [B, S, heads*hd] with cos/sin [B, S, hd/2]: pairs (2i, 2i+1) when interleaved,
     else (i, i + hd/2) (rotate-half)."""
     half = hd // 2
-    i64 = lambda base, v: b.init(b.name(base), np.array(v, np.int64))  # noqa: E731
     if interleaved:
         shape, axis, un = [0, 0, heads, half, 2], 4, [2, 4]
     else:
         shape, axis, un = [0, 0, heads, 2, half], 3, [2, 3]
-    y = b.node("Reshape", [x, i64("rope_shape", shape)])[0]
+    y = b.node("Reshape", [x, b.i64("rope_shape", shape)])[0]
     x0, x1 = b.node("Split", [y], 2, axis=axis, num_outputs=2)
-    c = b.node("Unsqueeze", [cos, i64("axes", un)])[0]
-    s = b.node("Unsqueeze", [sin, i64("axes", un)])[0]
+    c = b.node("Unsqueeze", [cos, b.i64("axes", un)])[0]
+    s = b.node("Unsqueeze", [sin, b.i64("axes", un)])[0]
     o0 = b.node("Sub", [b.node("Mul", [x0, c])[0], b.node("Mul", [x1, s])[0]])[0]
     o1 = b.node("Add", [b.node("Mul", [x1, c])[0], b.node("Mul", [x0, s])[0]])[0]
     out = b.node("Concat", [o0, o1], axis=axis)[0]
-    return b.node("Reshape", [out, i64("flat", [0, 0, heads * hd])])[0]
+    return b.node("Reshape", [out, b.i64("flat", [0, 0, heads * hd])])[0]
 
 
 def _head_norm(b: _Builder, x: str, weight: np.ndarray, name: str, eps: float, hd: int) -> str:
     """RMSNorm over each head_dim slice of x [B, S, heads*head_dim] (qwen3 q_norm / k_norm)."""
-    head_shape = b.init(b.name("head_shape"), np.array([0, 0, -1, hd], np.int64))
-    flat_shape = b.init(b.name("flat_shape"), np.array([0, 0, -1], np.int64))
+    head_shape = b.i64("head_shape", [0, 0, -1, hd])
+    flat_shape = b.i64("flat_shape", [0, 0, -1])
     y = b.node("Reshape", [x, head_shape])[0]
     y = b.node("SimplifiedLayerNormalization", [y, b.init(name, weight.astype(np.float32))], axis=-1, epsilon=eps)[0]
     return b.node("Reshape", [y, flat_shape])[0]
