@@ -41,9 +41,14 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import tomllib
+import sys
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (the boards' Ubuntu 22.04): the same parser from PyPI
+    import tomli as tomllib
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 
