@@ -27,6 +27,15 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
     ERROR_CODE_CANCELLED: _ClassVar[ErrorCode]
     ERROR_CODE_DEADLINE_EXCEEDED: _ClassVar[ErrorCode]
+    ERROR_CODE_MODEL_NOT_AVAILABLE: _ClassVar[ErrorCode]
+
+class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_STATE_UNSPECIFIED: _ClassVar[ModelState]
+    MODEL_STATE_LOADED: _ClassVar[ModelState]
+    MODEL_STATE_LOADING: _ClassVar[ModelState]
+    MODEL_STATE_UNLOADED: _ClassVar[ModelState]
+    MODEL_STATE_FAILED: _ClassVar[ModelState]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -42,6 +51,12 @@ ERROR_CODE_WORKER_LOST: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_CANCELLED: ErrorCode
 ERROR_CODE_DEADLINE_EXCEEDED: ErrorCode
+ERROR_CODE_MODEL_NOT_AVAILABLE: ErrorCode
+MODEL_STATE_UNSPECIFIED: ModelState
+MODEL_STATE_LOADED: ModelState
+MODEL_STATE_LOADING: ModelState
+MODEL_STATE_UNLOADED: ModelState
+MODEL_STATE_FAILED: ModelState
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "param")

@@ -178,18 +178,22 @@ class ListModelsRequest(_message.Message):
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
     class Model(_message.Message):
-        __slots__ = ("id", "ready", "context_length", "max_batch", "created")
+        __slots__ = ("id", "ready", "context_length", "max_batch", "created", "state", "state_reason")
         ID_FIELD_NUMBER: _ClassVar[int]
         READY_FIELD_NUMBER: _ClassVar[int]
         CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
         MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
         CREATED_FIELD_NUMBER: _ClassVar[int]
+        STATE_FIELD_NUMBER: _ClassVar[int]
+        STATE_REASON_FIELD_NUMBER: _ClassVar[int]
         id: str
         ready: bool
         context_length: int
         max_batch: int
         created: int
-        def __init__(self, id: _Optional[str] = ..., ready: _Optional[bool] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., created: _Optional[int] = ...) -> None: ...
+        state: _common_pb2.ModelState
+        state_reason: str
+        def __init__(self, id: _Optional[str] = ..., ready: _Optional[bool] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., created: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ...) -> None: ...
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ListModelsResponse.Model]
     def __init__(self, models: _Optional[_Iterable[_Union[ListModelsResponse.Model, _Mapping]]] = ...) -> None: ...

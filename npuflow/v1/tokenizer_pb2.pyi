@@ -80,12 +80,14 @@ class DecodeResult(_message.Message):
     def __init__(self, text: _Optional[str] = ...) -> None: ...
 
 class TokenizerModel(_message.Message):
-    __slots__ = ("model", "vocab_size")
+    __slots__ = ("model", "vocab_size", "failed_reason")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_REASON_FIELD_NUMBER: _ClassVar[int]
     model: str
     vocab_size: int
-    def __init__(self, model: _Optional[str] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+    failed_reason: str
+    def __init__(self, model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., failed_reason: _Optional[str] = ...) -> None: ...
 
 class ListTokenizerModels(_message.Message):
     __slots__ = ()
