@@ -1,6 +1,6 @@
 """Per-layer and post ONNX graphs with the exact I/O signature of `pulsar2 llm_build` output.
 
-Layer graph (one per decoder layer; see /work/shared/docs/axera.md):
+Layer graph (one per decoder layer; the signature `pulsar2 llm_build` gives every layer):
   inputs   K_cache, V_cache bf16 [1, Lk, D]   past keys (rotated) / values; rows 0..n-1
                                               are read, n = zeros in the mask's first row - 1
            indices uint32 [1, S]              positions of the S new tokens (RoPE)
