@@ -12,7 +12,7 @@ token and the prompt tokens the engine computed.
 
 With --ax the AX engine runs the default model's AX export on the onnxruntime mirror with a
 board's simulated per-graph time (npuflow/engine/ax_timing.py), as a board would see it: there
-prefill is the slow part (axera.md: about 1.1 s to first token for a 0.5B model on an AX630C),
+prefill is the slow part (the published figure: about 1.1 s to first token for a 0.5B model on an AX630C),
 and reuse saves whole prefill chunks.
 """
 from __future__ import annotations

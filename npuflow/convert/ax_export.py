@@ -11,7 +11,7 @@ Layout (what `pulsar2 llm_build` writes, with .onnx where the board has .axmodel
   tokenizer.json, tokenizer_config.json (chat_template, eos/bos)
 
 Convention for shape groups (ONNX has none): each layer file holds ONE graph with symbolic dims;
-its metadata key `npuflow.ax.shape_groups` lists, per group, the concrete shapes (axera.md):
+its metadata key `npuflow.ax.shape_groups` lists, per group, the concrete shapes (those of pulsar2 packages):
 group 0 decode (K/V [1,C,D], S=1, mask [1,1,C+1]); group 1 first chunk (K/V a [1,1,D] dummy,
 S=P, mask [1,P,P]); group g>=2 (K/V [1,(g-1)P,D], mask [1,P,gP]), for g up to C/P.
 """
