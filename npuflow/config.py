@@ -9,6 +9,9 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     api_keys = ["sk-local"]     # NPUFLOW_API_KEYS (comma separated); empty = no auth
     max_body_bytes = 4194304    # NPUFLOW_MAX_BODY_BYTES; larger bodies get 413
     request_timeout_s = 600     # NPUFLOW_REQUEST_TIMEOUT_S; deadline of one request
+    header_timeout_s = 30       # NPUFLOW_HEADER_TIMEOUT_S; a request's line and headers must arrive within it
+                                # (from its first byte, or from the connection's opening), else 408 and close
+    body_timeout_s = 60         # NPUFLOW_BODY_TIMEOUT_S; the whole body must arrive within it, else 408 and close
     grpc_host = "127.0.0.1"     # NPUFLOW_GRPC_HOST
     grpc_port = 50051           # NPUFLOW_GRPC_PORT (0 = no gRPC server)
     grpc_tls_cert = ""          # NPUFLOW_GRPC_TLS_CERT: PEM certificate chain; with grpc_tls_key = TLS
@@ -64,6 +67,8 @@ class ServerSettings:
     api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     request_timeout_s: float = 600.0
+    header_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
     grpc_tls_cert: str = ""

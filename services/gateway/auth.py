@@ -1,4 +1,6 @@
-"""Bearer API keys (settings.server.api_keys; empty = no auth). /health and /metrics stay open."""
+"""Bearer API keys (settings.server.api_keys; empty = no auth). /health and /metrics stay open.
+
+The key is compared as bytes, so a header that is not UTF-8 is a 401 like any wrong key."""
 from __future__ import annotations
 
 import hmac
@@ -22,7 +24,8 @@ def auth_middleware(keys: tuple[str, ...]):
                 raise ApiError(401, "You didn't provide an API key. You need to provide your API key in an "
                                     "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                                code="invalid_api_key")
-            given = key.strip().encode()
+            # the header's bytes as they came (aiohttp keeps bytes that are not UTF-8 as surrogates)
+            given = key.strip().encode("utf-8", "surrogateescape")
             if not any(hmac.compare_digest(given, k) for k in encoded):
                 raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
         return await handler(request)

@@ -37,8 +37,10 @@ class ApiError(Exception):
 
     @classmethod
     def from_code(cls, code: int, message: str, param: str = "") -> "ApiError":
-        """Map a protobuf ErrorCode (from the worker or tokenizer) to an HTTP error."""
+        """Map a protobuf ErrorCode (from the worker or tokenizer) to an HTTP error; the message is
+        cut to its first line (a library's error text may carry a dump of its internal state)."""
         param = param or None
+        message = one_line(message)
         if code == E.ERROR_CODE_INVALID_ARGUMENT:
             return cls(400, message, param=param, code="invalid_value")
         if code == E.ERROR_CODE_CONTEXT_LENGTH_EXCEEDED:
@@ -54,6 +56,12 @@ class ApiError(Exception):
         if code == E.ERROR_CODE_DEADLINE_EXCEEDED:
             return cls(504, message, code="timeout")
         return cls(500, message or "internal error", code="internal_error")
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """The first line of `text`, at most `limit` characters: what a client is shown of an error."""
+    line = (text or "").strip().split("\n", 1)[0].strip()
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def bad_param(param: str, message: str, code: str = "invalid_value") -> ApiError:

@@ -45,7 +45,7 @@ def _response_format(rf: gs.ResponseFormat, present: bool) -> dict | None:
         js = rf.json_schema
         try:
             schema = json.loads(js.schema) if js.schema else {}
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             name = "response_format.json_schema.schema"
             raise bad_param(name, f"Invalid '{name}': not JSON text ({e}).") from None
         out["json_schema"] = {"name": js.name, "description": js.description, "schema": schema,
@@ -102,7 +102,7 @@ def _tools(text: str) -> list:
         return []
     try:
         tools = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         tools = None
     if not isinstance(tools, list):
         raise bad_param("tools_json", "Invalid 'tools_json': expected a JSON array of tool definitions.")

@@ -3,7 +3,10 @@
 - response_format {"type": "json_object"}: any JSON object; {"type": "json_schema",
   "json_schema": {"name", "schema", "strict"}}: that schema. Both become an llguidance grammar
   (compact JSON, no free whitespace, so a small model cannot wander off in blank lines), checked
-  here so an invalid schema is a 400 naming `response_format` before anything is queued.
+  here so an invalid schema is a 400 naming `response_format` before anything is queued:
+  one that nests too deep or is too large (json_checks), one llguidance cannot compile, and one
+  no JSON value satisfies (checked by compiling it as the worker does, over a vocabulary of the
+  256 bytes, and asking for the first token mask: a `$ref` that only refers to itself has none).
 - tool_choice "required" or {"type": "function", "function": {"name"}} forces the answer to be
   one call, {"name": ..., "arguments": {...}} with the arguments matching the function's
   `parameters` schema; "auto" (the default with tools) leaves the model free and the answer is
@@ -11,11 +14,13 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from npuflow.gateway.errors import ApiError, bad_param
+from npuflow.gateway.errors import ApiError, bad_param, one_line
+from npuflow.gateway.json_checks import MAX_SCHEMA_DEPTH, MAX_SCHEMA_NODES, check_tree
 
 try:
     import llguidance as _llg
@@ -38,17 +43,40 @@ class Structured:
         return {t["function"]["name"] for t in self.tools}
 
 
+class _ByteVocab:
+    """What llguidance's TokenizerWrapper reads: one token per byte, and an end token."""
+    eos_token_id = 256
+    bos_token_id = None
+    tokens = [bytes([i]) for i in range(256)] + [b"<end>"]
+    special_token_ids = [256]
+
+    def __call__(self, text) -> list[int]:
+        return list(text.encode("utf-8") if isinstance(text, str) else bytes(text))
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_tokenizer():
+    return _llg.LLTokenizer(_llg.TokenizerWrapper(_ByteVocab()))
+
+
 def _grammar(schema: Any, param: str) -> str:
     if _llg is None:
         raise ApiError(400, f"'{param}' needs structured output, which this server does not have "
                             "(llguidance is not installed).", param=param, code="unsupported_value")
+    check_tree(schema, param, MAX_SCHEMA_DEPTH, MAX_SCHEMA_NODES, what="the schema")
     try:
         g = _llg.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
-    except (ValueError, TypeError) as e:
-        raise bad_param(param, f"Invalid schema in '{param}': {e}") from None
-    err = _llg.LLMatcher.validate_grammar(g)
+        err = _llg.LLMatcher.validate_grammar(g, _byte_tokenizer())
+        if not err:
+            m = _llg.LLMatcher(_byte_tokenizer(), g, log_level=0)
+            m.compute_logit_bias()   # the first step: an error when nothing can be written at all
+            if m.is_error():
+                err = ("no JSON value satisfies it (for example a $ref that only refers to itself)"
+                       if "NoExtensionBias" in m.get_error() else m.get_error())
+    except (ValueError, TypeError, RuntimeError, RecursionError) as e:
+        err = str(e)
     if err:
-        raise bad_param(param, f"Invalid schema in '{param}': {err}")
+        raise bad_param(param, f"Invalid schema in '{param}': {one_line(err)}")
     return g
 
 

@@ -14,7 +14,7 @@ from npuflow.gateway.errors import bad_param
 from npuflow.gateway.generation import check_model
 from npuflow.gateway.state import STATE
 from npuflow.gateway.structured import parse_structured, tools_json
-from npuflow.gateway.validation import Fields, parse_messages, read_json, type_error
+from npuflow.gateway.validation import Fields, parse_messages, read_json, token_ids
 
 
 async def tokenize(request: web.Request) -> web.Response:
@@ -39,8 +39,7 @@ async def detokenize(request: web.Request) -> web.Response:
     model = Fields(body).str("model", required=True)
     check_model(st, model)
     ids = body.get("tokens")
-    if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
-        if ids is None:
-            raise bad_param("tokens", "Missing required parameter: 'tokens'.", code="missing_required_parameter")
-        raise type_error("tokens", "an array of token ids", ids)
+    if ids is None:
+        raise bad_param("tokens", "Missing required parameter: 'tokens'.", code="missing_required_parameter")
+    ids = token_ids(ids, "tokens")
     return web.json_response({"prompt": await st.tokenizer.decode(model, ids)})

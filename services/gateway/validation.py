@@ -1,25 +1,56 @@
 """Request bodies -> typed requests, with OpenAI-style 400s that name the `param` at fault.
 
 Unset or null optional fields stay unset in SamplingParams so the worker applies the model's
-defaults. Unknown fields are ignored, as OpenAI does.
+defaults. Unknown fields are ignored, as OpenAI does. Integers are range-checked against the
+protobuf fields they travel in (`proto_range`), so no value makes the conversion fail later.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from npuflow.gateway.client import ChatTurn
-from npuflow.gateway.errors import ApiError, bad_param
+from google.protobuf.descriptor import FieldDescriptor
+
+from npuflow.gateway.errors import ApiError, bad_param, one_line
+from npuflow.gateway.json_checks import check_tree
+from npuflow.gateway.state import STATE
 from npuflow.gateway.structured import Structured, parse_structured, tools_json
-from npuflow.v1 import common_pb2
+from npuflow.v1 import common_pb2, tokenizer_pb2, worker_pb2
 
 MAX_N = 16
 MAX_STOP = 4
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+_FD = FieldDescriptor
+_INT_RANGES = {_FD.TYPE_UINT32: (0, 2 ** 32 - 1), _FD.TYPE_INT32: (-2 ** 31, 2 ** 31 - 1),
+               _FD.TYPE_UINT64: (0, 2 ** 64 - 1), _FD.TYPE_INT64: (-2 ** 63, 2 ** 63 - 1)}
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def proto_range(message, name: str) -> tuple[int, int]:
+    """(lowest, highest) integer the field `name` of protobuf `message` holds (a map: its key)."""
+    fd = message.DESCRIPTOR.fields_by_name[name]
+    if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+        fd = fd.message_type.fields_by_name["key"]
+    return _INT_RANGES[fd.type]
+
+
+_SP = common_pb2.SamplingParams
+MAX_TOKENS_MAX = proto_range(_SP, "max_tokens")[1]
+TOP_K_MAX = proto_range(_SP, "top_k")[1]
+SEED_RANGE = proto_range(_SP, "seed")
+# every field a token id travels in: the narrowest bounds them all
+TOKEN_ID_MAX = min(proto_range(m, f)[1] for m, f in (
+    (_SP, "stop_token_ids"), (_SP, "logit_bias"), (worker_pb2.GenerateRequest, "prompt_token_ids"),
+    (tokenizer_pb2.DecodeRequest, "token_ids")))
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a decimal", str: "a string", list: "an array",
                dict: "an object"}
@@ -44,16 +75,33 @@ def type_error(param: str, want: str, got: Any) -> ApiError:
                      code="invalid_type")
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 async def read_json(request: web.Request) -> dict:
-    """The body as a JSON object; 413 (from aiohttp's client_max_size) and 400 otherwise."""
-    raw = await request.read()
+    """The body as a JSON object: 413 (from aiohttp's client_max_size), 408 when it does not
+    arrive within server.body_timeout_s, 400 for anything but a JSON object (NaN and Infinity are
+    not JSON), nesting deeper than json_checks.MAX_DEPTH or a string with a lone surrogate."""
+    timeout = request.app[STATE].settings.server.body_timeout_s
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        raw = await asyncio.wait_for(request.read(), timeout if timeout > 0 else None)
+    except HttpProcessingError as e:   # bad chunked encoding and the like, found while reading
+        raise ApiError(400, f"The request body is malformed: {one_line(e.message, 200)}",
+                       code="invalid_http_request") from None
+    except asyncio.TimeoutError:
+        request.protocol.close()     # no more data is read: the connection ends after the 408,
+        request.content.feed_eof()   # without waiting (lingering) for the rest of the body
+        raise ApiError(408, f"The request body did not arrive within {timeout:g} seconds.",
+                       code="request_timeout") from None
+    try:
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "We could not parse the JSON body of your request. (HINT: This likely means you "
                             "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)")
     if not isinstance(body, dict):
         raise ApiError(400, f"The request body must be a JSON object, but got {_json_type(body)}.")
+    check_tree(body)
     return body
 
 
@@ -88,13 +136,16 @@ class Fields:
         return v
 
     def number(self, key: str, lo: float | None = None, hi: float | None = None,
-               lo_open: bool = False) -> float | None:
+               lo_open: bool = False, required: bool = False) -> float | None:
+        """A finite number within [lo, hi] (at most a float32's range); None when unset, unless
+        `required` (then null is a type error)."""
         v = self.body.get(key)
-        if v is None:
+        if v is None and not required:
             return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
             raise type_error(self._name(key), "a decimal", v)
-        self._range(key, v, lo, hi, lo_open, "decimal")
+        self._range(key, v, -FLOAT32_MAX if lo is None else lo, FLOAT32_MAX if hi is None else hi,
+                    lo_open, "decimal")
         return float(v)
 
     def int(self, key: str, lo: int | None = None, hi: int | None = None) -> int | None:
@@ -109,14 +160,36 @@ class Fields:
         return v
 
     def _range(self, key, v, lo, hi, lo_open, kind) -> None:
-        name = self._name(key)
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            op = ">" if lo_open else ">="
-            raise bad_param(name, f"Invalid '{name}': {kind} below minimum value. Expected a value {op} {lo}, "
-                                  f"but got {v} instead.", code=f"{kind}_below_min_value")
-        if hi is not None and v > hi:
-            raise bad_param(name, f"Invalid '{name}': {kind} above maximum value. Expected a value <= {hi}, "
-                                  f"but got {v} instead.", code=f"{kind}_above_max_value")
+        check_range(self._name(key), v, lo, hi, lo_open, kind)
+
+
+def _shown(v: Any) -> str:
+    s = f"{v:g}" if isinstance(v, float) and abs(v) >= 1e16 else str(v)
+    return s if len(s) <= 24 else f"{s[:12]}... ({len(s)} digits)"
+
+
+def check_range(name: str, v, lo=None, hi=None, lo_open: bool = False, kind: str = "integer") -> None:
+    """400 naming `name` when v is below lo (at or below, when lo_open) or above hi."""
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        op = ">" if lo_open else ">="
+        raise bad_param(name, f"Invalid '{name}': {kind} below minimum value. Expected a value {op} {_shown(lo)}, "
+                              f"but got {_shown(v)} instead.", code=f"{kind}_below_min_value")
+    if hi is not None and v > hi:
+        raise bad_param(name, f"Invalid '{name}': {kind} above maximum value. Expected a value <= {_shown(hi)}, "
+                              f"but got {_shown(v)} instead.", code=f"{kind}_above_max_value")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def token_ids(v: Any, name: str, what: str = "an array of token ids") -> list[int]:
+    """A list of token ids, each within 0..TOKEN_ID_MAX (errors name `name[i]`)."""
+    if not isinstance(v, list) or not all(_is_int(t) for t in v):
+        raise type_error(name, what, v)
+    for i, t in enumerate(v):
+        check_range(f"{name}[{i}]", t, 0, TOKEN_ID_MAX)
+    return list(v)
 
 
 @dataclass
@@ -169,7 +242,7 @@ def parse_sampling(f: Fields, max_tokens_keys: tuple[str, ...] = ("max_tokens",)
     sp = common_pb2.SamplingParams()
     max_tokens = None
     for key in max_tokens_keys:
-        v = f.int(key, lo=1)
+        v = f.int(key, lo=1, hi=MAX_TOKENS_MAX)
         if v is not None:
             max_tokens = v
     if max_tokens is not None:
@@ -180,10 +253,10 @@ def parse_sampling(f: Fields, max_tokens_keys: tuple[str, ...] = ("max_tokens",)
         v = f.number(key, lo, hi, lo_open)
         if v is not None:
             setattr(sp, key, v)
-    top_k = f.int("top_k", lo=-1)
+    top_k = f.int("top_k", lo=-1, hi=TOP_K_MAX)
     if top_k is not None:
         sp.top_k = max(top_k, 0)
-    seed = f.int("seed", lo=-(2 ** 63), hi=2 ** 63 - 1)
+    seed = f.int("seed", lo=SEED_RANGE[0], hi=SEED_RANGE[1])
     if seed is not None:
         sp.seed = seed
     sp.stop.extend(_stop(f.body.get("stop"), f._name("stop")))
@@ -192,24 +265,17 @@ def parse_sampling(f: Fields, max_tokens_keys: tuple[str, ...] = ("max_tokens",)
     if bias is not None:
         if not isinstance(bias, dict):
             raise type_error(bias_name, "an object", bias)
-        for k, v in bias.items():
-            try:
-                tok = int(k)
-                if tok < 0:
-                    raise ValueError
-            except (TypeError, ValueError):
-                raise bad_param(bias_name, f"Invalid key in '{bias_name}': {k!r} is not a token id.") from None
-            val = Fields(bias, bias_name + ".").number(k, -100, 100)
-            sp.logit_bias[tok] = val
+        for k in bias:
+            if not isinstance(k, str) or not _DIGITS.fullmatch(k) or len(k) > 12:
+                raise bad_param(bias_name, f"Invalid key in '{bias_name}': {str(k)[:40]!r} is not a token id.")
+            check_range(f"{bias_name}.{k}", int(k), 0, TOKEN_ID_MAX)
+            sp.logit_bias[int(k)] = Fields(bias, bias_name + ".").number(k, -100, 100, required=True)
     ignore_eos = f.bool("ignore_eos")
     if ignore_eos:
         sp.ignore_eos = True
     ids = f.body.get("stop_token_ids")
     if ids is not None:
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                                                for i in ids):
-            raise type_error(f._name("stop_token_ids"), "an array of token ids", ids)
-        sp.stop_token_ids.extend(ids)
+        sp.stop_token_ids.extend(token_ids(ids, f._name("stop_token_ids")))
     return sp, max_tokens
 
 
@@ -225,6 +291,9 @@ def parse_logprobs(f: Fields, sp: common_pb2.SamplingParams) -> tuple[bool, int]
         sp.logprobs = True
         sp.top_logprobs = top or 0
     return logprobs, top or 0
+
+
+_DIGITS = re.compile("[0-9]+")
 
 
 def _stop(v: Any, name: str = "stop") -> list[str]:
@@ -327,7 +396,7 @@ def _content(c: Any, p: str, role: str) -> str:
 def parse_completion(body: dict) -> CompletionRequest:
     f = Fields(body)
     common = _common(f, ("max_tokens",))
-    if "max_tokens" not in body:   # the legacy endpoint's default is 16 tokens
+    if body.get("max_tokens") is None:   # the legacy endpoint's default is 16 tokens (null too)
         common["max_tokens"] = 16
         common["sampling"].max_tokens = 16
     lp = f.int("logprobs", lo=0, hi=5)
@@ -346,7 +415,7 @@ def parse_completion(body: dict) -> CompletionRequest:
 
 
 def _is_ids(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in v)
+    return isinstance(v, list) and all(_is_int(t) for t in v)
 
 
 def _prompts(v: Any) -> list[str | list[int]]:
@@ -356,9 +425,9 @@ def _prompts(v: Any) -> list[str | list[int]]:
         if all(isinstance(s, str) for s in v):
             return list(v)
         if _is_ids(v):
-            return [list(v)]
+            return [token_ids(v, "prompt")]
         if all(_is_ids(s) and s for s in v):
-            return [list(s) for s in v]
+            return [token_ids(s, f"prompt[{i}]") for i, s in enumerate(v)]
     if isinstance(v, list) and not v:
         raise bad_param("prompt", "Invalid 'prompt': empty array.", code="empty_array")
     raise type_error("prompt", "a string, an array of strings, an array of token ids or an array of arrays "

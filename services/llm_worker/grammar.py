@@ -44,10 +44,10 @@ class GrammarVocab:
         """A fresh matcher; RequestError(INVALID_ARGUMENT, param) when the grammar is not valid."""
         err = _llg.LLMatcher.validate_grammar(grammar, self.tokenizer)
         if err:
-            raise invalid(f"invalid {param}: {err}", param)
+            raise invalid(f"invalid {param}: {_one_line(err)}", param)
         m = _llg.LLMatcher(self.tokenizer, grammar, log_level=0)
         if m.is_error():
-            raise invalid(f"invalid {param}: {m.get_error()}", param)
+            raise invalid(f"invalid {param}: {_one_line(m.get_error())}", param)
         return GrammarMatcher(m, self.vocab_size, self._words)
 
 
@@ -78,5 +78,15 @@ class GrammarMatcher:
 
     @property
     def error(self) -> str:
-        return self._m.get_error() if self._m.is_error() else ""
+        """Why the matcher failed, in one line ("" while it has not)."""
+        return _one_line(self._m.get_error()) if self._m.is_error() else ""
+
+
+def _one_line(text: str) -> str:
+    """llguidance's error text, cut to its first line: after it come the parser's state and the
+    grammar, which are no client's business."""
+    line = text.strip().split("\n", 1)[0].strip()
+    if line == "NoExtensionBias":
+        return "no token can continue the output (the schema admits no complete value here)"
+    return line if len(line) <= 300 else line[:297] + "..."
 
