@@ -9,11 +9,13 @@ from aiohttp import web
 from npuflow.config import Settings
 from npuflow.gateway.app import create_app
 from npuflow.gateway.grpc_server import GrpcServer
+from npuflow.gateway.http_protocol import GatewayRunner
 from npuflow.gateway.state import STATE
 from npuflow.logs import get_logger
 from npuflow.process import start_process
 
 log = get_logger("gateway")
+KEEPALIVE_S = 75.0   # an idle keep-alive connection is closed after this long
 DRAIN_S = 30.0
 
 
@@ -22,7 +24,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     `stop`), then drain: stop accepting on both, let in-flight gRPC calls and HTTP requests finish
     for up to DRAIN_S seconds each, stop the clients."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=DRAIN_S, access_log=None)
+    runner = GatewayRunner(app, handler_cancellation=True, shutdown_timeout=DRAIN_S, access_log=None,
+                           header_timeout_s=settings.server.header_timeout_s, keepalive_timeout=KEEPALIVE_S)
     await runner.setup()
     grpc_server = GrpcServer(app[STATE]) if settings.server.grpc_port else None
     stop = stop or asyncio.Event()
