@@ -32,23 +32,20 @@ class Replay:
     the time outside graph runs is the worker's alone (on a board the NPU computes, not the CPU)."""
 
     def __init__(self, path):
-        from npuflow.engine.ax_ort import OrtAxSession
-        self._s = OrtAxSession(path)
+        from npuflow.engine.ax_ort import InferenceSession
+        self.wrapped = InferenceSession(str(path))
         self._cache: dict[int, list] = {}
 
     def get_inputs(self, shape_group=0):
-        return self._s.get_inputs(shape_group)
+        return self.wrapped.get_inputs(shape_group)
 
     def get_outputs(self, shape_group=0):
-        return self._s.get_outputs(shape_group)
+        return self.wrapped.get_outputs(shape_group)
 
     def run(self, names, feed, run_options=None, shape_group=0):
         if shape_group not in self._cache:
-            self._cache[shape_group] = self._s.run(names, feed, shape_group=shape_group)
+            self._cache[shape_group] = self.wrapped.run(names, feed, shape_group=shape_group)
         return [a.copy() for a in self._cache[shape_group]]
-
-    def close(self):
-        self._s.close()
 
 
 def run(engine, package, prompt, n_tokens, streams, sampling):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..logs import get_logger
 from ..models.package import ModelPackage
-from .ax_cmm import CMM_INFO, check_fits
+from .ax_cmm import AXCL_SMI, CMM_INFO, check_fits
 from .ax_runtime import SessionFactory, factory_for, release_session
 from .ax_timing import DeviceClock, TimedSession, profile
 from .base import EngineError, check_slot, check_token_ids, check_truncate
@@ -48,9 +48,9 @@ def _lookup(args: list, canon: Sequence[str], where: str) -> list[int]:
 
 
 def _shape_groups(sess: Any) -> int:
-    n = getattr(sess, "_shape_count", None)
-    if isinstance(n, int) and n > 0:
-        return n
+    """How many shape groups sess has, through the public API only: pyaxengine keeps the count on
+    its provider session (InferenceSession._sess._shape_count), and get_inputs(g) raises IndexError
+    for g == count and ValueError beyond."""
     n = 0
     while n < 4096:
         try:
@@ -64,8 +64,9 @@ def _shape_groups(sess: Any) -> int:
 
 class AxEngine:
     def __init__(self, package: ModelPackage, *, max_slots: int = 1, context_length: int | None = None,
-                 session_factory: SessionFactory | None = None, device_id: int | None = None,
-                 simulate_timing: str = "", cmm_info: str = CMM_INFO, threads: int = 1):
+                 session_factory: SessionFactory | None = None, device_id: int | None = None, provider: str = "",
+                 simulate_timing: str = "", cmm_info: str = CMM_INFO, axcl_smi: str = AXCL_SMI,
+                 threads: int = 1):
         if max_slots < 1:
             raise ValueError("max_slots must be at least 1")
         ax = package.extra.get("ax")
@@ -73,8 +74,11 @@ class AxEngine:
             raise EngineError(f"model '{package.id}' is not an AX package")
         root = package.path
         layer_files = [root / f for f in ax["layer_files"]]
-        factory = session_factory or factory_for(layer_files[0], device_id=device_id, threads=threads)
-        free = check_fits(int(ax.get("cmm_kb") or 0), "the model", cmm_info)
+        factory = session_factory or factory_for(layer_files[0], device_id=device_id, provider=provider,
+                                                   threads=threads)
+        need, estimated = int(ax.get("cmm_kb") or 0), bool(ax.get("cmm_estimated"))
+        free = check_fits(need, "the model", cmm_info, estimated=estimated, provider=getattr(factory, "provider", ""),
+                          device_id=getattr(factory, "device_id", device_id), smi=axcl_smi)
         self.package = package
         self.max_slots = max_slots
         self.clock = DeviceClock()
@@ -100,8 +104,10 @@ class AxEngine:
         self._kv: list[list[tuple[np.ndarray, np.ndarray]] | None] = [None] * max_slots
         self._feeds: list[list[dict[str, np.ndarray]] | None] = [None] * max_slots
         log.info("ax engine ready", model=package.id, layers=len(self._layers), kv_cache_len=self._C,
-                 prefill_len=self._P, shape_groups=self._groups, slots=max_slots, cmm_free_kb=free,
-                 simulate_timing=simulate_timing or None)
+                 prefill_len=self._P, shape_groups=self._groups, slots=max_slots,
+                 provider=getattr(factory, "provider", None), cmm_need_kb=need,
+                 cmm_need="estimate from the graph files" if estimated else "cmm_size",
+                 cmm_free_kb=free.free_kb if free else None, simulate_timing=simulate_timing or None)
 
     # -- signature -----------------------------------------------------------------------------
     def _read_signature(self, package: ModelPackage) -> None:
@@ -206,6 +212,8 @@ class AxEngine:
         return len(self._tokens[slot])
 
     def close(self) -> None:
+        """Free the sessions: pyaxengine has no close(), so every reference to them is dropped
+        here (release_session unloads what the runtime itself keeps alive)."""
         if getattr(self, "_closed", False):
             return
         self._closed = True

@@ -6,11 +6,12 @@ from typing import Any
 from ..models.package import ModelPackage, PackageError
 from .ax import AxEngine
 from .ax_cmm import CMM_INFO, CmmError
-from .ax_runtime import AxRuntimeError, factory_for
+from .ax_runtime import AxRuntimeError, AxRuntimeMissing, factory_for
 from .base import EngineError
 
-# errors that mean "this model cannot start here"; their messages are one line
-AX_START_ERRORS = (AxRuntimeError, CmmError, PackageError, EngineError)
+# errors that mean "this model cannot start here"; their messages are one line. AxRuntimeError
+# covers a missing runtime (AxRuntimeMissing, also an ImportError) and graphs the runtime cannot load.
+AX_START_ERRORS = (AxRuntimeMissing, AxRuntimeError, CmmError, PackageError, EngineError)
 
 
 def build_ax_engine(package: ModelPackage, model: Any, *, cmm_info: str = CMM_INFO) -> AxEngine:

@@ -1,17 +1,18 @@
 """Simulated NPU timing: make each graph run take as long as it does on a board.
 
-Published figures (axera.md): one decoder layer of a 32-layer 1.8B model decodes in 1.595 ms and
+Figures Axera publishes: one decoder layer of a 32-layer 1.8B model decodes in 1.595 ms and
 its post graph (final norm + lm_head) in 12.665 ms on AX650N; 6.443 ms / 40.215 ms on AX630C.
 Prefill per layer and token is derived from published time to first token of Qwen2.5-0.5B
 (24 layers): AX650N 124 ms for a 128-token chunk, AX630C 1126 ms for a 256-token chunk (the post
 graph's share left in, so these err on the slow side). A model's time per token is then its own
 layer count times the per-layer figure plus one post run.
 
-A `TimedSession` wraps any session: each run waits until the profile's time for that graph and
-shape group has passed (when the run itself was faster), and adds the run's wall time to
-`clock.device_s`, so a caller can tell NPU time from its own overhead. On a PC the mirror's own
-compute happens inside that window (on the CPU, where a board's NPU would not compete with the
-worker); bench/ax_overhead.py replays recorded outputs instead to isolate the worker's cost.
+A `TimedSession` wraps any session (named in its `wrapped`): each run waits until the profile's
+time for that graph and shape group has passed (when the run itself was faster), and adds the
+run's wall time to `clock.device_s`, so a caller can tell NPU time from its own overhead. On a PC
+the mirror's own compute happens inside that window (on the CPU, where a board's NPU would not
+compete with the worker); bench/ax_overhead.py replays recorded outputs instead to isolate the
+worker's cost.
 """
 from __future__ import annotations
 
@@ -56,39 +57,35 @@ class DeviceClock:
 
 class TimedSession:
     def __init__(self, sess: Any, prof: TimingProfile, *, post: bool, clock: DeviceClock, simulate: bool = True):
-        self._sess = sess
+        self.wrapped = sess
         self._prof = prof
         self._post = post
         self._clock = clock
         self._simulate = simulate
 
     def get_inputs(self, shape_group: int = 0):
-        return self._sess.get_inputs(shape_group=shape_group)
+        return self.wrapped.get_inputs(shape_group=shape_group)
 
     def get_outputs(self, shape_group: int = 0):
-        return self._sess.get_outputs(shape_group=shape_group)
+        return self.wrapped.get_outputs(shape_group=shape_group)
 
     def target_s(self, shape_group: int) -> float:
         if self._post:
             return self._prof.post_s
         if shape_group == 0:
             return self._prof.layer_decode_s
-        tokens = self._sess.get_inputs(shape_group=shape_group)
+        tokens = self.wrapped.get_inputs(shape_group=shape_group)
         seq = next((a.shape[1] for a in tokens if len(a.shape) == 3 and a.name.startswith("input")), 1)
         return self._prof.layer_prefill_token_s * seq
 
     def run(self, output_names, input_feed, run_options=None, shape_group: int = 0):
         t0 = time.perf_counter()
-        out = self._sess.run(output_names, input_feed, run_options, shape_group=shape_group)
+        out = self.wrapped.run(output_names, input_feed, run_options, shape_group=shape_group)
         if self._simulate:
             _wait_until(t0 + self.target_s(shape_group))
         self._clock.device_s += time.perf_counter() - t0
         self._clock.runs += 1
         return out
-
-    def close(self) -> None:
-        from .ax_runtime import release_session
-        release_session(self._sess)
 
 
 def _wait_until(deadline: float) -> None:

@@ -14,7 +14,8 @@ StackFlow serves its tokenizer over HTTP from a script; npuflow needs the HF `to
 one level below (see deploy/README.md).
 
 The package's extra["ax"] carries: layer_files, post_file, embed_file, prefill_len, kv_cache_len
-(0 = read from the graphs), cmm_kb (the NPU memory the model needs), layout.
+(0 = read from the graphs), cmm_kb (the NPU memory the model needs: the mode json's cmm_size, else
+an estimate, the size of the graph files; cmm_estimated tells which), layout.
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def read_ax_package(path: str | pathlib.Path, model_id: str | None = None) -> Mo
         chat_template=str(tok_cfg.get("chat_template") or ""), files=files,
         sampling_defaults=sampling_defaults({**(_json(root / "post_config.json") or {}), **params}),
         extra={"ax": {"layer_files": layers, "post_file": post, "embed_file": embed, "prefill_len": prefill,
-                      "kv_cache_len": kv_len, "cmm_kb": int(cmm) if cmm else graph_kb,
+                      "kv_cache_len": kv_len, "cmm_kb": int(cmm) if cmm else graph_kb, "cmm_estimated": not cmm,
                       "layout": "stackflow" if mode else "pulsar2",
                       "mode_json": str(mode_file) if mode_file else ""}})
 

@@ -1,9 +1,41 @@
-"""The default model exported in the AX layout (prefill 32, KV cache 256) next to the CPU engine."""
+"""The default model exported in the AX layout (prefill 32, KV cache 256) next to the CPU engine;
+a tiny hand-made AX package and a one-graph model for tests that need no download."""
+import json
 import pathlib
 
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from ax_shapes import AX_ID, KV, PREFILL
+from ax_tiny import write_tiny
+
+
+@pytest.fixture
+def tiny_package(tmp_path):
+    from npuflow.models.ax_package import read_ax_package
+    return read_ax_package(write_tiny(tmp_path / "tiny"), "tiny")
+
+
+@pytest.fixture
+def add_graph(tmp_path):
+    """y (bf16 [1,S,4]) = x + 1, two shape groups S=1 and S=3, input named x_1."""
+    from npuflow.engine.ax_ort import SHAPE_GROUPS_KEY
+    x = helper.make_tensor_value_info("x_1", TensorProto.BFLOAT16, [1, "s", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [1, "s", 4])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    nodes = [helper.make_node("Cast", ["x_1"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["xf", "one"], ["yf"]),
+             helper.make_node("Cast", ["yf"], ["y"], to=TensorProto.BFLOAT16)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [one]), opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    meta = model.metadata_props.add()
+    meta.key = SHAPE_GROUPS_KEY
+    meta.value = json.dumps({"inputs": [[{"name": "x_1", "shape": [1, s, 4]}] for s in (1, 3)],
+                             "outputs": [[{"name": "y", "shape": [1, s, 4]}] for s in (1, 3)]})
+    path = tmp_path / "add.onnx"
+    onnx.save(model, str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,66 +1,23 @@
-"""AX pieces without a model: the onnxruntime session's pyaxengine behaviour, package readers,
-the CMM check and session release on every exit path, the missing-runtime error."""
+"""AX pieces without a model: package readers, session release on every exit path, start
+errors (missing runtime, graphs the runtime cannot load) as one-line errors the worker reports."""
 import json
 import pathlib
+import sys
+import types
+import weakref
 
-import ml_dtypes
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from npuflow.engine.ax import AxEngine
-from npuflow.engine.ax_cmm import CmmError, check_fits, cmm_free_kb
-from npuflow.engine.ax_ort import SHAPE_GROUPS_KEY, NodeArg, OrtAxSession
-from npuflow.engine.ax_runtime import AxRuntimeError, axengine_factory, factory_for
+from npuflow.engine.ax_build import AX_START_ERRORS
+from npuflow.engine.ax_cmm import CmmError
+from npuflow.engine.ax_runtime import AxRuntimeError, AxRuntimeMissing, axengine_factory, factory_for
 from npuflow.models.ax_package import read_ax_package, sampling_defaults
 from npuflow.models.package import PackageError
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
 CMM = (" total size=3145728KB(3072MB),used=18876KB(18MB + 444KB),remain=3126852KB(3053MB + 612KB),"
        "partition_number=1,block_number=12\n")
-
-
-@pytest.fixture
-def add_graph(tmp_path):
-    """y (bf16 [1,S,4]) = x + 1, two shape groups S=1 and S=3, input named x_1."""
-    x = helper.make_tensor_value_info("x_1", TensorProto.BFLOAT16, [1, "s", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [1, "s", 4])
-    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
-    nodes = [helper.make_node("Cast", ["x_1"], ["xf"], to=TensorProto.FLOAT),
-             helper.make_node("Add", ["xf", "one"], ["yf"]),
-             helper.make_node("Cast", ["yf"], ["y"], to=TensorProto.BFLOAT16)]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [one]), opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
-    meta = model.metadata_props.add()
-    meta.key = SHAPE_GROUPS_KEY
-    meta.value = json.dumps({"inputs": [[{"name": "x_1", "shape": [1, s, 4]}] for s in (1, 3)],
-                             "outputs": [[{"name": "y", "shape": [1, s, 4]}] for s in (1, 3)]})
-    path = tmp_path / "add.onnx"
-    onnx.save(model, str(path))
-    return path
-
-
-def test_session_api_and_strict_checks(add_graph):
-    s = OrtAxSession(add_graph, providers=["AxEngineExecutionProvider"], provider_options=[{"device_id": 1}])
-    assert s.get_inputs(shape_group=1) == [NodeArg("x_1", BF16, (1, 3, 4))]
-    assert s.get_outputs()[0].shape == (1, 1, 4) and s.get_outputs()[0].dtype == BF16
-    x = np.arange(12, dtype=np.float32).reshape(1, 3, 4).astype(BF16)
-    (y,) = s.run(None, {"x_1": x}, shape_group=1)
-    assert y.dtype == BF16 and np.array_equal(y.astype(np.float32), x.astype(np.float32) + 1)
-    with pytest.raises(AssertionError, match=r"model inputs\(x_1\) expect shape \(1, 1, 4\)"):
-        s.run(None, {"x_1": x})                                          # group 0 wants S=1
-    with pytest.raises(AssertionError, match="dtype"):
-        s.run(None, {"x_1": x.astype(np.float32)}, shape_group=1)        # no casting
-    with pytest.raises(ValueError, match="missing"):
-        s.run(None, {"x": x}, shape_group=1)
-    with pytest.raises(ValueError, match="shape group"):
-        s.run(None, {"x_1": x}, shape_group=2)
-    with pytest.raises(ValueError, match="not in model outputs"):
-        s.run(["z"], {"x_1": x}, shape_group=1)
-    s.close()
-    with pytest.raises(RuntimeError):
-        s.run(None, {"x_1": x}, shape_group=1)
 
 
 def test_missing_axengine_is_one_line(tmp_path, monkeypatch):
@@ -69,27 +26,48 @@ def test_missing_axengine_is_one_line(tmp_path, monkeypatch):
 
     def no_ax(name, *a, **kw):
         if name == "axengine":
-            raise ImportError("No providers found")
+            raise ImportError("No providers found. Please make sure you have installed one of the following: [...]")
         return real(name, *a, **kw)
     monkeypatch.setattr(builtins, "__import__", no_ax)
-    with pytest.raises(AxRuntimeError) as e:
+    with pytest.raises(ImportError) as e:                    # an ImportError, and a start error
         axengine_factory(device_id=0)
+    assert isinstance(e.value, AxRuntimeMissing) and isinstance(e.value, AX_START_ERRORS)
     assert "\n" not in str(e.value) and "pyaxengine" in str(e.value) and "No providers found" in str(e.value)
     with pytest.raises(AxRuntimeError):
         factory_for(tmp_path / "qwen2_p128_l0_together.axmodel")
 
 
-def test_cmm_parse_and_refusal(tmp_path):
-    proc = tmp_path / "mem_cmm_info"
-    proc.write_text("--- CMM info ---\n" + CMM)
-    assert cmm_free_kb(proc) == (3126852, 3145728)
-    assert check_fits(1024, "m", proc) == 3126852
-    with pytest.raises(CmmError, match=r"needs 3072 MiB .* only 3053 MiB of 3072 MiB are free"):
-        check_fits(3072 * 1024, "m", proc)
-    assert cmm_free_kb(tmp_path / "absent") is None and check_fits(1 << 40, "m", tmp_path / "absent") is None
-    proc.write_text("garbage\n")
-    with pytest.raises(CmmError):
-        cmm_free_kb(proc)
+@pytest.fixture
+def fake_axengine(monkeypatch):
+    """An `axengine` module whose InferenceSession raises what pyaxengine raises when a graph
+    cannot be loaded (RuntimeError("Failed to load model."))."""
+    made = []
+    mod = types.ModuleType("axengine")
+    mod.get_available_providers = lambda: ["AxEngineExecutionProvider"]
+
+    def session(path, sess_options=None, providers=None, provider_options=None, **kw):
+        made.append((path, providers, provider_options))
+        raise RuntimeError("Failed to load model.")
+    mod.InferenceSession = session
+    monkeypatch.setitem(sys.modules, "axengine", mod)
+    return made
+
+
+def test_graph_the_runtime_cannot_load_is_a_start_error(tmp_path, fake_axengine):
+    from npuflow.config import ModelSettings
+    from npuflow.llm_worker.run import WorkerStartError, build_engine
+    pkg = read_ax_package(_pulsar2_dir(tmp_path / "m"))
+    model = ModelSettings(id="m", source=str(pkg.path), engine="ax", max_batch=1, threads=1)
+    with pytest.raises(WorkerStartError) as e:
+        build_engine(pkg, model)
+    assert str(e.value) == ("model 'm': qwen2_p128_l0_together.axmodel: pyaxengine cannot load it on "
+                            "AxEngineExecutionProvider (RuntimeError: Failed to load model.)")
+    assert fake_axengine[0][1] == ["AxEngineExecutionProvider"] and fake_axengine[0][2] is None
+    with pytest.raises(AxRuntimeError, match="AXCLRTExecutionProvider is not available on this host"):
+        axengine_factory(provider="AXCLRTExecutionProvider")
+    with pytest.raises(AxRuntimeError):
+        axengine_factory(device_id=2)(tmp_path / "g.axmodel")
+    assert fake_axengine[-1][2] == [{"device_id": 2}]
 
 
 def _pulsar2_dir(root: pathlib.Path, layers=3, cmm_kb=None) -> pathlib.Path:
@@ -165,26 +143,24 @@ def test_cmm_refusal_loads_nothing(tmp_path):
     proc = tmp_path / "cmm"
     proc.write_text(CMM.replace("remain=3126852KB", "remain=10KB"))
     made = []
-    with pytest.raises(CmmError, match="needs"):
+    with pytest.raises(CmmError, match="needs about 1 MiB of NPU memory .*an estimate"):
         AxEngine(pkg, session_factory=lambda p: made.append(p), cmm_info=str(proc))
     assert made == []
 
 
 def test_sessions_released_when_loading_fails(tmp_path):
+    """pyaxengine sessions have no close(): the engine drops every reference to those it made."""
     pkg = read_ax_package(_pulsar2_dir(tmp_path / "m"))
-    made, closed = [], []
+    made = []
 
     class Sess:
         def __init__(self, path):
             if len(made) == 2:
                 raise _Fail("out of CMM")
-            made.append(path)
-
-        def close(self):
-            closed.append(self)
+            made.append(weakref.ref(self))
     with pytest.raises(_Fail):
         AxEngine(pkg, session_factory=Sess, cmm_info=str(tmp_path / "absent"))
-    assert len(made) == 2 and len(closed) == 2
+    assert len(made) == 2 and all(r() is None for r in made)
 
 
 def test_mirror_refuses_masks_it_cannot_compute():
