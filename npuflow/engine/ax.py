@@ -65,7 +65,7 @@ def _shape_groups(sess: Any) -> int:
 class AxEngine:
     def __init__(self, package: ModelPackage, *, max_slots: int = 1, context_length: int | None = None,
                  session_factory: SessionFactory | None = None, device_id: int | None = None, provider: str = "",
-                 simulate_timing: str = "", cmm_info: str = CMM_INFO, axcl_smi: str = AXCL_SMI,
+                 simulate_timing: str = "", cmm_info: str = CMM_INFO, axcl_smi: str | Sequence[str] = AXCL_SMI,
                  threads: int = 1):
         if max_slots < 1:
             raise ValueError("max_slots must be at least 1")

@@ -8,7 +8,7 @@ line such as
   total size=3145728KB(3072MB),used=18876KB(18MB + 444KB),remain=3126852KB(3053MB + 612KB),...
 A PC host with an AXCL card (AXCLRTExecutionProvider) has no such file, and pyaxengine's AXCL
 bindings declare no memory query (axclrt's capi in pyaxengine: device list, malloc/free, memcpy,
-engine calls). The card's CMM is read from the overview table that `axcl-smi` prints (format
+engine calls). The card's CMM is read from the overview table that `axcl-smi` (older: `axcl_smi`) prints (format
 confirmed in AXERA's and Radxa's axcl-smi guides, versions V2.18.0, V3.0.2 and V3.6.5): per card
 two rows, the second ending in the CMM-Usage cell, in MiB:
   |    0  AX650N                    V2.18.0 | 0001:81:00.0 |                181 MiB /      954 MiB |
@@ -25,13 +25,15 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Sequence
 
 from ..logs import get_logger
 
 log = get_logger("engine.ax")
 
 CMM_INFO = "/proc/ax_proc/mem_cmm_info"
-AXCL_SMI = "axcl-smi"
+# the tool's names: axcl-smi (AXCL V3), axcl_smi in /opt/bin/axcl (V2.18, per AXERA's guide)
+AXCL_SMI = ("axcl-smi", "axcl_smi", "/opt/bin/axcl/axcl_smi")
 AXCLRT = "AXCLRTExecutionProvider"
 _LINE = re.compile(r"total size=(\d+)KB.*?remain=(\d+)KB")
 _CARD_ROW = re.compile(r"^\|\s*(\d+)\s.*\|\s*[0-9A-Fa-f]{4}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]\s*\|")
@@ -78,9 +80,12 @@ def parse_axcl_smi(text: str, card: int) -> tuple[int, int] | None:
     return None
 
 
-def axcl_cmm_free_kb(card: int, smi: str = AXCL_SMI, timeout: float = 15.0) -> tuple[int, int] | None:
-    """(free KB, total KB) of an AXCL card from `axcl-smi`, or None when it cannot be read."""
-    exe = shutil.which(smi)
+def axcl_cmm_free_kb(card: int, smi: str | Sequence[str] = AXCL_SMI,
+                     timeout: float = 15.0) -> tuple[int, int] | None:
+    """(free KB, total KB) of an AXCL card from `axcl-smi` (the first of smi found on PATH), or
+    None when it cannot be read."""
+    names = [smi] if isinstance(smi, str) else list(smi)
+    exe = next((found for found in map(shutil.which, names) if found), None)
     if exe is None:
         log.warning("axcl-smi not found: free NPU memory of the card unknown, not checked", card=card)
         return None
@@ -97,7 +102,7 @@ def axcl_cmm_free_kb(card: int, smi: str = AXCL_SMI, timeout: float = 15.0) -> t
 
 
 def free_cmm(provider: str = "", device_id: int | None = None, path: str | os.PathLike = CMM_INFO,
-             smi: str = AXCL_SMI) -> CmmFree | None:
+             smi: str | Sequence[str] = AXCL_SMI) -> CmmFree | None:
     """Free CMM where the model will run: the card's for the AXCL provider, else the board's."""
     if provider == AXCLRT:
         card = device_id or 0
@@ -108,7 +113,7 @@ def free_cmm(provider: str = "", device_id: int | None = None, path: str | os.Pa
 
 
 def check_fits(need_kb: int, model: str, path: str | os.PathLike = CMM_INFO, *, estimated: bool = False,
-               provider: str = "", device_id: int | None = None, smi: str = AXCL_SMI,
+               provider: str = "", device_id: int | None = None, smi: str | Sequence[str] = AXCL_SMI,
                required: bool = False) -> CmmFree | None:
     """Raise CmmError when need_kb exceeds the free CMM; return what is free (None when unknown).
     estimated: need_kb was computed from file sizes (no mode json cmm_size); the message says so.

@@ -43,9 +43,9 @@ def fake_smi(tmp_path, monkeypatch):
     bindir.mkdir()
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
 
-    def install(text: str, code: int = 0):
+    def install(text: str, code: int = 0, name: str = "axcl-smi"):
         (bindir / "out.txt").write_text(text)
-        exe = bindir / "axcl-smi"
+        exe = bindir / name
         exe.write_text(f"#!/bin/sh\ncat '{bindir / 'out.txt'}'\nexit {code}\n")
         exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     return install
@@ -75,8 +75,9 @@ def test_axcl_smi_table():
 
 
 def test_axcl_card_read_through_axcl_smi(tmp_path, fake_smi):
-    fake_smi(SMI)
+    fake_smi(SMI, name="axcl_smi")                           # the older releases' name
     assert axcl_cmm_free_kb(1) == (40 * 1024, 7040 * 1024)
+    fake_smi(SMI)
     proc = tmp_path / "absent"                               # a PC host: no proc file
     assert check_fits(1024, "m", proc, provider=AXCLRT, device_id=0).free_kb == (7040 - 18) * 1024
     assert check_fits(1 << 40, "m", proc, provider=AXENGINE) is None        # on-board: the proc file
