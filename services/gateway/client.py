@@ -37,6 +37,13 @@ class ModelInfo:
     max_batch: int
     created: int
     worker_id: str = ""
+    state: str = ""     # "loaded", "loading" (starting, restarting) or "failed" ("" = by `ready`)
+    reason: str = ""    # with "failed": why the model cannot start
+
+    @property
+    def status(self) -> str:
+        """loaded, loading or failed (the states a future load-on-demand adds "unloaded" to)."""
+        return self.state or ("loaded" if self.ready else "loading")
 
 
 @dataclass(frozen=True)

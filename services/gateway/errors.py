@@ -51,6 +51,8 @@ class ApiError(Exception):
             return cls(429, message, type="requests", code="rate_limit_exceeded")
         if code == E.ERROR_CODE_WORKER_LOST:
             return cls(503, message, code="worker_lost")
+        if code == E.ERROR_CODE_MODEL_NOT_AVAILABLE:
+            return cls(503, message, param="model", code="model_not_available")
         if code == E.ERROR_CODE_CANCELLED:
             return cls(499, message, code="cancelled")
         if code == E.ERROR_CODE_DEADLINE_EXCEEDED:
@@ -66,6 +68,12 @@ def one_line(text: str, limit: int = 300) -> str:
 
 def bad_param(param: str, message: str, code: str = "invalid_value") -> ApiError:
     return ApiError(400, message, param=param, code=code)
+
+
+def model_not_available(model: str, reason: str) -> ApiError:
+    """A configured model that failed to start and will not serve until fixed (503 at once)."""
+    return ApiError(503, f"The model '{model}' is not available: {reason}", param="model",
+                    code="model_not_available")
 
 
 def model_not_found(model: str) -> ApiError:

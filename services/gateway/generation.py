@@ -12,7 +12,8 @@ import time
 from typing import AsyncIterator, Sequence
 
 from npuflow.gateway.client import Delta, GenerateParams, ModelInfo
-from npuflow.gateway.errors import ApiError, model_not_found
+from npuflow.gateway.errors import ApiError, model_not_available, model_not_found
+from npuflow.gateway.model_state import model_states
 from npuflow.gateway.state import GatewayState
 from npuflow.gateway.validation import GenRequest
 from npuflow.v1 import common_pb2
@@ -73,8 +74,12 @@ class Collected(Tally):
 
 
 def check_model(st: GatewayState, model: str) -> None:
-    if not any(m.id == model for m in st.models.models()):
+    """404 for an unknown model; 503 model_not_available at once for one that failed to start."""
+    info = next((m for m in model_states(st) if m.id == model), None)
+    if info is None:
         raise model_not_found(model)
+    if info.status == "failed":
+        raise model_not_available(model, info.reason)
 
 
 def deadline_unix_ms(st: GatewayState, arrived: float, remaining_s: float | None = None) -> int:

@@ -160,4 +160,10 @@ def choice(d: Delta, text: str | None = None, calls: list[dict] = (),
 
 def model_card(m: ModelInfo) -> gs.ListModelsResponse.Model:
     return gs.ListModelsResponse.Model(id=m.id, ready=m.ready, context_length=m.context_length,
-                                       max_batch=m.max_batch, created=m.created)
+                                       max_batch=m.max_batch, created=m.created,
+                                       state=_MODEL_STATES.get(m.status, common_pb2.MODEL_STATE_UNSPECIFIED),
+                                       state_reason=m.reason)
+
+
+_MODEL_STATES = {"loaded": common_pb2.MODEL_STATE_LOADED, "loading": common_pb2.MODEL_STATE_LOADING,
+                 "unloaded": common_pb2.MODEL_STATE_UNLOADED, "failed": common_pb2.MODEL_STATE_FAILED}

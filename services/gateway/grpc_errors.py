@@ -7,6 +7,8 @@ trailing metadata `npuflow-error-code` / `npuflow-error-param`.
 
 A prompt over the model's context is INVALID_ARGUMENT (as the HTTP API's 400): the caller must
 change the request; the `npuflow-error-code: context_length_exceeded` trailer tells it apart.
+A model that failed to start (HTTP 503 `model_not_available`) is FAILED_PRECONDITION: retrying
+does not help until an operator fixes it.
 """
 from __future__ import annotations
 
@@ -31,11 +33,15 @@ _BY_HTTP_STATUS = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
+# A model that failed to start stays failed until its configuration or host is fixed: not
+# UNAVAILABLE, which gRPC clients' retry policies take as "try again shortly".
+_BY_ERROR_CODE = {"model_not_available": grpc.StatusCode.FAILED_PRECONDITION}
+
 
 def grpc_status(e: ApiError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
     """(status code, message, trailing metadata) for an ApiError. The message names the field at
     fault when the error has one."""
-    code = _BY_HTTP_STATUS.get(e.status, grpc.StatusCode.UNKNOWN)
+    code = _BY_ERROR_CODE.get(e.code or "") or _BY_HTTP_STATUS.get(e.status, grpc.StatusCode.UNKNOWN)
     message = e.message
     if e.param and f"'{e.param}'" not in message and f"`{e.param}`" not in message:
         message = f"{message} (field '{e.param}')"

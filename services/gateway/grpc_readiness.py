@@ -1,8 +1,9 @@
 """Keeps the standard grpc.health.v1 statuses in step with the tokenizer and the workers.
 
-Statuses: "" (the whole server) and the npuflow service name are SERVING when the tokenizer
-and every worker are ready (as GET /health answers 200); each model id is SERVING when its worker
-and the tokenizer are ready. Check reads the current state (it agrees with GET /health at any
+Statuses: "" (the whole server) and the npuflow service name are SERVING when GET /health answers
+200 (the tokenizer answers, no model is starting, at least one is loaded; a model that failed for
+good does not count against it); each model id is SERVING when it is loaded and the tokenizer
+ready. Check reads the current state (it agrees with GET /health at any
 moment); Watch streams follow a poll every POLL_S, as workers come, go and restart. On shutdown
 everything turns NOT_SERVING.
 """
@@ -14,6 +15,7 @@ import contextlib
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
+from npuflow.gateway.model_state import health as stack_health
 from npuflow.gateway.state import GatewayState
 
 POLL_S = 0.1
@@ -40,10 +42,9 @@ class Readiness:
         self._task: asyncio.Task | None = None
 
     def statuses(self) -> dict[str, bool]:
-        tokenizer = bool(self.st.tokenizer.ready)
-        models = self.st.models.health()
-        out = {model: tokenizer and ok for model, ok in models.items()}
-        overall = tokenizer and all(models.values())
+        h = stack_health(self.st)
+        out = {m.id: h.tokenizer and m.status == "loaded" for m in h.models}
+        overall = h.serving
         out[""] = overall
         out.update({name: overall for name in self.service_names})
         return out

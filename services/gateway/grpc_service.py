@@ -21,6 +21,7 @@ import grpc.aio
 from npuflow.gateway import grpc_convert as convert
 from npuflow.gateway.client import GenerateParams
 from npuflow.gateway.generation import Tally, admit, check_model, check_prompt, deadline_unix_ms, metered
+from npuflow.gateway.model_state import model_states
 from npuflow.gateway.state import GatewayState
 from npuflow.gateway.structured import Structured
 from npuflow.gateway.tool_calls import CallStream
@@ -67,7 +68,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
         return gs.TokenizeResponse(token_ids=ids, context_length=info.context_length)
 
     async def ListModels(self, request: gs.ListModelsRequest, context: Context) -> gs.ListModelsResponse:
-        return gs.ListModelsResponse(models=[convert.model_card(m) for m in self.st.models.models()])
+        return gs.ListModelsResponse(models=[convert.model_card(m) for m in model_states(self.st)])
 
     async def _stream(self, context: Context, req: GenRequest, structured: Structured, ids: Sequence[int],
                       what: str, prefix: str, deadline_ms: int, arrived: float) -> None:

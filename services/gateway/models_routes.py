@@ -5,39 +5,45 @@ from aiohttp import web
 
 from npuflow.gateway.client import ModelInfo
 from npuflow.gateway.errors import model_not_found
+from npuflow.gateway.model_state import health as stack_health
+from npuflow.gateway.model_state import model_states, status_object
 from npuflow.gateway.state import STATE
 
 
 def _model(m: ModelInfo) -> dict:
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": "npuflow"}
+    return {"id": m.id, "object": "model", "created": m.created, "owned_by": "npuflow", "status": status_object(m)}
 
 
 async def list_models(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    return web.json_response({"object": "list", "data": [_model(m) for m in st.models.models()]})
+    return web.json_response({"object": "list", "data": [_model(m) for m in model_states(st)]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     st = request.app[STATE]
     model_id = request.match_info["model"]
-    for m in st.models.models():
+    for m in model_states(st):
         if m.id == model_id:
             return web.json_response(_model(m))
     raise model_not_found(model_id)
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 when the tokenizer and every worker are ready, else 503 naming what is missing."""
+    """200 when the tokenizer answers, no model is (re)starting and at least one is loaded
+    ("degraded" when some model failed to start for good: `failed` names it and why); else 503
+    naming what is missing (see model_state)."""
     st = request.app[STATE]
-    models = st.models.health()
-    tokenizer = bool(st.tokenizer.ready)
-    missing = ([] if tokenizer else ["tokenizer"]) + [f"worker:{m}" for m, ok in models.items() if not ok]
-    body = {"status": "ok" if not missing else "unavailable", "tokenizer": tokenizer, "models": models,
-            "workers": {m: {"running": s.get("running", 0), "waiting": s.get("queued", 0)}
-                        for m, s in st.models.stats().items()}}
-    if missing:
-        body["missing"] = missing
-    return web.json_response(body, status=200 if not missing else 503)
+    h = stack_health(st)
+    stats = st.models.stats()
+    body = {"status": h.status, "tokenizer": h.tokenizer, "models": {m.id: m.status == "loaded" for m in h.models},
+            "states": {m.id: status_object(m) for m in h.models},
+            "workers": {m.id: {"running": stats.get(m.id, {}).get("running", 0),
+                               "waiting": stats.get(m.id, {}).get("queued", 0)} for m in h.models}}
+    if h.missing:
+        body["missing"] = h.missing
+    if h.failed:
+        body["failed"] = h.failed
+    return web.json_response(body, status=200 if h.serving else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -45,6 +45,7 @@ class TokenizerLink:
         self.ready = False
         self._ready_evt = asyncio.Event()
         self.models: dict[str, int] = {}
+        self.failed: dict[str, str] = {}   # model -> why its tokenizer could not be loaded
         self.last_rx = 0.0
         self._pending: dict[str, asyncio.Future] = {}
         self._ids = itertools.count()
@@ -81,11 +82,19 @@ class TokenizerLink:
                     self._ready_evt.set()
                     log.info("tokenizer ready")
                 if resp.WhichOneof("kind") == "models":
-                    self.models = {m.model: m.vocab_size for m in resp.models.models}
+                    self._on_models(resp.models.models)
                     continue
                 fut = self._pending.pop(resp.request_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(resp)
+
+    def _on_models(self, models) -> None:
+        failed = {m.model: m.failed_reason for m in models if m.failed_reason}
+        for model, reason in failed.items():
+            if self.failed.get(model) != reason:
+                log.warning("model failed in the tokenizer", model=model, reason=reason)
+        self.failed = failed
+        self.models = {m.model: m.vocab_size for m in models if not m.failed_reason}
 
     async def _probe_loop(self) -> None:
         while True:

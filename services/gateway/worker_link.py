@@ -1,7 +1,9 @@
 """The gateway's connection to each llm_worker: one DEALER, one receive loop, one ping loop.
 
 Protocol (worker.proto): the gateway pings every 200 ms; the worker answers Heartbeat, preceded
-by Hello on first contact from a new peer. A model is ready after Hello. Silence for 1 s, or a
+by Hello on first contact from a new peer. A model is ready after Hello, or failed after a Hello
+with state FAILED (its requests get 503 model_not_available at once, until a worker with a new
+worker_id says it is loaded). Silence for 1 s, or a
 Hello with a new worker_id, ends every in-flight request of that model with WORKER_LOST.
 Events of request ids the gateway no longer knows are answered with an Abort.
 """
@@ -15,7 +17,7 @@ import zmq
 
 from npuflow.config import ModelSettings, Settings
 from npuflow.gateway.client import Delta, GenerateParams, ModelInfo
-from npuflow.gateway.errors import ApiError, model_not_found
+from npuflow.gateway.errors import ApiError, model_not_available, model_not_found
 from npuflow.gateway.peer_watch import Dealer, watch_disconnects
 from npuflow.gateway.request_stream import RequestStream
 from npuflow.logs import get_logger
@@ -42,7 +44,8 @@ class WorkerLink:
         self.requests: dict[str, RequestStream] = {}
         self.hello: worker_pb2.Hello | None = None
         self.ready = False
-        self._ready_evt = asyncio.Event()
+        self.failed = ""   # why the worker cannot start (its Hello said FAILED); "" = not failed
+        self._ready_evt = asyncio.Event()   # set when ready or failed: waiters decide
         self.last_rx = 0.0
         self.restarts = 0
         self.waiting = 0   # the worker's queue and batch at its last heartbeat
@@ -101,7 +104,7 @@ class WorkerLink:
     def _on_heartbeat(self, hb: worker_pb2.Heartbeat) -> None:
         self.waiting = hb.waiting
         self.running = hb.running
-        if not self.ready and self.hello is not None and hb.worker_id == self.hello.worker_id:
+        if not self.ready and not self.failed and self.hello is not None and hb.worker_id == self.hello.worker_id:
             self._set_ready(True)
             log.info("worker answering again", model=self.model.id, worker_id=hb.worker_id)
 
@@ -113,6 +116,15 @@ class WorkerLink:
         if hello.model and hello.model != self.model.id:
             log.warning("worker serves another model", expected=self.model.id, got=hello.model)
         self.hello = hello
+        if hello.state == common_pb2.MODEL_STATE_FAILED:
+            reason = hello.state_reason or "its worker failed to start"
+            if (old is None or old.worker_id != hello.worker_id) or reason != self.failed:
+                log.warning("model failed", model=self.model.id, worker_id=hello.worker_id, reason=reason)
+            self.failed = reason
+            self.ready = False
+            self._ready_evt.set()
+            return
+        self.failed = ""
         self._set_ready(True)
         log.info("worker ready", model=self.model.id, worker_id=hello.worker_id,
                  context_length=hello.context_length, max_batch=hello.max_batch, pid=hello.pid)
@@ -125,7 +137,7 @@ class WorkerLink:
             self.send(ping)
             if self.ready and time.monotonic() - self.last_rx > LOST_AFTER_S:
                 self._lost()
-            await asyncio.sleep(PING_INTERVAL_S if self.ready else PING_INTERVAL_NOT_READY_S)
+            await asyncio.sleep(PING_INTERVAL_S if self.ready or self.failed else PING_INTERVAL_NOT_READY_S)
 
     def _lost(self, why: str = "stopped answering") -> None:
         self._set_ready(False)
@@ -154,20 +166,26 @@ class WorkerLink:
         return ModelInfo(id=self.model.id, ready=self.ready, context_length=ctx_len,
                          max_batch=(h.max_batch if h and h.max_batch else self.model.max_batch),
                          created=int(h.created_unix if h and h.created_unix else self._started),
-                         worker_id=h.worker_id if h else "")
+                         worker_id=h.worker_id if h else "",
+                         state="failed" if self.failed else ("loaded" if self.ready else "loading"),
+                         reason=self.failed)
 
     async def wait_ready(self, timeout: float) -> ModelInfo:
-        if not self.ready:
+        if not self.ready and not self.failed:
             try:
                 await asyncio.wait_for(self._ready_evt.wait(), max(timeout, 0.0))
             except (asyncio.TimeoutError, TimeoutError):
                 raise ApiError(503, f"The model '{self.model.id}' is not ready (its worker is starting or "
                                     f"restarting); try again later.", code="model_not_ready") from None
+        if self.failed:
+            raise model_not_available(self.model.id, self.failed)
         return self.info()
 
     async def generate(self, p: GenerateParams) -> AsyncIterator[list[Delta]]:
         if p.request_id in self.requests:
             raise ApiError(400, f"request id {p.request_id} is already in flight", code="duplicate_request")
+        if self.failed:
+            raise model_not_available(self.model.id, self.failed)
         if not self.ready:
             raise ApiError(503, f"The model '{self.model.id}' is not ready; try again later.", code="model_not_ready")
         st = RequestStream(p.request_id, max(1, p.n))

@@ -7,6 +7,11 @@ scheduler's outgoing frames, which arrive on an inproc PUSH/PULL pair (a ZMQ soc
 one thread only). The scheduler thread (the caller of `serve`) runs steps while there is work
 and otherwise waits on the inbox. The events of one step go out as one TokenEvents message per
 peer. Every frame is [peer identity, serialized FromWorker].
+
+`serve_failed` is what a worker whose model cannot start (a cause a restart does not cure) runs
+instead: it binds the same ROUTER, says Hello with state FAILED and the reason, answers pings
+and refuses every request with MODEL_NOT_AVAILABLE, and loads nothing. Staying up is what keeps
+a supervisor or systemd (Restart=always) from restarting it in a loop.
 """
 from __future__ import annotations
 
@@ -103,7 +108,7 @@ class WorkerLink:
         return worker_pb2.FromWorker(hello=worker_pb2.Hello(
             model=i.model, worker_id=self.worker_id, context_length=i.context_length, max_batch=i.max_batch,
             vocab_size=i.vocab_size, engine=i.engine, pid=os.getpid(), eos_token_ids=i.eos_token_ids,
-            created_unix=i.created))
+            created_unix=i.created, state=common_pb2.MODEL_STATE_LOADED))
 
     def heartbeat(self, sent_unix_ms: int) -> worker_pb2.FromWorker:
         return worker_pb2.FromWorker(heartbeat=worker_pb2.Heartbeat(
@@ -173,3 +178,42 @@ class WorkerLink:
             router.close(linger=500)  # let the last events go out
             self._push = None
             remove_ipc_file(self.endpoint)
+
+
+def serve_failed(model: str, engine: str, endpoint: str, reason: str, stop: threading.Event,
+                 ctx: zmq.Context | None = None) -> None:
+    """Answer as the worker of a model that failed to start, until `stop` is set."""
+    ctx = ctx or zmq.Context.instance()
+    worker_id = uuid.uuid4().hex
+    hello = worker_pb2.FromWorker(hello=worker_pb2.Hello(
+        model=model, worker_id=worker_id, engine=engine, pid=os.getpid(),
+        state=common_pb2.MODEL_STATE_FAILED, state_reason=reason)).SerializeToString()
+    error = common_pb2.Error(code=common_pb2.ERROR_CODE_MODEL_NOT_AVAILABLE, message=reason)
+    router = make_socket(ctx, zmq.ROUTER, endpoint, bind=True)
+    peers: set[bytes] = set()
+    log.info("serving as failed", endpoint=endpoint, model=model, worker_id=worker_id)
+    try:
+        while not stop.is_set():
+            if not router.poll(IO_POLL_MS):
+                continue
+            for peer, msg in recv_waiting(router, worker_pb2.ToWorker):
+                if peer not in peers:
+                    peers.add(peer)
+                    router.send_multipart([peer, hello])
+                kind = msg.WhichOneof("kind")
+                if kind == "ping":
+                    out = worker_pb2.FromWorker(heartbeat=worker_pb2.Heartbeat(
+                        worker_id=worker_id, sent_unix_ms=msg.ping.sent_unix_ms))
+                elif kind == "generate":
+                    g = msg.generate
+                    out = worker_pb2.FromWorker(events=worker_pb2.TokenEvents(events=[
+                        worker_pb2.TokenEvent(request_id=g.request_id, index=i, error=error,
+                                              finish_reason=common_pb2.FINISH_REASON_ERROR,
+                                              prompt_tokens=len(g.prompt_token_ids))
+                        for i in range(max(1, g.n))]))
+                else:
+                    continue
+                router.send_multipart([peer, out.SerializeToString()])
+    finally:
+        router.close(linger=0)
+        remove_ipc_file(endpoint)

@@ -14,7 +14,7 @@ from npuflow.process import start_process
 from .detok import load_token_table
 from .grammar import GrammarVocab
 from .grammar import available as grammar_available
-from .link import WorkerInfo, WorkerLink
+from .link import WorkerInfo, WorkerLink, serve_failed
 from .request import ModelLimits
 from .scheduler import Scheduler
 
@@ -22,7 +22,21 @@ log = get_logger("worker")
 
 
 class WorkerStartError(Exception):
-    """The worker cannot start (model, engine); the message is one line."""
+    """The worker cannot start (model, engine) and a restart would not change that; the message
+    is one line."""
+
+
+def permanent_start_error(model: ModelSettings, e: BaseException) -> str | None:
+    """The one-line reason when `e`, raised while loading the model, is a failure that cannot
+    heal by restarting (bad source or package, missing runtime, NPU memory, settings); None for
+    the others (a crash, a failed download), which exit and are restarted."""
+    from npuflow.config import ConfigError
+    from npuflow.models.package import PackageError
+    if not isinstance(e, (WorkerStartError, PackageError, ConfigError, ImportError)):
+        return None
+    reason = " ".join(str(e).split()) or type(e).__name__
+    prefix = f"model '{model.id}': "
+    return reason[len(prefix):] if reason.startswith(prefix) else reason
 
 
 def load_package(settings: Settings, model: ModelSettings) -> ModelPackage:
@@ -89,12 +103,18 @@ def run_worker(settings: Settings, model: ModelSettings) -> None:
     try:
         package = load_package(settings, model)
         engine = build_engine(package, model)
-    except WorkerStartError as e:
-        log.error(str(e))
-        sys.exit(1)
     except Exception as e:
-        log.error("cannot start the worker", model=model.id, error=f"{type(e).__name__}: {e}")
-        sys.exit(1)
+        reason = permanent_start_error(model, e)
+        if reason is None:
+            log.error("cannot start the worker", model=model.id, error=f"{type(e).__name__}: {e}")
+            sys.exit(1)
+        log.error("model failed to start; serving its failure until stopped", model=model.id, reason=reason)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        serve_failed(model.id, model.engine, model.endpoint, reason, stop)
+        log.info("stopped", model=model.id)
+        return
     try:
         serve_until_signalled(build_link(engine, package, model))
     finally:
