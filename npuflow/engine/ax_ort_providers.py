@@ -18,7 +18,8 @@ What they reproduce of pyaxengine (axengine/_base_session.py, _axe.py, _axclrt.p
   reference goes. AXCLRTSession also appends itself to the module's _all_model_instances (which
   an atexit hook unloads), so it lives until the process exits unless _unload() is called;
   _unload() may be called again. After unloading, run fails: RuntimeError("Failed to run model.")
-  on the on-board NPU, TypeError (its IO handle is None) on the card.
+  on the on-board NPU (assuming the engine library refuses its NULL handle), TypeError (its IO
+  handle is None) on the card.
 - AXCLRTSession takes the card from provider_options[0]["device_id"] (default 0) and raises
   RuntimeError for an index past the cards it finds (the mirror has CARDS of them).
 

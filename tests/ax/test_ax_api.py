@@ -133,6 +133,7 @@ def test_release_unloads_axcl_sessions_the_runtime_keeps(add_graph):
         keep.run(None, {"x_1": np.zeros((1, 1, 4), BF16)})
     release_session(keep)                                   # again: harmless
     release_session(inner)                                  # not a public session: ignored
+    inner._unload()
 
 
 def test_probe_finds_the_groups_of_the_public_api(tiny_package):
@@ -166,6 +167,33 @@ def test_engine_on_each_provider_and_release(tiny_package, provider):
     finally:
         eng.close()
     assert all(r() is None for r in refs) and all(r() is None for r in orts)
+
+
+class TupleShapes:
+    """A session whose NodeArgs carry tuple shapes (the engine takes lists and tuples alike)."""
+
+    def __init__(self, path):
+        self.wrapped = InferenceSession(str(path))
+
+    def get_inputs(self, shape_group=0):
+        return [ax_ort.NodeArg(a.name, a.dtype, tuple(a.shape)) for a in self.wrapped.get_inputs(shape_group)]
+
+    def get_outputs(self, shape_group=0):
+        return [ax_ort.NodeArg(a.name, a.dtype, tuple(a.shape)) for a in self.wrapped.get_outputs(shape_group)]
+
+    def run(self, names, feed, run_options=None, shape_group=0):
+        return self.wrapped.run(names, feed, run_options, shape_group)
+
+
+def test_engine_takes_tuple_and_list_shapes(tiny_package):
+    got = []
+    for factory in (None, TupleShapes):
+        eng = AxEngine(tiny_package, session_factory=factory)
+        try:
+            got.append((eng.prefill(0, [1, 2, 3, 4, 5]), eng.decode([0], [3])))
+        finally:
+            eng.close()
+    assert all(np.array_equal(a, b) for a, b in zip(*got))
 
 
 def test_engine_probe_with_simulated_timing(tiny_package):
