@@ -28,6 +28,13 @@ class TokenizeError(Exception):
         self.param = param
 
 
+# From this length on a text is encoded with encode_batch_fast, which releases the GIL (encode
+# holds it: 4 s for 3 MB) and computes no offsets (about 3x faster on long texts, with the same
+# ids, and its result is freed in milliseconds rather than most of a second), so the service's
+# I/O thread keeps answering liveness probes meanwhile.
+GIL_FREE_CHARS = 4096
+
+
 def _invalid(message: str, param: str) -> TokenizeError:
     return TokenizeError(common_pb2.ERROR_CODE_INVALID_ARGUMENT, message, param)
 
@@ -84,13 +91,19 @@ class ModelTokenizer:
                 tools or any(m.role == "tool" or m.tool_calls for m in messages)):
             messages, tools = with_tools_in_prompt(messages, tools), None
         rendered = self.render_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools)
-        return self.tokenizer.encode(rendered, add_special_tokens=False).ids, rendered
+        return self._ids(rendered), rendered
 
     def encode_text(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        ids = self._ids(text)
         if add_special_tokens and self.bos_token_id is not None:
             ids = [self.bos_token_id, *ids]
         return ids
+
+    def _ids(self, text: str) -> list[int]:
+        if len(text) >= GIL_FREE_CHARS:
+            batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+            return batch([text], add_special_tokens=False)[0].ids
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         bad = next((t for t in token_ids if t >= self.vocab_size), None)

@@ -24,6 +24,24 @@ def load_package(settings: Settings, model: ModelSettings) -> ModelPackage:
                                   sampling_defaults=dict(model.sampling))
 
 
+def load_tokenizers(settings: Settings) -> tuple[dict[str, ModelTokenizer], dict[str, str]]:
+    """Each model's tokenizer, and the models whose tokenizer cannot be loaded with the reason (one
+    log line each; they are reported, not retried, and the others are served). A failed download
+    may heal: it exits (status 1) so that the tokenizer is started again."""
+    from npuflow.models.default import DownloadError
+    models, failed = {}, {}
+    for m in settings.models:
+        try:
+            models[m.id] = ModelTokenizer.from_package(load_package(settings, m))
+        except DownloadError as e:
+            log.error("cannot load tokenizers", model=m.id, error=f"{type(e).__name__}: {e}")
+            sys.exit(1)
+        except Exception as e:
+            failed[m.id] = " ".join(str(e).split()) or type(e).__name__
+            log.error("tokenizer of a model failed to load; serving the others", model=m.id, reason=failed[m.id])
+    return models, failed
+
+
 def _exit_on_signal(*_) -> None:
     raise SystemExit(0)  # while loading: stop at once (cleanup in finally blocks still runs)
 
@@ -31,13 +49,9 @@ def _exit_on_signal(*_) -> None:
 def run_tokenizer(settings: Settings) -> None:
     start_process("tokenizer", settings.server.log_level)
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    try:
-        models = {m.id: ModelTokenizer.from_package(load_package(settings, m)) for m in settings.models}
-    except Exception as e:
-        log.error("cannot load tokenizers", error=f"{type(e).__name__}: {e}")
-        sys.exit(1)
+    models, failed = load_tokenizers(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    TokenizerService(models).serve(settings.tokenizer.endpoint, stop)
+    TokenizerService(models, failed).serve(settings.tokenizer.endpoint, stop)
     log.info("stopped")

@@ -1,17 +1,28 @@
 """The tokenizer service: TokenizerRequest -> TokenizerResponse, and its ROUTER socket loop.
 
-`TokenizerService.handle` is pure (no sockets) so it is tested directly; `serve` owns the one
-receive loop of the `recv_from_gateway` socket and answers every frame to the peer that sent it.
+`TokenizerService.handle` is pure (no sockets) so it is tested directly. `serve` runs the I/O
+loop of the `recv_from_gateway` socket in the calling thread: it answers `list_models` (the
+gateway's liveness probe, every 0.5 s) at once, and hands encode and decode requests to
+ENCODE_THREADS threads, whose answers come back over inproc PUSH/PULL sockets (a ZMQ socket is
+used by one thread only). So a long encode (a few MB of text takes seconds) never looks like a
+hung tokenizer; the encoder releases the GIL for long texts (encoder.py), so the probe is
+answered within milliseconds meanwhile. Every frame is answered to the peer that sent it.
+
+A model whose tokenizer could not be loaded is listed with its `failed_reason`, and its
+requests are answered with MODEL_NOT_AVAILABLE; the other models are served.
 """
 from __future__ import annotations
 
+import ctypes
+import queue
 import threading
+import uuid
 from typing import Mapping
 
 import zmq
 
 from npuflow.logs import get_logger
-from npuflow.transport import make_socket, recv_waiting, remove_ipc_file
+from npuflow.transport import make_socket, recv_waiting, remove_ipc_file, waiting
 from npuflow.v1 import common_pb2, tokenizer_pb2
 
 from .chat_template import MessageIn, ToolCallIn
@@ -19,7 +30,11 @@ from .encoder import ModelTokenizer, TokenizeError
 
 log = get_logger("tokenizer")
 
-POLL_MS = 100  # how often the loop looks at the stop flag when idle
+POLL_MS = 100       # how often the I/O loop looks at the stop flag when idle
+ENCODE_THREADS = 2  # requests encoded at once (the encoder runs without the GIL on long texts)
+# A request this big (about 200 bytes of the encoder's memory per token: 3 MB of text peaks near
+# 600 MB) is encoded only while no other big one is, and then the freed heap is given back.
+BIG_BYTES = 1 << 20
 
 
 def _messages(chat: tokenizer_pb2.ChatInput) -> list[MessageIn]:
@@ -30,11 +45,17 @@ def _messages(chat: tokenizer_pb2.ChatInput) -> list[MessageIn]:
 
 
 class TokenizerService:
-    def __init__(self, models: Mapping[str, ModelTokenizer]):
+    def __init__(self, models: Mapping[str, ModelTokenizer], failed: Mapping[str, str] | None = None):
         self.models = dict(models)
+        self.failed = dict(failed or {})   # model id -> why its tokenizer could not be loaded
+        self._big = threading.Lock()
 
     def _model(self, model_id: str) -> ModelTokenizer:
         tok = self.models.get(model_id)
+        if tok is None and model_id in self.failed:
+            raise TokenizeError(common_pb2.ERROR_CODE_MODEL_NOT_AVAILABLE,
+                                f"The model '{model_id}' is not available: its tokenizer could not be loaded "
+                                f"({self.failed[model_id]})", "model")
         if tok is None:
             raise TokenizeError(common_pb2.ERROR_CODE_NOT_FOUND, f"model '{model_id}' does not exist", "model")
         return tok
@@ -45,7 +66,9 @@ class TokenizerService:
         if kind == "chat":
             ids, rendered = tok.encode_chat(_messages(req.chat), add_generation_prompt=req.chat.add_generation_prompt,
                                             tools_json=req.chat.tools_json)
-            return tokenizer_pb2.EncodeResult(token_ids=ids, rendered=rendered)
+            out = tokenizer_pb2.EncodeResult(rendered=rendered)
+            out.token_ids.extend(ids)
+            return out
         if kind == "text":
             return tokenizer_pb2.EncodeResult(token_ids=tok.encode_text(req.text, add_special_tokens=req.add_special_tokens))
         raise TokenizeError(common_pb2.ERROR_CODE_INVALID_ARGUMENT, "encode needs chat or text input", "prompt")
@@ -62,6 +85,8 @@ class TokenizerService:
             elif kind == "list_models":
                 resp.models.models.extend(tokenizer_pb2.TokenizerModel(model=m, vocab_size=t.vocab_size)
                                           for m, t in self.models.items())
+                resp.models.models.extend(tokenizer_pb2.TokenizerModel(model=m, failed_reason=why)
+                                          for m, why in self.failed.items())
             else:
                 raise TokenizeError(common_pb2.ERROR_CODE_INVALID_ARGUMENT, "empty tokenizer request")
         except TokenizeError as e:
@@ -72,17 +97,67 @@ class TokenizerService:
                                                  message=f"tokenizer failed: {type(e).__name__}: {e}"))
         return resp
 
-    def serve(self, endpoint: str, stop: threading.Event, ctx: zmq.Context | None = None) -> None:
+    def serve(self, endpoint: str, stop: threading.Event, ctx: zmq.Context | None = None,
+              threads: int = ENCODE_THREADS) -> None:
         """Bind a ROUTER at endpoint and answer requests until `stop` is set."""
         ctx = ctx or zmq.Context.instance()
+        pipe = f"inproc://tokenizer-out-{uuid.uuid4().hex}"
         recv_from_gateway = make_socket(ctx, zmq.ROUTER, endpoint, bind=True)
-        log.info("serving", endpoint=endpoint, models=",".join(self.models))
+        answers = make_socket(ctx, zmq.PULL, pipe, bind=True)
+        jobs: queue.SimpleQueue = queue.SimpleQueue()
+        workers = [threading.Thread(target=self._work, args=(ctx, pipe, jobs), name=f"tokenizer-encode-{i}",
+                                    daemon=True) for i in range(max(1, threads))]
+        for w in workers:
+            w.start()
+        poller = zmq.Poller()
+        poller.register(recv_from_gateway, zmq.POLLIN)
+        poller.register(answers, zmq.POLLIN)
+        log.info("serving", endpoint=endpoint, models=",".join(self.models), failed=",".join(self.failed))
         try:
             while not stop.is_set():
-                if not recv_from_gateway.poll(POLL_MS):
-                    continue
-                for peer, req in recv_waiting(recv_from_gateway, tokenizer_pb2.TokenizerRequest):
-                    recv_from_gateway.send_multipart([peer, self.handle(req).SerializeToString()])
+                ready = dict(poller.poll(POLL_MS))
+                if answers in ready:
+                    for peer, data in waiting(answers, multipart=True):
+                        recv_from_gateway.send_multipart([peer, data])
+                if recv_from_gateway in ready:
+                    for peer, req in recv_waiting(recv_from_gateway, tokenizer_pb2.TokenizerRequest):
+                        if req.WhichOneof("kind") in ("encode", "decode"):
+                            jobs.put((peer, req))
+                        else:   # list_models (the liveness probe) and malformed frames: at once
+                            recv_from_gateway.send_multipart([peer, self.handle(req).SerializeToString()])
         finally:
+            for _ in workers:
+                jobs.put(None)
+            for w in workers:
+                w.join(1.0)   # an encode still running is dropped with the process
+            answers.close(linger=0)
             recv_from_gateway.close(linger=0)
             remove_ipc_file(endpoint)
+
+    def _work(self, ctx: zmq.Context, pipe: str, jobs: queue.SimpleQueue) -> None:
+        """An encode thread: requests from `jobs`, answers to the I/O loop through its own PUSH."""
+        out = make_socket(ctx, zmq.PUSH, pipe, bind=False)
+        try:
+            while True:
+                job = jobs.get()
+                if job is None:
+                    return
+                peer, req = job
+                if req.ByteSize() < BIG_BYTES:
+                    out.send_multipart([peer, self.handle(req).SerializeToString()])
+                    continue
+                with self._big:   # one big text at a time: a few hundred MB each
+                    out.send_multipart([peer, self.handle(req).SerializeToString()])
+                    del req, job
+                    _release_memory()
+        finally:
+            out.close(linger=0)
+
+
+def _release_memory() -> None:
+    """Return free heap pages to the system (glibc's malloc_trim): encoding a few MB of text takes
+    a few hundred MB, which glibc would otherwise keep for the life of the process."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
