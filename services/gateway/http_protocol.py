@@ -142,6 +142,11 @@ class GatewayRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        server.__class__ = _Server         # the same object, whose __call__ makes our protocol
-        server.header_timeout_s = self.header_timeout_s
+        use_gateway_connections(server, self.header_timeout_s)
         return server
+
+
+def use_gateway_connections(server: web.Server, header_timeout_s: float = 0.0) -> None:
+    """Make the connections `server` accepts from now on `_Connection`s (0 = no header timeout)."""
+    server.__class__ = _Server         # the same object, whose __call__ makes our protocol
+    server.header_timeout_s = header_timeout_s

@@ -75,6 +75,13 @@ def type_error(param: str, want: str, got: Any) -> ApiError:
                      code="invalid_type")
 
 
+def _end_connection(request: web.Request) -> None:
+    """Read no more of this connection: it closes once the error is sent, without aiohttp
+    waiting (lingering) for the rest of a body that is late or broken."""
+    request.protocol.close()
+    request.content.feed_eof()
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
@@ -86,12 +93,13 @@ async def read_json(request: web.Request) -> dict:
     timeout = request.app[STATE].settings.server.body_timeout_s
     try:
         raw = await asyncio.wait_for(request.read(), timeout if timeout > 0 else None)
-    except HttpProcessingError as e:   # bad chunked encoding and the like, found while reading
-        raise ApiError(400, f"The request body is malformed: {one_line(e.message, 200)}",
+    except (HttpProcessingError, web.RequestPayloadError) as e:   # bad chunks or compression, found reading
+        _end_connection(request)
+        why = e.message if isinstance(e, HttpProcessingError) else str(e).split(", message:", 1)[-1]
+        raise ApiError(400, f"The request body is malformed: {one_line(why, 200)}",
                        code="invalid_http_request") from None
     except asyncio.TimeoutError:
-        request.protocol.close()     # no more data is read: the connection ends after the 408,
-        request.content.feed_eof()   # without waiting (lingering) for the rest of the body
+        _end_connection(request)
         raise ApiError(408, f"The request body did not arrive within {timeout:g} seconds.",
                        code="request_timeout") from None
     try:
@@ -323,7 +331,10 @@ def parse_chat(body: dict) -> ChatRequest:
 
 def check_unsupported_chat(body: dict) -> None:
     """Output this server cannot give is a clear 400, never silently dropped."""
-    if body.get("audio") is not None or "audio" in (body.get("modalities") or []):
+    modalities = body.get("modalities")
+    if modalities is not None and (not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities)):
+        raise type_error("modalities", "an array of strings", modalities)
+    if body.get("audio") is not None or "audio" in (modalities or []):
         raise bad_param("audio" if body.get("audio") is not None else "modalities",
                         "Audio output is not supported: the models here produce text only.",
                         code="unsupported_value")
