@@ -59,6 +59,51 @@ def _byte_tokenizer():
     return _llg.LLTokenizer(_llg.TokenizerWrapper(_ByteVocab()))
 
 
+def _satisfiable(schema: Any) -> bool:
+    """False when the schema certainly admits no value because a required part of it goes
+    through local `$ref`s that never end (`{"$defs": {"a": {"$ref": "#/$defs/a"}}, ...}` deep
+    inside a required property, which the first token mask cannot see). The productive
+    definitions are found as a fixpoint; anything this does not model counts as satisfiable."""
+    if not isinstance(schema, dict):
+        return True
+    defs = {"#": schema}
+    for key in ("$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            defs.update({f"#/{key}/{name}": d for name, d in schema[key].items()})
+    if len(defs) > 200:
+        return True
+    ok = {ref: False for ref in defs}
+
+    def productive(s: Any) -> bool:
+        if not isinstance(s, dict):
+            return s is not False
+        ref = s.get("$ref")
+        if isinstance(ref, str) and ref in ok and not ok[ref]:
+            return False
+        if isinstance(s.get("allOf"), list) and not all(productive(x) for x in s["allOf"]):
+            return False
+        for key in ("anyOf", "oneOf"):
+            if isinstance(s.get(key), list) and s[key] and not any(productive(x) for x in s[key]):
+                return False
+        kind = s.get("type")
+        if kind == "object" and isinstance(s.get("properties"), dict) and isinstance(s.get("required"), list):
+            props = s["properties"]
+            if not all(productive(props[r]) for r in s["required"] if isinstance(r, str) and r in props):
+                return False
+        if kind == "array" and isinstance(s.get("minItems"), int) and s["minItems"] > 0 and "prefixItems" not in s:
+            if not productive(s.get("items", True)):
+                return False
+        return True
+
+    changed = True
+    while changed:
+        changed = False
+        for ref, d in defs.items():
+            if not ok[ref] and productive(d):
+                ok[ref] = changed = True
+    return ok["#"]
+
+
 def _grammar(schema: Any, param: str) -> str:
     if _llg is None:
         raise ApiError(400, f"'{param}' needs structured output, which this server does not have "
@@ -67,6 +112,8 @@ def _grammar(schema: Any, param: str) -> str:
     try:
         g = _llg.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
         err = _llg.LLMatcher.validate_grammar(g, _byte_tokenizer())
+        if not err and not _satisfiable(schema):
+            err = "no JSON value satisfies it (a $ref cycle that every value must go through)"
         if not err:
             m = _llg.LLMatcher(_byte_tokenizer(), g, log_level=0)
             m.compute_logit_bias()   # the first step: an error when nothing can be written at all
