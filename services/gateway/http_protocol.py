@@ -79,7 +79,7 @@ class _Connection(RequestHandler):
         """No request queued or being answered, and the last one's body is complete: bytes that
         arrive now begin a new request."""
         body_done = self._last_payload is None or self._last_payload.is_eof()
-        return not self._messages and not self._request_in_progress and body_done
+        return not self._messages and not getattr(self, "_request_in_progress", False) and body_done
 
     def _arm(self) -> None:
         self._disarm()
