@@ -223,3 +223,21 @@ def test_in_range_extremes_pass(stack):
     assert b.get("error", {}).get("param") not in ("seed", "top_k", "logit_bias.4294967295"), b
     st, _, b = stack.request("POST", CHAT, _chat(seed=-(2 ** 63)))
     assert st == 200, b
+
+
+@pytest.mark.parametrize("schema_text, code", [
+    ("[" * 5000 + "]" * 5000, "invalid_value"),                                     # past json's recursion
+    ('{"type": "array", "items": ' * 60 + "{}" + "}" * 60, "too_deep"),
+    ('{"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}', "invalid_value"),
+])
+def test_grpc_schema_text_is_checked_the_same(schema_text, code):
+    """The gRPC front door's schema (JSON text) goes through the same bounds and checks."""
+    from npuflow.gateway.grpc_convert import chat_request
+    from npuflow.v1 import generation_service_pb2 as gs
+    msg = gs.ChatRequest(model=MODEL, messages=[gs.ChatTurn(role="user", content="hi")])
+    msg.response_format.type = gs.ResponseFormat.TYPE_JSON_SCHEMA
+    msg.response_format.json_schema.name = "x"
+    msg.response_format.json_schema.schema = schema_text
+    with pytest.raises(ApiError) as e:
+        chat_request(msg)
+    assert e.value.status == 400 and e.value.code == code and e.value.param.startswith("response_format"), e.value.body()
