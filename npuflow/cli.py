@@ -13,6 +13,10 @@ import sys
 
 from npuflow.config import ConfigError, Settings, load_settings
 
+# A single service's exit status for a configuration error (sysexits' EX_CONFIG): the systemd
+# units say RestartPreventExitStatus=78, so a bad configuration is not restarted every second.
+EX_CONFIG = 78
+
 
 def _settings(a: argparse.Namespace) -> Settings:
     overrides = {k: getattr(a, k, None) for k in ("host", "port")}
@@ -79,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         return a.fn(a)
-    except ConfigError as e:
+    except ConfigError as e:  # one line; nothing was started
         print(f"npuflow: configuration error: {e}", file=sys.stderr)
-        return 2
+        return EX_CONFIG if a.cmd in ("gateway", "tokenizer", "worker") else 1
     except KeyboardInterrupt:
         return 130
 

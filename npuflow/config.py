@@ -18,7 +18,12 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     grpc_tls_key = ""           # NPUFLOW_GRPC_TLS_KEY: PEM private key (both or neither)
     run_dir = "/tmp/npuflow-0"  # NPUFLOW_RUN_DIR: where ipc:// socket files live
     cache_dir = "~/.cache/npuflow"  # NPUFLOW_CACHE_DIR: downloaded and converted models
-    log_level = "info"          # NPUFLOW_LOG_LEVEL
+    log_level = "info"          # NPUFLOW_LOG_LEVEL: debug | info | warning | error | critical
+    drain_timeout_s = 30        # NPUFLOW_DRAIN_TIMEOUT_S: on SIGTERM the gateway lets in-flight
+                                # HTTP and gRPC requests finish this long in all (concurrently),
+                                # then ends them; `serve` waits that plus DRAIN_MARGIN_S (15 s) for
+                                # the gateway. deploy/systemd's TimeoutStopSec=45 matches 30:
+                                # raise both together.
 
     [tokenizer]
     endpoint = "ipc://{run_dir}/tokenizer.sock"   # NPUFLOW_TOKENIZER_ENDPOINT
@@ -26,7 +31,7 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     [[models]]                  # none listed = the default model
     id = "smollm2-135m-instruct"
     source = "default"          # "default", a .gguf file, a safetensors folder or a package folder
-    engine = "cpu"
+    engine = "cpu"              # cpu | ax
     context_length = 2048       # at most the model's own
     max_batch = 4               # sequences decoded together
     threads = 2                 # onnxruntime intra-op threads
@@ -36,6 +41,7 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     device_id = -1              # engine "ax": the AXCL card (-1 = default)
     ax_provider = ""            # engine "ax": AxEngineExecutionProvider (on-board) | AXCLRTExecutionProvider (card)
     simulate_timing = ""        # engine "ax" on a PC: "ax650n" | "ax630c" sleeps the boards' per-graph time
+                                # (also "ax650", "ax8850" = ax650n; "ax620e" = ax630c)
     [models.sampling]           # defaults for requests that leave a value out
     temperature = 0.7
 """
@@ -54,6 +60,14 @@ else:  # Python 3.10 (the boards' Ubuntu 22.04): the same parser from PyPI
     import tomli as tomllib
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+
+# The allowed values of the settings that are enums, checked when the configuration loads.
+ENGINES = ("cpu", "ax")
+AX_PROVIDERS = ("", "AxEngineExecutionProvider", "AXCLRTExecutionProvider")  # engine/ax_runtime.PROVIDERS
+SIMULATE_TIMING = ("", "ax650n", "ax630c", "ax650", "ax8850", "ax620e")     # engine/ax_timing.PROFILES
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+DRAIN_MARGIN_S = 15.0   # what `serve` waits for the gateway beyond drain_timeout_s (stopping its clients)
 
 
 class ConfigError(Exception):
@@ -76,6 +90,7 @@ class ServerSettings:
     run_dir: str = ""
     cache_dir: str = ""
     log_level: str = "info"
+    drain_timeout_s: float = 30.0   # SIGTERM: in-flight HTTP + gRPC requests finish within this, in all
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,10 @@ def _coerce(cls, values: Mapping[str, Any], where: str):
         default = getattr(cls(), key) if key != "sampling" else {}
         try:
             if isinstance(default, bool):
-                val = val if isinstance(val, bool) else str(val).lower() in ("1", "true", "yes", "on")
+                if not isinstance(val, bool):
+                    if str(val).strip().lower() not in _TRUE + _FALSE:
+                        raise ValueError("use true or false")
+                    val = str(val).strip().lower() in _TRUE
             elif isinstance(default, int):
                 val = int(val)
             elif isinstance(default, float):
@@ -177,6 +195,11 @@ def load_settings(config_path: str | os.PathLike | None = None, env: Mapping[str
     _check_grpc_tls(server)
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes must be at least 1024")
+    server = replace(server, log_level=_one_of("server.log_level", server.log_level.lower(), LOG_LEVELS))
+    if not server.drain_timeout_s >= 0:
+        raise ConfigError(f"server.drain_timeout_s: {server.drain_timeout_s} must be 0 or more seconds")
+    if not server.request_timeout_s > 0:
+        raise ConfigError(f"server.request_timeout_s: {server.request_timeout_s} must be more than 0 seconds")
 
     tok_vals = dict(data.get("tokenizer", {}))
     tok_vals.update(_env_overrides(env, TokenizerSettings, "NPUFLOW_TOKENIZER_"))
@@ -194,12 +217,23 @@ def load_settings(config_path: str | os.PathLike | None = None, env: Mapping[str
             raise ConfigError(f"models[{i}].id {m.id!r}: use letters, digits and . _ : -")
         if m.context_length < 16 or m.max_batch < 1 or m.threads < 1 or m.max_queue < 1:
             raise ConfigError(f"models[{i}] ({m.id}): context_length, max_batch, threads, max_queue must be positive")
+        where = f"models[{i}] ({m.id})"
+        _one_of(f"{where}.engine", m.engine, ENGINES)
+        _one_of(f"{where}.ax_provider", m.ax_provider, AX_PROVIDERS)
+        m = replace(m, simulate_timing=_one_of(f"{where}.simulate_timing", m.simulate_timing.lower(), SIMULATE_TIMING))
         endpoint = (m.endpoint or "ipc://{run_dir}/worker-{id}.sock").format(run_dir=server.run_dir, id=m.id)
         models.append(replace(m, endpoint=endpoint, sampling=dict(m.sampling)))
     ids = [m.id for m in models]
     if len(set(ids)) != len(ids):
         raise ConfigError("model ids must be unique")
     return Settings(server=server, tokenizer=tokenizer, models=tuple(models), config_path=str(path))
+
+
+def _one_of(where: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        names = ", ".join(f'"{a}"' for a in allowed)
+        raise ConfigError(f"{where}: {value!r} is not one of {names}")
+    return value
 
 
 def _check_grpc_tls(server: ServerSettings) -> None:

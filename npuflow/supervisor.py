@@ -1,9 +1,13 @@
 """`npuflow serve`: prepare the models, start tokenizer, workers and gateway, keep them alive.
 
 Children are separate processes started with this interpreter (`python -m npuflow.cli ROLE`).
-A child that exits unexpectedly is restarted with a growing back-off. SIGTERM / SIGINT stop the
-gateway first (it drains in-flight requests), then the workers and the tokenizer; whatever has
-not exited in time is killed, and the ipc socket files are removed.
+A child that exits unexpectedly is restarted with a growing back-off. A model that cannot start
+for good (bad source, missing runtime, NPU memory) is not a crash: its worker reports it and stays
+up (see llm_worker/run.py), so it is not restarted, and the others are served; a child that exits
+with a configuration error (status 78) is not restarted either. SIGTERM / SIGINT stop the gateway
+first (it drains in-flight requests for server.drain_timeout_s; it is given DRAIN_MARGIN_S more),
+then the workers and the tokenizer; whatever has not exited in time is killed, and the ipc socket
+files are removed.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from npuflow.config import Settings
+from npuflow.config import DRAIN_MARGIN_S, Settings
 from npuflow.logs import get_logger
 from npuflow.transport import endpoint_in_use, remove_ipc_file
 
@@ -38,7 +42,8 @@ def _can_listen(host: str, port: int) -> bool:
 
 log = get_logger("supervisor")
 
-GATEWAY_DRAIN_S = 65.0  # the gateway drains gRPC (<= 30 s), then HTTP (<= 30 s)
+EX_CONFIG = 78           # npuflow.cli's exit status for a configuration error
+
 CHILD_STOP_S = 10.0
 BACKOFF_MAX_S = 10.0
 HEALTHY_AFTER_S = 30.0
@@ -78,14 +83,22 @@ class Supervisor:
         self.children.append(self.gateway)
         self.stopping = False
 
-    def prepare_models(self) -> None:
+    def prepare_models(self) -> dict[str, str]:
         """Fetch and convert every configured model once, here, with progress, so the children
-        only load finished packages."""
+        only load finished packages. Returns the models that cannot be prepared, with the reason
+        (one log line each): their workers report them as failed and the others are served."""
         from npuflow.models.resolve import resolve_model
+        failed = {}
         for m in self.settings.models:
             t = time.monotonic()
-            pkg = resolve_model(m.source, self.settings.server.cache_dir, m.id)
+            try:
+                pkg = resolve_model(m.source, self.settings.server.cache_dir, m.id)
+            except Exception as e:
+                failed[m.id] = f"{type(e).__name__}: {' '.join(str(e).split())}"
+                log.error("cannot prepare model; serving the others", model=m.id, error=failed[m.id])
+                continue
             log.info("model ready", model=m.id, package=str(pkg.path), seconds=round(time.monotonic() - t, 2))
+        return failed
 
     def _on_signal(self, signum, _frame) -> None:
         if not self.stopping:
@@ -95,10 +108,9 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        try:
-            self.prepare_models()
-        except Exception as e:  # one clear line instead of a traceback for a bad source
-            log.error("cannot prepare models", error=f"{type(e).__name__}: {e}")
+        failed = self.prepare_models()
+        if failed and len(failed) == len(self.settings.models):
+            log.error("no model can be served")
             return 1
         if self.stopping:
             return 0
@@ -142,6 +154,10 @@ class Supervisor:
             if now - c.started > HEALTHY_AFTER_S:
                 c.backoff = 0.5
             return
+        if c.proc is not None and c.proc.returncode == EX_CONFIG:
+            log.error("child refused its configuration; not restarting it", child=c.name, pid=c.proc.pid)
+            c.proc, c.next_start = None, float("inf")
+            return
         if c.proc is not None:
             log.error("child exited", child=c.name, pid=c.proc.pid, code=c.proc.returncode,
                       restart_in_s=c.backoff)
@@ -164,7 +180,7 @@ class Supervisor:
 
     def shutdown(self) -> None:
         """Gateway first (drains), then the others; kill what does not stop; remove ipc files."""
-        self._stop([self.gateway], GATEWAY_DRAIN_S)
+        self._stop([self.gateway], self.settings.server.drain_timeout_s + DRAIN_MARGIN_S)
         self._stop([c for c in self.children if c is not self.gateway], CHILD_STOP_S)
         for c in self.children:
             for ep in c.endpoints:

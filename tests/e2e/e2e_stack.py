@@ -18,7 +18,6 @@ import urllib.request
 import psutil
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
 DEFAULT_ID = "smollm2-135m-instruct"
 STARTUP_TIMEOUT_S = 900
 

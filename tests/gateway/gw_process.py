@@ -24,10 +24,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def gateway_process(tmp_path, **env: str) -> Iterator[subprocess.Popen]:
+def gateway_process(tmp_path, worker_delay: float = 0.05, **env: str) -> Iterator[subprocess.Popen]:
     """Runs run_gateway(load_settings()) with NPUFLOW_RUN_DIR and NPUFLOW_CACHE_DIR in tmp_path plus `env`
-    (more NPUFLOW_* variables), its stderr a pipe. The fake worker serves DEFAULT_MODEL_ID with a 1 s
-    answer of 20 "x" tokens. On exit kills the process if it still runs and closes the fakes."""
+    (more NPUFLOW_* variables), its stderr a pipe. The fake worker serves DEFAULT_MODEL_ID with an
+    answer of 20 "x" tokens, `worker_delay` seconds apart (1 s in all by default). On exit kills the
+    process if it still runs and closes the fakes."""
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
@@ -37,7 +38,7 @@ def gateway_process(tmp_path, **env: str) -> Iterator[subprocess.Popen]:
             FakeWorker(ctx, f"ipc://{tmp_path}/worker-{DEFAULT_MODEL_ID}.sock", DEFAULT_MODEL_ID, 256)
 
     ctx, tok, worker = asyncio.run_coroutine_threadsafe(start(), loop).result(5)
-    worker.delay, worker.reply = 0.05, ["x"] * 20          # a 1 s answer
+    worker.delay, worker.reply = worker_delay, ["x"] * 20
     env = dict(os.environ, NPUFLOW_RUN_DIR=str(tmp_path), **env, NPUFLOW_CACHE_DIR=str(tmp_path / "cache"))
     proc = subprocess.Popen([sys.executable, "-c", "from npuflow.config import load_settings\n"
                              "from npuflow.gateway import run_gateway\nrun_gateway(load_settings())"],
