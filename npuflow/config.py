@@ -9,6 +9,8 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     api_keys = ["sk-local"]     # NPUFLOW_API_KEYS (comma separated); empty = no auth
     max_body_bytes = 4194304    # NPUFLOW_MAX_BODY_BYTES; larger bodies get 413
     request_timeout_s = 600     # NPUFLOW_REQUEST_TIMEOUT_S; deadline of one request
+    stream_write_timeout_s = 30 # NPUFLOW_STREAM_WRITE_TIMEOUT_S; a streamed answer's write may wait this long for
+                                # a client that stopped reading, then the request ends and its connection closes
     header_timeout_s = 30       # NPUFLOW_HEADER_TIMEOUT_S; a request's line and headers must arrive within it
                                 # (from its first byte, or from the connection's opening), else 408 and close
     body_timeout_s = 60         # NPUFLOW_BODY_TIMEOUT_S; the whole body must arrive within it, else 408 and close
@@ -35,7 +37,7 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     context_length = 2048       # at most the model's own
     max_batch = 4               # sequences decoded together
     threads = 2                 # onnxruntime intra-op threads
-    max_queue = 64              # waiting requests before 429
+    max_queue = 64              # sequences waiting beyond max_batch before 429 (n per prompt of a request)
     prefix_cache = true         # a new prompt reuses the KV of a finished one it starts like
     endpoint = "ipc://{run_dir}/worker-{id}.sock"
     device_id = -1              # engine "ax": the AXCL card (-1 = default)
@@ -81,6 +83,7 @@ class ServerSettings:
     api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     request_timeout_s: float = 600.0
+    stream_write_timeout_s: float = 30.0
     header_timeout_s: float = 30.0
     body_timeout_s: float = 60.0
     grpc_host: str = "127.0.0.1"
@@ -200,6 +203,8 @@ def load_settings(config_path: str | os.PathLike | None = None, env: Mapping[str
         raise ConfigError(f"server.drain_timeout_s: {server.drain_timeout_s} must be 0 or more seconds")
     if not server.request_timeout_s > 0:
         raise ConfigError(f"server.request_timeout_s: {server.request_timeout_s} must be more than 0 seconds")
+    if not server.stream_write_timeout_s > 0:
+        raise ConfigError(f"server.stream_write_timeout_s: {server.stream_write_timeout_s} must be more than 0 seconds")
 
     tok_vals = dict(data.get("tokenizer", {}))
     tok_vals.update(_env_overrides(env, TokenizerSettings, "NPUFLOW_TOKENIZER_"))

@@ -1,8 +1,8 @@
 """What every front door shares (OpenAI chat and completions over HTTP, the gRPC service):
 admission, the deadline, the context check, a metered delta stream.
 
-Order of one request: model known (404) -> tokenize -> queue room (429) -> worker ready
-(bounded wait, 503) -> prompt + max_tokens within the context (400) -> generate.
+Order of one request: model known (404) -> tokenize -> queue room (429, admission.py) -> worker
+ready (bounded wait, 503) -> prompt + max_tokens within the context (400) -> generate.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import contextlib
 import time
 from typing import AsyncIterator, Sequence
 
-from npuflow.gateway.client import Delta, GenerateParams, ModelInfo
+from npuflow.gateway.admission import Ticket
+from npuflow.gateway.client import Delta, GenerateParams
 from npuflow.gateway.errors import ApiError, model_not_available, model_not_found
 from npuflow.gateway.model_state import model_states
 from npuflow.gateway.state import GatewayState
@@ -97,19 +98,24 @@ def check_prompt(token_ids: Sequence[int], param: str = "prompt") -> None:
 
 
 async def admit(st: GatewayState, req: GenRequest, prompt_lens: Sequence[int], deadline_ms: int,
-                what: str) -> ModelInfo:
-    """Queue room, worker readiness and the context check; raises ApiError."""
+                what: str) -> Ticket:
+    """Queue room (admission.py: one sequence per choice of each prompt), worker readiness and
+    the context check; raises ApiError (QueueFull with its Retry-After). The caller holds the
+    returned Ticket until it is done with the request (`with ticket:`)."""
     ms = st.settings.model(req.model)
     info = next((m for m in st.models.models() if m.id == req.model), None)
-    limit = ms.max_queue + (info.max_batch if info else ms.max_batch)
-    if st.models.in_flight(req.model) + len(prompt_lens) > limit:
-        raise ApiError(429, f"Too many requests for model '{req.model}' are waiting; try again later.",
-                       type="requests", code="rate_limit_exceeded")
-    wait = min(READY_WAIT_MAX_S, deadline_ms / 1000.0 - time.time())
-    info = await st.models.wait_ready(req.model, wait)
-    for plen in prompt_lens:
-        check_context(info.context_length, plen, req.max_tokens, what)
-    return info
+    ticket = st.admission.take(req.model, len(prompt_lens) * max(1, req.n),
+                               info.max_batch if info and info.max_batch else ms.max_batch, ms.max_queue,
+                               requests=len(prompt_lens))
+    try:
+        wait = min(READY_WAIT_MAX_S, deadline_ms / 1000.0 - time.time())
+        info = await st.models.wait_ready(req.model, wait)
+        for plen in prompt_lens:
+            check_context(info.context_length, plen, req.max_tokens, what)
+    except BaseException:
+        ticket.release()
+        raise
+    return ticket
 
 
 def check_context(context_length: int, prompt_len: int, max_tokens: int | None, what: str) -> None:
@@ -142,7 +148,8 @@ async def metered(st: GatewayState, params: GenerateParams, arrived: float) -> A
     ttft, itl, tokens = m.ttft.labels(model), m.itl.labels(model), m.tokens.labels(model)
     m.prompt_tokens.labels(model).inc(len(params.prompt_token_ids))
     cached, counted_cache = m.cached_prompt_tokens.labels(model), False
-    last = 0.0
+    last = first = 0.0
+    failed = False
     async with contextlib.aclosing(st.models.generate(params)) as it:
         async for batch in it:
             now = time.perf_counter()
@@ -152,14 +159,18 @@ async def metered(st: GatewayState, params: GenerateParams, arrived: float) -> A
                     itl.observe((now - last) / ntok)
                 else:
                     ttft.observe(now - arrived)
+                    first = now
                 last = now
                 tokens.inc(ntok)
+            failed = failed or any(d.finish in FAILED for d in batch)
             if not counted_cache:                 # once per request: its first choice to finish
                 hit = next((d.cached_tokens for d in batch if d.finish), None)
                 if hit is not None:
                     cached.inc(hit)
                     counted_cache = True
             yield batch
+    if first and not failed:   # how long its sequences held their slots: Retry-After's measure
+        st.admission.record(model, last - first)
 
 
 async def merge_streams(streams: list[AsyncIterator[list[Delta]]]) -> AsyncIterator[tuple[int, list[Delta]]]:

@@ -3,7 +3,8 @@
 The shared request path raises `ApiError` (HTTP status + OpenAI code + param), built from the
 protobuf ErrorCode of workers and the tokenizer in `ApiError.from_code`; the gRPC front door
 turns it into a status here, and nowhere else. The OpenAI code and param travel along as the
-trailing metadata `npuflow-error-code` / `npuflow-error-param`.
+trailing metadata `npuflow-error-code` / `npuflow-error-param`; a full queue's
+RESOURCE_EXHAUSTED also carries `retry-after` (seconds, as the HTTP 429's Retry-After header).
 
 A prompt over the model's context is INVALID_ARGUMENT (as the HTTP API's 400): the caller must
 change the request; the `npuflow-error-code: context_length_exceeded` trailer tells it apart.
@@ -18,6 +19,7 @@ from npuflow.gateway.errors import ApiError
 
 CODE_KEY = "npuflow-error-code"
 PARAM_KEY = "npuflow-error-param"
+RETRY_AFTER_KEY = "retry-after"   # RESOURCE_EXHAUSTED of a full queue: seconds, as HTTP's Retry-After
 
 _BY_HTTP_STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -45,7 +47,9 @@ def grpc_status(e: ApiError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str
     message = e.message
     if e.param and f"'{e.param}'" not in message and f"`{e.param}`" not in message:
         message = f"{message} (field '{e.param}')"
-    trailers = tuple((k, v) for k, v in ((CODE_KEY, e.code or ""), (PARAM_KEY, e.param or "")) if v)
+    retry = getattr(e, "retry_after", None)   # a full queue: seconds until a retry has room
+    trailers = tuple((k, v) for k, v in ((CODE_KEY, e.code or ""), (PARAM_KEY, e.param or ""),
+                                         (RETRY_AFTER_KEY, str(retry) if retry else "")) if v)
     return code, message, trailers
 
 

@@ -11,6 +11,7 @@ sends the worker its Abort.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -20,8 +21,10 @@ import grpc.aio
 
 from npuflow.gateway import grpc_convert as convert
 from npuflow.gateway.client import GenerateParams
+from npuflow.gateway.errors import ApiError
 from npuflow.gateway.generation import Tally, admit, check_model, check_prompt, deadline_unix_ms, metered
 from npuflow.gateway.model_state import model_states
+from npuflow.gateway.sse import DEADLINE_GRACE_S
 from npuflow.gateway.state import GatewayState
 from npuflow.gateway.structured import Structured
 from npuflow.gateway.tool_calls import CallStream
@@ -72,8 +75,13 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
 
     async def _stream(self, context: Context, req: GenRequest, structured: Structured, ids: Sequence[int],
                       what: str, prefix: str, deadline_ms: int, arrived: float) -> None:
+        with await admit(self.st, req, [len(ids)], deadline_ms, what):
+            await self._generate(context, req, structured, ids, prefix, deadline_ms, arrived)
+
+    async def _generate(self, context: Context, req: GenRequest, structured: Structured, ids: Sequence[int],
+                        prefix: str, deadline_ms: int, arrived: float) -> None:
         st, n = self.st, req.n
-        await admit(st, req, [len(ids)], deadline_ms, what)
+        write = BoundedWrite(context, deadline_ms, st.settings.server.stream_write_timeout_s)
         params = GenerateParams(request_id=prefix + uuid.uuid4().hex, model=req.model, prompt_token_ids=ids,
                                 sampling=req.sampling, n=n, deadline_unix_ms=deadline_ms,
                                 grammar=structured.grammar, grammar_param=structured.grammar_param)
@@ -97,9 +105,38 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
                     finish = common_pb2.FINISH_REASON_TOOL_CALLS if called else None
                     out.choices.append(convert.choice(d, text, calls, finish))
                 if out.choices:
-                    await context.write(out)
+                    await write(out)
         prompt_tokens, completion_tokens = len(ids), tally.completion_tokens()
         usage = gs.GenerateResponse.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                           total_tokens=prompt_tokens + completion_tokens,
                                           cached_prompt_tokens=tally.cached_prompt_tokens(n))
-        await context.write(gs.GenerateResponse(id=params.request_id, model=req.model, usage=usage))
+        await write(gs.GenerateResponse(id=params.request_id, model=req.model, usage=usage))
+
+
+class BoundedWrite:
+    """`context.write` that waits at most `server.stream_write_timeout_s` for a caller that stopped
+    reading, and never past the request's deadline (plus a second, so a reading caller still gets
+    the deadline's status); past that the call ends with DEADLINE_EXCEEDED, and leaving the delta
+    stream sends the worker its Abort. A timer cancels the waiting write: no task per message."""
+
+    def __init__(self, context: Context, deadline_ms: int, timeout_s: float):
+        self.context, self.deadline, self.timeout = context, deadline_ms / 1000.0, timeout_s
+        self._fired = False
+
+    def _fire(self, task: asyncio.Task) -> None:
+        self._fired = True
+        task.cancel()
+
+    async def __call__(self, msg: gs.GenerateResponse) -> None:
+        left = self.deadline - time.time() if self.deadline else self.timeout
+        bound = min(self.timeout, max(left, 0.0) + DEADLINE_GRACE_S)
+        timer = asyncio.get_running_loop().call_later(bound, self._fire, asyncio.current_task())
+        try:
+            await self.context.write(msg)
+        except asyncio.CancelledError:
+            if not self._fired:
+                raise
+            raise ApiError(504, f"The caller did not read the stream for {bound:.0f} s; the request was ended.",
+                           code="timeout") from None
+        finally:
+            timer.cancel()

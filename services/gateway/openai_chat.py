@@ -10,7 +10,7 @@ from aiohttp import web
 from npuflow.gateway.client import GenerateParams
 from npuflow.gateway.errors import ApiError
 from npuflow.gateway.generation import FINISH_NAMES, Collected, Tally, admit, check_model, deadline_unix_ms, metered
-from npuflow.gateway.sse import ChunkWriter, open_stream, send_error_and_done
+from npuflow.gateway.sse import ChunkWriter, ClientStalled, open_stream
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.tool_calls import CallStream, parse_tool_calls
 from npuflow.gateway.validation import ChatRequest, parse_chat, read_json
@@ -40,13 +40,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     check_model(st, req.model)
     deadline_ms = deadline_unix_ms(st, now)
     prompt = await st.tokenizer.encode_chat(req.model, req.messages, req.tools_json)
-    await admit(st, req, [len(prompt)], deadline_ms, "messages")
-    params = GenerateParams(request_id="chatcmpl-" + uuid.uuid4().hex, model=req.model, prompt_token_ids=prompt,
-                            sampling=req.sampling, n=req.n, deadline_unix_ms=deadline_ms,
-                            grammar=req.structured.grammar, grammar_param=req.structured.grammar_param)
-    if req.stream:
-        return await _stream(request, st, req, params, arrived, int(now))
-    return await _whole(st, req, params, arrived, int(now))
+    with await admit(st, req, [len(prompt)], deadline_ms, "messages"):
+        params = GenerateParams(request_id="chatcmpl-" + uuid.uuid4().hex, model=req.model,
+                                prompt_token_ids=prompt, sampling=req.sampling, n=req.n, deadline_unix_ms=deadline_ms,
+                                grammar=req.structured.grammar, grammar_param=req.structured.grammar_param)
+        if req.stream:
+            return await _stream(request, st, req, params, arrived, int(now))
+        return await _whole(st, req, params, arrived, int(now))
 
 
 async def _whole(st: GatewayState, req: ChatRequest, params: GenerateParams, arrived: float,
@@ -79,7 +79,17 @@ async def _whole(st: GatewayState, req: ChatRequest, params: GenerateParams, arr
 async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, params: GenerateParams,
                   arrived: float, created: int) -> web.StreamResponse:
     resp = await open_stream(request)
-    w = ChunkWriter(resp, params.request_id, "chat.completion.chunk", created, req.model, req.include_usage)
+    w = ChunkWriter(request, resp, params.request_id, "chat.completion.chunk", created, req.model, req.include_usage,
+                    deadline_unix_ms=params.deadline_unix_ms,
+                    write_timeout_s=st.settings.server.stream_write_timeout_s)
+    try:
+        await _send(w, st, req, params, arrived)
+    except ClientStalled:   # the connection is gone; leaving _send aborted the request
+        pass
+    return resp
+
+
+async def _send(w: ChunkWriter, st: GatewayState, req: ChatRequest, params: GenerateParams, arrived: float) -> None:
     await w.choices([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None} for i in range(req.n)])
     tally = Tally(req.n)
@@ -115,9 +125,8 @@ async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, para
                         "logprobs": chat_logprobs(lps) if req.logprobs and lps else None,
                         "finish_reason": reason if d.finish else None}])
     except ApiError as e:
-        await send_error_and_done(resp, e)
-        return resp
+        await w.error_and_done(e)
+        return
     if req.include_usage:
         await w.usage(usage(len(params.prompt_token_ids), tally.completion_tokens(), tally.cached_prompt_tokens(req.n)))
     await w.done()
-    return resp

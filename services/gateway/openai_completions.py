@@ -13,7 +13,7 @@ from npuflow.gateway.errors import ApiError
 from npuflow.gateway.generation import (FINISH_NAMES, Collected, Tally, admit, check_model, check_prompt,
                                         deadline_unix_ms, merge_streams, metered)
 from npuflow.gateway.openai_chat import usage
-from npuflow.gateway.sse import ChunkWriter, open_stream, send_error_and_done
+from npuflow.gateway.sse import ChunkWriter, ClientStalled, open_stream
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.validation import CompletionRequest, parse_completion, read_json
 
@@ -56,14 +56,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if req.echo:
         echo_texts = list(await asyncio.gather(*(_text(p) if isinstance(p, str) else tok.decode(req.model, p)
                                                  for p in req.prompts)))
-    await admit(st, req, [len(p) for p in prompts], deadline_ms, "prompt")
-    rid = "cmpl-" + uuid.uuid4().hex
-    params = [GenerateParams(request_id=rid if len(prompts) == 1 else f"{rid}-{k}", model=req.model,
-                             prompt_token_ids=ids, sampling=req.sampling, n=req.n, deadline_unix_ms=deadline_ms)
-              for k, ids in enumerate(prompts)]
-    if req.stream:
-        return await _stream(request, st, req, rid, params, echo_texts, arrived, int(now))
-    return await _whole(st, req, rid, params, echo_texts, arrived, int(now))
+    with await admit(st, req, [len(p) for p in prompts], deadline_ms, "prompt"):
+        rid = "cmpl-" + uuid.uuid4().hex
+        params = [GenerateParams(request_id=rid if len(prompts) == 1 else f"{rid}-{k}", model=req.model,
+                                 prompt_token_ids=ids, sampling=req.sampling, n=req.n, deadline_unix_ms=deadline_ms)
+                  for k, ids in enumerate(prompts)]
+        if req.stream:
+            return await _stream(request, st, req, rid, params, echo_texts, arrived, int(now))
+        return await _whole(st, req, rid, params, echo_texts, arrived, int(now))
 
 
 async def _ids(p: list[int]) -> list[int]:
@@ -101,9 +101,20 @@ async def _whole(st: GatewayState, req: CompletionRequest, rid: str, params: lis
 
 async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest, rid: str,
                   params: list[GenerateParams], echo: list[str], arrived: float, created: int) -> web.StreamResponse:
-    n, total = req.n, req.n * len(params)
     resp = await open_stream(request)
-    w = ChunkWriter(resp, rid, "text_completion", created, req.model, usage_null=False)
+    w = ChunkWriter(request, resp, rid, "text_completion", created, req.model, usage_null=False,
+                    deadline_unix_ms=params[0].deadline_unix_ms,
+                    write_timeout_s=st.settings.server.stream_write_timeout_s)
+    try:
+        await _send(w, st, req, params, echo, arrived)
+    except ClientStalled:   # the connection is gone; leaving _send aborted the request
+        pass
+    return resp
+
+
+async def _send(w: ChunkWriter, st: GatewayState, req: CompletionRequest, params: list[GenerateParams],
+                echo: list[str], arrived: float) -> None:
+    n, total = req.n, req.n * len(params)
     tally = Tally(total)
     if req.echo:
         await w.choices([{"text": echo[c // n], "index": c, "logprobs": None, "finish_reason": None}
@@ -127,10 +138,9 @@ async def _stream(request: web.Request, st: GatewayState, req: CompletionRequest
                     await w.choices([{"text": d.text, "index": c, "logprobs": lp,
                                       "finish_reason": "stop" if reason == "tool_calls" else reason}])
     except ApiError as e:
-        await send_error_and_done(resp, e)
-        return resp
+        await w.error_and_done(e)
+        return
     if req.include_usage:
         await w.usage(usage(sum(len(p.prompt_token_ids) for p in params), tally.completion_tokens(),
                             tally.cached_prompt_tokens(n)))
     await w.done()
-    return resp

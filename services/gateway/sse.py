@@ -1,13 +1,34 @@
-"""Server-sent events in the OpenAI flavour: `data: <json>\\n\\n` ... `data: [DONE]\\n\\n`."""
+"""Server-sent events in the OpenAI flavour: `data: <json>\\n\\n` ... `data: [DONE]\\n\\n`.
+
+A client that stops reading must not hold its request (and the model's queue room and KV slot)
+forever. Each stream's transport buffers at most STREAM_BUFFER_BYTES, and its socket
+STREAM_SOCKET_BUFFER_BYTES, before a write waits for the client (aiohttp's write awaits the
+transport's drain above its high-water mark), and every
+write, the end of the body included, may wait at most `server.stream_write_timeout_s`, and never
+past the request's deadline (plus DEADLINE_GRACE_S, so a reading client still gets the deadline's
+error event). A write that waits longer drops the connection and raises ClientStalled; the
+handler then leaves its delta stream, which sends the worker its Abort.
+"""
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import time
 
 from aiohttp import web
 
 from npuflow.gateway.errors import ApiError
 
 DONE = b"data: [DONE]\n\n"
+STREAM_BUFFER_BYTES = 64 * 1024   # the transport's write-buffer high-water mark per stream
+STREAM_SOCKET_BUFFER_BYTES = 128 * 1024   # the kernel's send buffer of a stream's socket (no autotuning
+                                          # to megabytes; ample for token rates at any round trip)
+DEADLINE_GRACE_S = 1.0
+
+
+class ClientStalled(Exception):
+    """A write to the client waited past its bound; the connection was dropped."""
 
 
 async def open_stream(request: web.Request) -> web.StreamResponse:
@@ -16,6 +37,12 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
     })
+    transport = request.transport
+    if transport is not None:
+        transport.set_write_buffer_limits(high=STREAM_BUFFER_BYTES)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SOCKET_BUFFER_BYTES)
     await resp.prepare(request)
     return resp
 
@@ -24,26 +51,64 @@ def event(payload: str) -> bytes:
     return b"data: " + payload.encode() + b"\n\n"
 
 
-async def send_error_and_done(resp: web.StreamResponse, err: ApiError) -> None:
-    """A failure after the headers went out: an error event, then [DONE]."""
-    await resp.write(event(json.dumps(err.body())) + DONE)
-
-
 class ChunkWriter:
-    """Builds chunk JSON cheaply: the fields every chunk shares are serialized once."""
+    """Writes a stream's events with the time bound above. Builds chunk JSON cheaply: the fields
+    every chunk shares are serialized once."""
 
-    def __init__(self, resp: web.StreamResponse, id_: str, object_: str, created: int, model: str,
-                 usage_null: bool):
+    def __init__(self, request: web.Request, resp: web.StreamResponse, id_: str, object_: str, created: int,
+                 model: str, usage_null: bool, *, deadline_unix_ms: int = 0, write_timeout_s: float = 30.0):
+        self.request = request
         self.resp = resp
         self._head = (f'{{"id":{json.dumps(id_)},"object":"{object_}","created":{created},'
                       f'"model":{json.dumps(model)},"choices":')
         self._tail = ',"usage":null}' if usage_null else "}"
+        self._deadline = deadline_unix_ms / 1000.0 if deadline_unix_ms else 0.0
+        self._write_timeout = write_timeout_s
+        self._stalled = False
+
+    def _bound(self) -> float:
+        bound = self._write_timeout
+        if self._deadline:
+            bound = min(bound, max(self._deadline - time.time(), 0.0) + DEADLINE_GRACE_S)
+        return bound
+
+    def _stall(self) -> None:
+        self._stalled = True
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()   # buffered bytes dropped; the waiting write fails with ConnectionError
+
+    async def _bounded(self, write) -> None:
+        if self._stalled:
+            raise ClientStalled()
+        # a timer, not wait_for: no task per chunk; it fires only when the write really waits
+        timer = asyncio.get_running_loop().call_later(self._bound(), self._stall)
+        try:
+            await write
+        except ConnectionError:
+            if self._stalled:
+                raise ClientStalled() from None
+            raise
+        finally:
+            timer.cancel()
+        if self._stalled:
+            raise ClientStalled()
+
+    async def write(self, data: bytes) -> None:
+        await self._bounded(self.resp.write(data))
 
     async def choices(self, choices: list[dict]) -> None:
-        await self.resp.write(event(self._head + json.dumps(choices) + self._tail))
+        await self.write(event(self._head + json.dumps(choices) + self._tail))
 
     async def usage(self, usage: dict) -> None:
-        await self.resp.write(event(self._head + '[],"usage":' + json.dumps(usage) + "}"))
+        await self.write(event(self._head + '[],"usage":' + json.dumps(usage) + "}"))
 
     async def done(self) -> None:
-        await self.resp.write(DONE)
+        """[DONE] and the end of the body (whose flush is bounded too)."""
+        await self.write(DONE)
+        await self._bounded(self.resp.write_eof())
+
+    async def error_and_done(self, err: ApiError) -> None:
+        """A failure after the headers went out: an error event, then [DONE]."""
+        await self.write(event(json.dumps(err.body())))
+        await self.done()

@@ -1,11 +1,12 @@
 """What the handlers of one app share, stored under a typed AppKey (no globals)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from npuflow.config import Settings
+from npuflow.gateway.admission import Admission
 from npuflow.gateway.client import Clients, ModelClient, TokenizerClient
 from npuflow.gateway.metrics import Metrics
 
@@ -15,6 +16,7 @@ class GatewayState:
     settings: Settings
     clients: Clients
     metrics: Metrics
+    admission: Admission = field(default_factory=Admission)   # queue room per model
 
     @property
     def models(self) -> ModelClient:

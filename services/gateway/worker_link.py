@@ -190,6 +190,7 @@ class WorkerLink:
             raise ApiError(503, f"The model '{self.model.id}' is not ready; try again later.", code="model_not_ready")
         st = RequestStream(p.request_id, max(1, p.n))
         self.requests[p.request_id] = st
+        deadline: asyncio.TimerHandle | None = None
         try:
             msg = worker_pb2.ToWorker()
             g = msg.generate
@@ -200,17 +201,16 @@ class WorkerLink:
             g.grammar, g.grammar_param = p.grammar, p.grammar_param
             if not self.send(msg):
                 raise ApiError(503, f"The worker of model '{self.model.id}' is not reachable.", code="worker_lost")
-            loop = asyncio.get_running_loop()
-            when = loop.time() + (p.deadline_unix_ms / 1000.0 - time.time()) if p.deadline_unix_ms else None
+            if p.deadline_unix_ms:   # ends the request at its deadline even while events keep coming
+                loop = asyncio.get_running_loop()
+                deadline = loop.call_later(max(0.0, p.deadline_unix_ms / 1000.0 - time.time()), st.fail,
+                                           E.ERROR_CODE_DEADLINE_EXCEEDED,
+                                           "The request passed its deadline and was stopped.")
             while not st.finished or st.pending:
-                try:
-                    async with asyncio.timeout_at(when):
-                        batch = await st.get()
-                except TimeoutError:
-                    st.fail(E.ERROR_CODE_DEADLINE_EXCEEDED, "The request passed its deadline and was stopped.")
-                    batch = await st.get()
-                yield batch
+                yield await st.get()
         finally:
+            if deadline is not None:
+                deadline.cancel()
             self.requests.pop(p.request_id, None)
             if st.worker_open > 0:   # the one place an abort is sent
                 self.send(worker_pb2.ToWorker(abort=worker_pb2.Abort(request_id=p.request_id)))

@@ -88,10 +88,13 @@ class Scheduler:
             if msg.request_id in self.requests:
                 raise RequestError(common_pb2.ERROR_CODE_INVALID_ARGUMENT,
                                    f"request {msg.request_id} is already running", "request_id")
-            waiting = {c.request.id for c in self.waiting}
-            if len(waiting) >= self.max_queue:
+            # a safety net sized as the gateway's admission (gateway/admission.py), which counts
+            # its sequences until after their Abort: it never fires for a request admitted there
+            held, n = len(self.waiting) + len(self.running), min(max(1, msg.n), MAX_CHOICES)
+            if held and held + n > self.capacity:
                 raise RequestError(common_pb2.ERROR_CODE_OVERLOADED,
-                                   f"the model's queue is full ({self.max_queue} requests waiting)")
+                                   f"the model's queue is full ({held} sequences in flight, room for "
+                                   f"{self.capacity})")
             req = build_request(msg, peer, self.limits, self.table)
         except RequestError as e:
             self.submit_rejected(msg, peer, e.to_proto())
@@ -121,6 +124,11 @@ class Scheduler:
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self._touched or self._outbox)
+
+    @property
+    def capacity(self) -> int:
+        """Sequences (choices) in flight at most: the batch plus max_queue waiting."""
+        return self.engine.max_slots + self.max_queue
 
     @property
     def n_running(self) -> int:

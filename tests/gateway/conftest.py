@@ -22,10 +22,11 @@ from gw_fakes import KEY, MODEL, FakeTokenizer, FakeWorker
 
 class Stack:
     def __init__(self, tmp: pathlib.Path, api_keys=(KEY,), context_length: int = 64, max_queue: int = 4,
-                 request_timeout_s: float = 30.0):
+                 request_timeout_s: float = 30.0, stream_write_timeout_s: float = 30.0):
         self.settings = Settings(
             server=ServerSettings(host="127.0.0.1", port=8000, api_keys=tuple(api_keys), max_body_bytes=65536,
-                                  request_timeout_s=request_timeout_s, run_dir=str(tmp)),
+                                  request_timeout_s=request_timeout_s, stream_write_timeout_s=stream_write_timeout_s,
+                                  run_dir=str(tmp)),
             tokenizer=TokenizerSettings(endpoint=f"ipc://{tmp}/tok.sock"),
             models=(ModelSettings(id=MODEL, endpoint=f"ipc://{tmp}/worker.sock", max_queue=max_queue,
                                   max_batch=2),))

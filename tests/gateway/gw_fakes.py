@@ -32,6 +32,9 @@ class FakeWorker:
         self.reply = list(REPLY)
         self.delay = 0.001            # seconds between decode steps
         self.silent = False           # stop answering anything (a hung or dead worker)
+        self.capacity = 0             # > 0: refuse (OVERLOADED) past this many sequences, as the scheduler does
+        self.overloaded: list[str] = []   # request ids refused so
+        self._seqs: dict[str, int] = {}
         self.requests: list[worker_pb2.GenerateRequest] = []
         self.aborts: list[str] = []
         self.pings = 0
@@ -82,10 +85,23 @@ class FakeWorker:
             elif kind == "generate":
                 g = msg.generate
                 self.requests.append(g)
+                held, n = sum(self._seqs.values()), max(1, g.n)
+                if self.capacity and held and held + n > self.capacity:
+                    self.overloaded.append(g.request_id)
+                    out = worker_pb2.FromWorker()
+                    for i in range(n):
+                        ev = out.events.events.add(request_id=g.request_id, index=i,
+                                                   finish_reason=FR.FINISH_REASON_ERROR)
+                        ev.error.code = common_pb2.ERROR_CODE_OVERLOADED
+                        ev.error.message = "the model's queue is full"
+                    await self._send(peer, out)
+                    continue
+                self._seqs[g.request_id] = n
                 self._gens[g.request_id] = asyncio.create_task(self._generate(peer, g))
             elif kind == "abort":
                 rid = msg.abort.request_id
                 self.aborts.append(rid)
+                self._seqs.pop(rid, None)
                 t = self._gens.pop(rid, None)
                 if t is not None:
                     t.cancel()
@@ -128,6 +144,8 @@ class FakeWorker:
                     ev.prompt_tokens = len(g.prompt_token_ids)
                     ev.completion_tokens = counts[i]
             step += 1
+            if all(done):
+                self._seqs.pop(g.request_id, None)
             await self._send(peer, out)
         self._gens.pop(g.request_id, None)
 

@@ -187,14 +187,28 @@ def test_other_validation(tokenizer_json, hf_tokenizer):
 
 
 def test_queue_full(tokenizer_json, hf_tokenizer):
+    # room for slots + max_queue = 3 sequences, as the gateway admits: all three arrive before a step
     s, _ = make(tokenizer_json, hf_tokenizer, slots=1, max_queue=2)
-    for rid in "abc":
+    for rid in "abcd":
         s.submit(gen(rid, [5], max_tokens=2), b"p")
     evs = [ev for _, ev in s.step()]
     over = [ev for ev in evs if ev.finish_reason == FR.FINISH_REASON_ERROR]
-    assert [ev.request_id for ev in over] == ["c"] and over[0].error.code == FR.ERROR_CODE_OVERLOADED
+    assert [ev.request_id for ev in over] == ["d"] and over[0].error.code == FR.ERROR_CODE_OVERLOADED
     out, _ = run(s)
-    assert {k[0] for k in out} == {"a", "b"}
+    assert {k[0] for k in out} == {"a", "b", "c"}
+
+
+def test_queue_counts_choices(tokenizer_json, hf_tokenizer):
+    s, _ = make(tokenizer_json, hf_tokenizer, slots=1, max_queue=2)
+    s.submit(gen("a", [5], max_tokens=2), b"p")
+    s.submit(gen("b", [5], n=3, max_tokens=2), b"p")      # 1 + 3 sequences > 3
+    s.submit(gen("c", [5], n=2, max_tokens=2), b"p")      # 1 + 2 fits
+    out, _ = run(s)
+    assert [ev.error.code for ev in out[("b", 0)]] == [FR.ERROR_CODE_OVERLOADED]
+    assert out[("c", 1)][-1].finish_reason == FR.FINISH_REASON_LENGTH
+    s.submit(gen("big", [5], n=5, max_tokens=2), b"p")    # alone it may need more than the room
+    out, _ = run(s)
+    assert all(out[("big", i)][-1].finish_reason == FR.FINISH_REASON_LENGTH for i in range(5))
 
 
 def test_engine_error_ends_only_that_request(tokenizer_json, hf_tokenizer):
