@@ -12,7 +12,11 @@ from __future__ import annotations
 import pathlib
 import re
 import sys
-import tomllib
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pip vendors the same parser
+    from pip._vendor import tomli as tomllib
 
 PYPROJECT = pathlib.Path(__file__).resolve().parent.parent / "pyproject.toml"
 _BOUND = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(>=|==)\s*([^,;\s]+)\s*(;.*)?$")
