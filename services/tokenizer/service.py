@@ -6,7 +6,9 @@ gateway's liveness probe, every 0.5 s) at once, and hands encode and decode requ
 ENCODE_THREADS threads, whose answers come back over inproc PUSH/PULL sockets (a ZMQ socket is
 used by one thread only). So a long encode (a few MB of text takes seconds) never looks like a
 hung tokenizer; the encoder releases the GIL for long texts (encoder.py), so the probe is
-answered within milliseconds meanwhile. Every frame is answered to the peer that sent it.
+answered within milliseconds meanwhile. A request over BIG_BYTES waits for any other big one
+(a 3 MB chat peaks at about 600 MB in the encoder; max_body_bytes bounds one), and the freed heap
+is handed back to the system after it. Every frame is answered to the peer that sent it.
 
 A model whose tokenizer could not be loaded is listed with its `failed_reason`, and its
 requests are answered with MODEL_NOT_AVAILABLE; the other models are served.
