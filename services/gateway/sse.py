@@ -19,6 +19,9 @@ import time
 from aiohttp import web
 
 from npuflow.gateway.errors import ApiError
+from npuflow.logs import get_logger
+
+log = get_logger("gateway")
 
 DONE = b"data: [DONE]\n\n"
 STREAM_BUFFER_BYTES = 64 * 1024   # the transport's write-buffer high-water mark per stream
@@ -74,6 +77,7 @@ class ChunkWriter:
 
     def _stall(self) -> None:
         self._stalled = True
+        log.info("client stopped reading; connection closed", write_timeout_s=self._write_timeout)
         transport = self.request.transport
         if transport is not None:
             transport.abort()   # buffered bytes dropped; the waiting write fails with ConnectionError
