@@ -13,6 +13,7 @@ INVALID_ARGUMENT and everything else works.
 from __future__ import annotations
 
 import pathlib
+from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +24,8 @@ try:
     import llguidance as _llg
 except ImportError:  # pragma: no cover - exercised only where llguidance is not installed
     _llg = None
+
+CACHED_GRAMMARS = 32   # compiled grammars kept (least recently used dropped): memory stays bounded
 
 
 def available() -> bool:
@@ -39,16 +42,24 @@ class GrammarVocab:
         self.tokenizer = _llg.LLTokenizer(text, n_vocab=vocab_size, eos_token=list(eos_token_ids) or None)
         self.vocab_size = vocab_size
         self._words = (vocab_size + 31) // 32
+        self._compiled: OrderedDict[str, object] = OrderedDict()   # grammar text -> unused LLMatcher
 
     def matcher(self, grammar: str, param: str) -> "GrammarMatcher":
-        """A fresh matcher; RequestError(INVALID_ARGUMENT, param) when the grammar is not valid."""
-        err = _llg.LLMatcher.validate_grammar(grammar, self.tokenizer)
-        if err:
-            raise invalid(f"invalid {param}: {_one_line(err)}", param)
-        m = _llg.LLMatcher(self.tokenizer, grammar, log_level=0)
-        if m.is_error():
-            raise invalid(f"invalid {param}: {_one_line(m.get_error())}", param)
-        return GrammarMatcher(m, self.vocab_size, self._words)
+        """A fresh matcher; RequestError(INVALID_ARGUMENT, param) when the grammar is not valid.
+        A grammar is compiled once while it is among the CACHED_GRAMMARS most recently used
+        (the choices of an n>1 request, a schema sent again); each matcher is a copy of it."""
+        proto = self._compiled.pop(grammar, None)
+        if proto is None:
+            err = _llg.LLMatcher.validate_grammar(grammar, self.tokenizer)
+            if err:
+                raise invalid(f"invalid {param}: {_one_line(err)}", param)
+            proto = _llg.LLMatcher(self.tokenizer, grammar, log_level=0)
+            if proto.is_error():
+                raise invalid(f"invalid {param}: {_one_line(proto.get_error())}", param)
+            while len(self._compiled) >= CACHED_GRAMMARS:
+                self._compiled.popitem(last=False)
+        self._compiled[grammar] = proto
+        return GrammarMatcher(proto.deep_copy(), self.vocab_size, self._words)
 
 
 class GrammarMatcher:

@@ -28,6 +28,7 @@ from npuflow.logs import get_logger
 from npuflow.transport import make_socket, recv_waiting, remove_ipc_file, waiting
 from npuflow.v1 import common_pb2, worker_pb2
 
+from .memory import IdleTrim
 from .scheduler import Event, Scheduler
 
 log = get_logger("worker")
@@ -150,6 +151,7 @@ class WorkerLink:
         io.start()
         log.info("serving", endpoint=self.endpoint, model=self.info.model, worker_id=self.worker_id)
         sched = self.scheduler
+        trim = IdleTrim()
         try:
             while True:
                 if stop.is_set() and self._stopping_since is None:
@@ -165,7 +167,10 @@ class WorkerLink:
                         self._send_events(sched.take_events())
                         break
                 if not sched.has_work and not self._inbox:
+                    trim(False)   # the burst is over: free heap pages go back to the system
                     self._wake.wait(IDLE_WAIT_S)
+                else:
+                    trim(True)
                 self._wake.clear()
                 self._handle_inbox()
                 if sched.has_work:

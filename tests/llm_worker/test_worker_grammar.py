@@ -107,3 +107,21 @@ def test_mask_cost_per_step_on_the_default_vocabulary(default_package):
     per_step_ms = 1000 * float(np.median(times))
     print(f"grammar mask: median {per_step_ms:.3f} ms, max {1000 * max(times):.3f} ms over {len(times)} steps")
     assert per_step_ms < 2.0
+
+
+def test_compiled_grammars_are_reused_and_bounded(tokenizer_json, hf_tokenizer):
+    from npuflow.llm_worker import grammar as G
+    v = hf_tokenizer.get_vocab_size()
+    vocab = GrammarVocab(tokenizer_json, v, (EOS,))
+    g = grammar(SCHEMA)
+    a, b = vocab.matcher(g, "response_format"), vocab.matcher(g, "response_format")
+    assert len(vocab._compiled) == 1
+    first = np.flatnonzero(a.allowed())
+    tok = int(first[0])
+    assert a.consume(tok)                                   # one copy moves on, the other does not
+    assert np.array_equal(np.flatnonzero(b.allowed()), first)
+    for k in range(G.CACHED_GRAMMARS + 5):
+        vocab.matcher(grammar({"type": "object", "properties": {f"k{k}": {"type": "integer"}}}), "response_format")
+    assert len(vocab._compiled) == G.CACHED_GRAMMARS
+    with pytest.raises(Exception):
+        vocab.matcher("not a grammar", "response_format")

@@ -1,0 +1,43 @@
+"""Handing the heap's free pages back to the system when the worker goes idle.
+
+A burst of requests leaves glibc's heaps (one arena per thread that allocates: the scheduler,
+the socket thread, onnxruntime's and llguidance's threads) with free chunks spread among live
+ones; glibc returns only the top of a heap by itself, so the process keeps the burst's peak as
+RSS. `malloc_trim(0)` gives back every free page of every arena. IdleTrim calls it once when
+the scheduler runs out of work (not more often than every MIN_INTERVAL_S), where its few
+milliseconds delay no token. Without glibc (musl, macOS) it does nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import time
+
+MIN_INTERVAL_S = 2.0
+
+
+def _malloc_trim():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+class IdleTrim:
+    def __init__(self) -> None:
+        self._trim = _malloc_trim()
+        self._busy = False
+        self._last = 0.0
+
+    def __call__(self, busy: bool) -> None:
+        """Called once per loop of the scheduler thread with whether it has work."""
+        if busy:
+            self._busy = True
+            return
+        if self._busy and self._trim is not None and time.monotonic() - self._last >= MIN_INTERVAL_S:
+            self._busy = False
+            self._trim(0)
+            self._last = time.monotonic()
