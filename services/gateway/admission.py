@@ -11,8 +11,9 @@ the scheduler) never refuses a request admitted here, and a request that got its
 gRPC stream started is never refused for queue room afterwards.
 
 A refusal is a 429 (gRPC RESOURCE_EXHAUSTED) with `Retry-After`: the seconds until enough
-sequences end to make room, from the sequences in flight and the measured time a sequence
-takes once it runs (first token to last; smoothed), bounded to [1, 60].
+sequences end to make room, from the sequences in flight and the measured time a request's
+sequences hold their slots (first token to its end, however it ended; smoothed), bounded to
+[1, 60].
 """
 from __future__ import annotations
 

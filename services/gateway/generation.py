@@ -149,28 +149,28 @@ async def metered(st: GatewayState, params: GenerateParams, arrived: float) -> A
     m.prompt_tokens.labels(model).inc(len(params.prompt_token_ids))
     cached, counted_cache = m.cached_prompt_tokens.labels(model), False
     last = first = 0.0
-    failed = False
-    async with contextlib.aclosing(st.models.generate(params)) as it:
-        async for batch in it:
-            now = time.perf_counter()
-            ntok = sum(len(d.token_ids) for d in batch)
-            if ntok:
-                if last:
-                    itl.observe((now - last) / ntok)
-                else:
-                    ttft.observe(now - arrived)
-                    first = now
-                last = now
-                tokens.inc(ntok)
-            failed = failed or any(d.finish in FAILED for d in batch)
-            if not counted_cache:                 # once per request: its first choice to finish
-                hit = next((d.cached_tokens for d in batch if d.finish), None)
-                if hit is not None:
-                    cached.inc(hit)
-                    counted_cache = True
-            yield batch
-    if first and not failed:   # how long its sequences held their slots: Retry-After's measure
-        st.admission.record(model, last - first)
+    try:
+        async with contextlib.aclosing(st.models.generate(params)) as it:
+            async for batch in it:
+                now = time.perf_counter()
+                ntok = sum(len(d.token_ids) for d in batch)
+                if ntok:
+                    if last:
+                        itl.observe((now - last) / ntok)
+                    else:
+                        ttft.observe(now - arrived)
+                        first = now
+                    last = now
+                    tokens.inc(ntok)
+                if not counted_cache:                 # once per request: its first choice to finish
+                    hit = next((d.cached_tokens for d in batch if d.finish), None)
+                    if hit is not None:
+                        cached.inc(hit)
+                        counted_cache = True
+                yield batch
+    finally:   # how long its sequences held their slots, however it ended: Retry-After's measure
+        if first:
+            st.admission.record(model, time.perf_counter() - first)
 
 
 async def merge_streams(streams: list[AsyncIterator[list[Delta]]]) -> AsyncIterator[tuple[int, list[Delta]]]:
