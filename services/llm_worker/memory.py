@@ -5,7 +5,8 @@ the socket thread, onnxruntime's and llguidance's threads) with free chunks spre
 ones; glibc returns only the top of a heap by itself, so the process keeps the burst's peak as
 RSS. `malloc_trim(0)` gives back every free page of every arena. IdleTrim calls it once when
 the scheduler runs out of work (not more often than every MIN_INTERVAL_S), where its few
-milliseconds delay no token. Without glibc (musl, macOS) it does nothing.
+milliseconds delay no token. `limit_arenas` caps the number of heaps at the worker's start.
+Without glibc (musl, macOS) both do nothing.
 """
 from __future__ import annotations
 
@@ -14,6 +15,20 @@ import ctypes.util
 import time
 
 MIN_INTERVAL_S = 2.0
+
+
+M_ARENA_MAX = -8   # glibc's mallopt parameter
+ARENAS = 2         # the scheduler and the socket thread; onnxruntime keeps its own arena
+
+
+def limit_arenas(n: int = ARENAS) -> None:
+    """Cap glibc's heaps at n (default 8 per core): the threads started after this share them,
+    so a burst's garbage is not spread over a heap per thread. Call before the engine starts."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(n))
+    except (OSError, AttributeError):
+        pass
 
 
 def _malloc_trim():

@@ -15,6 +15,7 @@ from .detok import load_token_table
 from .grammar import GrammarVocab
 from .grammar import available as grammar_available
 from .link import WorkerInfo, WorkerLink, serve_failed
+from .memory import limit_arenas
 from .request import ModelLimits
 from .scheduler import Scheduler
 
@@ -99,6 +100,7 @@ def _exit_on_signal(*_) -> None:
 
 def run_worker(settings: Settings, model: ModelSettings) -> None:
     start_process("worker", settings.server.log_level, detail=model.id)
+    limit_arenas()   # before onnxruntime's threads exist
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         package = load_package(settings, model)
