@@ -169,9 +169,21 @@ def _tools(v: Any) -> list[dict]:
     return v
 
 
-def _call_schema(fn: dict) -> dict:
-    return {"type": "object", "properties": {"name": {"const": fn["name"]},
-                                             "arguments": fn.get("parameters") or {"type": "object"}},
+def _rebase_refs(schema: Any, at: str) -> Any:
+    """`schema` with its local `$ref`s ("#", "#/$defs/x") pointing into `at`, the JSON pointer
+    where it now sits inside a larger schema (a tool's parameters inside the forced call)."""
+    if isinstance(schema, dict):
+        return {k: ("#" + at + v[1:] if k == "$ref" and isinstance(v, str) and v.startswith("#")
+                    else _rebase_refs(v, at)) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_rebase_refs(v, at) for v in schema]
+    return schema
+
+
+def _call_schema(fn: dict, at: str = "") -> dict:
+    """The forced call `{"name", "arguments"}` as a schema placed at JSON pointer `at`."""
+    params = _rebase_refs(fn.get("parameters") or {"type": "object"}, at + "/properties/arguments")
+    return {"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
             "required": ["name", "arguments"], "additionalProperties": False}
 
 
@@ -210,7 +222,8 @@ def parse_structured(body: dict) -> Structured:
     if forced:
         if out.grammar:
             raise bad_param("tool_choice", "A forced tool_choice cannot be combined with a JSON response_format.")
-        schema = _call_schema(forced[0]) if len(forced) == 1 else {"anyOf": [_call_schema(f) for f in forced]}
+        schema = (_call_schema(forced[0]) if len(forced) == 1 else
+                  {"anyOf": [_call_schema(f, f"/anyOf/{i}") for i, f in enumerate(forced)]})
         out.grammar, out.grammar_param = _grammar(schema, "tool_choice"), "tool_choice"
     return out
 

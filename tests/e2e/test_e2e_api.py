@@ -95,6 +95,31 @@ def test_forced_tool_call_whole_streamed_and_history(client):
     assert r.choices[0].finish_reason in ("stop", "length") and r.choices[0].message.content
 
 
+PLACE = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+         "required": ["city"], "additionalProperties": False}
+
+
+def _place_tool(name: str) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": {
+        "$defs": {"place": PLACE}, "type": "object", "properties": {"where": {"$ref": "#/$defs/place"}},
+        "required": ["where"], "additionalProperties": False}}}
+
+
+def test_forced_tool_call_with_local_refs(client):
+    # the parameters' "#/$defs/..." refs still resolve once the call schema wraps them
+    tools = [_place_tool("get_weather"), _place_tool("get_time")]
+    msgs = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for choice in ({"type": "function", "function": {"name": "get_time"}}, "required"):
+        r = client.chat.completions.create(model=DEFAULT_ID, temperature=0, max_tokens=60, messages=msgs,
+                                           tools=tools, tool_choice=choice).choices[0]
+        assert r.finish_reason == "tool_calls", r
+        call = r.message.tool_calls[0].function
+        assert call.name in ("get_weather", "get_time")
+        if isinstance(choice, dict):
+            assert call.name == "get_time"
+        jsonschema.validate(json.loads(call.arguments), {**tools[0]["function"]["parameters"]})
+
+
 def test_tokenize_detokenize_match_generation(stack, client):
     msgs = [{"role": "user", "content": "Hello there!"}]
     tok = stack.post("/tokenize", {"model": DEFAULT_ID, "messages": msgs})
