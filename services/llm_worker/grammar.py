@@ -59,12 +59,13 @@ class GrammarVocab:
             while len(self._compiled) >= CACHED_GRAMMARS:
                 self._compiled.popitem(last=False)
         self._compiled[grammar] = proto
-        return GrammarMatcher(proto.deep_copy(), self.vocab_size, self._words)
+        return GrammarMatcher(proto.deep_copy(), self.vocab_size, self._words, param)
 
 
 class GrammarMatcher:
-    def __init__(self, matcher, vocab_size: int, words: int):
+    def __init__(self, matcher, vocab_size: int, words: int, param: str = "response_format"):
         self._m = matcher
+        self.param = param   # the request field the grammar came from
         self._v = vocab_size
         self._mask = np.full(words, -1, dtype=np.int32)
 

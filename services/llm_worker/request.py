@@ -152,9 +152,8 @@ class Choice:
         tok = pick.token
         self.completion += 1
         self._ids.append(tok)
-        if self.matcher is not None and not self.matcher.consume(tok):
-            self.finish(common_pb2.FINISH_REASON_ERROR, error=common_pb2.Error(
-                code=common_pb2.ERROR_CODE_INTERNAL, message=f"grammar rejected a token: {self.matcher.error}"))
+        if self.matcher is not None and (not self.matcher.consume(tok) or self.matcher.error):
+            self._grammar_dead_end()
             return
         if pick.logprob is not None and tok not in self.stop_ids:
             self._held_lps.append((self._decoded, common_pb2.TokenLogprob(
@@ -175,6 +174,14 @@ class Choice:
         else:
             self.next_token = tok
         self._release_logprobs(self.finished)
+
+    def _grammar_dead_end(self) -> None:
+        """The grammar allows no way on (a schema no value satisfies, found only while decoding):
+        the request's fault, named by its field, never an answer cut short as if complete."""
+        self.finish(common_pb2.FINISH_REASON_ERROR, error=common_pb2.Error(
+            code=common_pb2.ERROR_CODE_INVALID_ARGUMENT, param=self.matcher.param,
+            message=f"The output cannot be completed to match {self.matcher.param}: "
+                    f"{self.matcher.error or 'no token is allowed'}"))
 
     def finish(self, reason: int, *, error: common_pb2.Error | None = None, stop_reason: str = "") -> None:
         if self.finished:

@@ -125,3 +125,16 @@ def test_compiled_grammars_are_reused_and_bounded(tokenizer_json, hf_tokenizer):
     assert len(vocab._compiled) == G.CACHED_GRAMMARS
     with pytest.raises(Exception):
         vocab.matcher("not a grammar", "response_format")
+
+
+def test_schema_without_a_way_on_is_the_requests_error(tokenizer_json, hf_tokenizer):
+    """A schema no value satisfies (the gateway refuses the ones it can see) ends the choice as an
+    error naming the request's field, in one line, not as an internal error or a cut-short stop."""
+    s = make(tokenizer_json, hf_tokenizer)
+    s.submit(gen("r", grammar({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}), max_tokens=20,
+                 temperature=0.0), b"p")
+    last = run(s)[("r", 0)][-1]
+    assert last.finish_reason == FR.FINISH_REASON_ERROR, last
+    assert last.error.code == FR.ERROR_CODE_INVALID_ARGUMENT and last.error.param == "response_format", last
+    assert "\n" not in last.error.message and "response_format" in last.error.message, last.error.message
+
