@@ -22,12 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import pathlib
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -35,39 +31,7 @@ import urllib.request
 
 import aiohttp
 
-MODEL = "smollm2-135m-instruct"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_stack(tmp: pathlib.Path, a) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cfg = tmp / "npuflow.toml"
-    cfg.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\nrun_dir = "{tmp}/run"\ngrpc_port = 0\n'
-                   f'log_level = "warning"\nrequest_timeout_s = {a.request_timeout}\n'
-                   f'[[models]]\nid = "{MODEL}"\nmax_batch = {a.max_batch}\nmax_queue = {a.max_queue}\n')
-    env = dict(os.environ, NPUFLOW_STREAM_WRITE_TIMEOUT_S=str(a.write_timeout))
-    log = open(tmp / "stack.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "npuflow.cli", "serve", "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 900
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"npuflow serve exited: see {tmp / 'stack.log'}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, base + "/v1"
-        except OSError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("the stack did not become healthy")
+from stack import MODEL, start_stack, stop_stack  # noqa: E402  (bench/ is the script's folder)
 
 
 def stalled_reader(base: str, model: str, max_tokens: int) -> socket.socket:
@@ -159,7 +123,9 @@ def main() -> None:
             raise SystemExit("loopback only")
         base = a.base_url.rstrip("/")
     else:
-        proc, base = start_stack(pathlib.Path(tempfile.mkdtemp(prefix="npuflow-overload-")), a)
+        proc, base = start_stack(pathlib.Path(tempfile.mkdtemp(prefix="npuflow-overload-")), max_batch=a.max_batch,
+                                  max_queue=a.max_queue, request_timeout=a.request_timeout,
+                                  env={"NPUFLOW_STREAM_WRITE_TIMEOUT_S": str(a.write_timeout)})
     stalled: list[socket.socket] = []
     try:
         t0 = time.monotonic()
@@ -187,11 +153,7 @@ def main() -> None:
         for s in stalled:
             s.close()
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_stack(proc)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,6 @@ import asyncio
 import json
 import pathlib
 import random
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -29,13 +25,7 @@ import urllib.request
 
 import aiohttp
 
-MODEL = "smollm2-135m-instruct"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from stack import MODEL, start_stack, stop_stack  # noqa: E402  (bench/ is the script's folder)
 
 
 def rss_mib(pid: int) -> float:
@@ -43,31 +33,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def start_stack(tmp: pathlib.Path, max_batch: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cfg = tmp / "npuflow.toml"
-    cfg.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\nrun_dir = "{tmp}/run"\ngrpc_port = 0\n'
-                   f'log_level = "warning"\nrequest_timeout_s = 120\n'
-                   f'[[models]]\nid = "{MODEL}"\nmax_batch = {max_batch}\nmax_queue = 64\n')
-    log = open(tmp / "stack.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "npuflow.cli", "serve", "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 900
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"npuflow serve exited: see {tmp / 'stack.log'}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, base + "/v1"
-        except OSError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("the stack did not become healthy")
 
 
 def worker_pid(serve_pid: int) -> int:
@@ -217,7 +182,7 @@ def main() -> None:
         base, pid = a.base_url.rstrip("/"), a.worker_pid
     else:
         tmp = pathlib.Path(tempfile.mkdtemp(prefix="npuflow-rss-"))
-        proc, base = start_stack(tmp, a.max_batch)
+        proc, base = start_stack(tmp, max_batch=a.max_batch, max_queue=64, request_timeout=120)
         pid = worker_pid(proc.pid)
     try:
         rng = random.Random(a.seed)
@@ -231,11 +196,7 @@ def main() -> None:
                   f"{dict(sorted(statuses.items()))}, worker VmRSS {rss_mib(pid):.0f} MiB", flush=True)
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_stack(proc)
 
 
 if __name__ == "__main__":
