@@ -1,7 +1,6 @@
 """A worker whose model cannot start for good stays up and says so, instead of exiting (and being
 restarted in a loop): Hello with state FAILED and the reason, heartbeats, and every request
 refused with MODEL_NOT_AVAILABLE; SIGTERM ends it with status 0."""
-import json
 import os
 import signal
 import subprocess
@@ -11,21 +10,13 @@ import time
 import pytest
 import zmq
 
-from npuflow.models.package import write_manifest
 from npuflow.v1 import common_pb2, worker_pb2
+
+from tiny_package import tiny_package
 
 
 def _cpu_package(tmp_path, tokenizer_json):
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    (pkg / "tokenizer.json").write_text(tokenizer_json.read_text())
-    vocab = len(json.loads(tokenizer_json.read_text())["model"]["vocab"])
-    write_manifest(pkg, {"id": "tiny", "architecture": "llama", "engine": "cpu",
-                         "dims": {"hidden": 8, "layers": 1, "heads": 1, "kv_heads": 1, "head_dim": 8, "ffn": 8,
-                                  "vocab": vocab},
-                         "context_length": 256, "eos_token_ids": [2], "bos_token_id": None, "chat_template": "",
-                         "files": {"tokenizer": "tokenizer.json"}})
-    return pkg
+    return tiny_package(tmp_path, tokenizer_json, "")
 
 
 @pytest.mark.parametrize("case,needle", [("no such source", "nowhere"),

@@ -1,6 +1,5 @@
 """The tokenizer process stays live: probes are answered while a huge text is encoded, and a
 model whose tokenizer cannot load is reported while the others are served."""
-import json
 import os
 import random
 import signal
@@ -11,9 +10,9 @@ import time
 import psutil
 import zmq
 
-from npuflow.models.package import write_manifest
 from npuflow.v1 import common_pb2, tokenizer_pb2
 
+from tiny_package import tiny_package
 from tok_helpers import CHATML
 
 PROBE_EVERY_S = 0.1
@@ -21,16 +20,7 @@ PROBE_LIMIT_S = 0.5     # the gateway declares the tokenizer down after 1.5 s wi
 
 
 def _package(tmp_path, tokenizer_json):
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    (pkg / "tokenizer.json").write_text(tokenizer_json.read_text())
-    vocab = len(json.loads(tokenizer_json.read_text())["model"]["vocab"])
-    write_manifest(pkg, {"id": "tiny", "architecture": "llama", "engine": "cpu",
-                         "dims": {"hidden": 8, "layers": 1, "heads": 1, "kv_heads": 1, "head_dim": 8, "ffn": 8,
-                                  "vocab": vocab},
-                         "context_length": 256, "eos_token_ids": [2], "bos_token_id": None, "chat_template": CHATML,
-                         "files": {"tokenizer": "tokenizer.json"}})
-    return pkg
+    return tiny_package(tmp_path, tokenizer_json, CHATML)
 
 
 def _start(tmp_path, models: str):

@@ -1,5 +1,4 @@
 """run_tokenizer as a process: config -> package folder -> ROUTER; SIGTERM exits 0 and removes the socket."""
-import json
 import os
 import signal
 import subprocess
@@ -7,22 +6,14 @@ import sys
 
 import zmq
 
-from npuflow.models.package import write_manifest
 from npuflow.v1 import tokenizer_pb2
 
+from tiny_package import tiny_package
 from tok_helpers import CHATML
 
 
 def test_run_tokenizer_process(tokenizer_json, tmp_path):
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    (pkg / "tokenizer.json").write_text(tokenizer_json.read_text())
-    vocab = len(json.loads(tokenizer_json.read_text())["model"]["vocab"])
-    write_manifest(pkg, {"id": "tiny", "architecture": "llama", "engine": "cpu",
-                         "dims": {"hidden": 8, "layers": 1, "heads": 1, "kv_heads": 1, "head_dim": 8, "ffn": 8,
-                                  "vocab": vocab},
-                         "context_length": 256, "eos_token_ids": [2], "bos_token_id": None, "chat_template": CHATML,
-                         "files": {"tokenizer": "tokenizer.json"}})
+    pkg = tiny_package(tmp_path, tokenizer_json, CHATML)
     cfg = tmp_path / "npuflow.toml"
     cfg.write_text(f'[server]\nrun_dir = "{tmp_path}/run"\ncache_dir = "{tmp_path}/cache"\n'
                    f'[[models]]\nid = "tiny"\nsource = "{pkg}"\n')
