@@ -125,7 +125,9 @@ class Stack:
         return self.proc.returncode
 
 
-MAIN_CONFIG = """
+# The [server] section Stack fills in (HTTP and gRPC ports, run directory) and the default model on
+# one thread: the start of a config, the rest of the default model's settings and more models follow.
+SERVER_AND_DEFAULT_MODEL = """
 [server]
 port = {port}
 run_dir = "{run_dir}"
@@ -134,7 +136,9 @@ grpc_port = {grpc_port}
 [[models]]
 id = "smollm2-135m-instruct"
 threads = 1
-context_length = 2048
+"""
+
+MAIN_CONFIG = SERVER_AND_DEFAULT_MODEL + """context_length = 2048
 
 [[models]]
 id = "smollm2-second"

@@ -13,21 +13,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from e2e_stack import DEFAULT_ID, Stack
+from e2e_stack import DEFAULT_ID, SERVER_AND_DEFAULT_MODEL, Stack
 from npuflow.v1 import common_pb2
 from npuflow.v1 import generation_service_pb2 as gs
 from npuflow.v1 import generation_service_pb2_grpc as gs_grpc
 
-CONFIG = """
-[server]
-port = {port}
-run_dir = "{run_dir}"
-grpc_port = {grpc_port}
-
-[[models]]
-id = "smollm2-135m-instruct"
-threads = 1
-
+CONFIG = SERVER_AND_DEFAULT_MODEL + """
 [[models]]
 id = "broken"
 source = "{run_dir}/no-such-model.gguf"
