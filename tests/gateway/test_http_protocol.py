@@ -4,6 +4,7 @@ still answering afterwards."""
 import json
 import socket
 import time
+from typing import Callable
 
 import pytest
 
@@ -32,24 +33,31 @@ class Gateway:
                     s.sendall(data)
             except OSError:   # the server closed while we were still sending
                 pass
-            chunks = []
-            while True:
-                try:
-                    b = s.recv(65536)
-                except (ConnectionResetError, socket.timeout):
-                    break
-                if not b:
-                    break
-                chunks.append(b)
-                if _complete(b"".join(chunks)):
-                    break
+            data = _recv_until_closed(s, _complete)
         finally:
             s.close()
-        return _parse(b"".join(chunks))
+        return _parse(data)
 
     def ok(self) -> bool:
         st, _, _ = self.raw(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         return st == 200
+
+
+def _recv_until_closed(s: socket.socket, complete: Callable[[bytes], bool] | None = None) -> bytes:
+    """What the server sends until it closes, resets or the read times out (or, with `complete`,
+    until what arrived so far is complete)."""
+    chunks = []
+    while True:
+        try:
+            b = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not b:
+            break
+        chunks.append(b)
+        if complete is not None and complete(b"".join(chunks)):
+            break
+    return b"".join(chunks)
 
 
 def _complete(data: bytes) -> bool:
@@ -155,15 +163,7 @@ def test_slow_body_gets_408(gw):
             time.sleep(0.2)
     except OSError:
         pass
-    data = b""
-    while True:
-        try:
-            b = s.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not b:
-            break
-        data += b
+    data = _recv_until_closed(s)
     s.close()
     assert sent < len(body)
     e = _openai_error(*_parse(data), 408)
