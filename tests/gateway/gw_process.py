@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import json
 import os
 import socket
 import subprocess
@@ -70,3 +72,13 @@ def wait_ready(proc: subprocess.Popen, ready: Callable[[], bool], errors: tuple[
             pass
         assert time.monotonic() < end and proc.poll() is None, what
         time.sleep(0.05)
+
+
+def post_stream(port: int, timeout: float) -> http.client.HTTPResponse:
+    """Sends a streamed chat completion for DEFAULT_MODEL_ID ("hi") to the gateway's HTTP port
+    and returns its response, headers read, body not yet."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    c.request("POST", "/v1/chat/completions", body=json.dumps(
+        {"model": DEFAULT_MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "stream": True}),
+        headers={"Content-Type": "application/json"})
+    return c.getresponse()

@@ -2,7 +2,6 @@
 streams longer than that are ended, and the process exits within the budget (not one budget per
 protocol, one after the other)."""
 import http.client
-import json
 import signal
 import threading
 import time
@@ -10,7 +9,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gw_process import free_port, gateway_process, wait_ready
+from gw_process import free_port, gateway_process, post_stream, wait_ready
 from npuflow.config import DEFAULT_MODEL_ID
 from npuflow.v1 import generation_service_pb2 as gs, generation_service_pb2_grpc as gs_grpc
 
@@ -37,11 +36,7 @@ def test_http_and_grpc_drain_share_one_budget(tmp_path):
                 grpc_out.append(e.code())
         reader = threading.Thread(target=read_grpc)
         reader.start()
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        c.request("POST", "/v1/chat/completions", body=json.dumps(
-            {"model": DEFAULT_MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "stream": True}),
-            headers={"Content-Type": "application/json"})
-        r = c.getresponse()
+        r = post_stream(port, timeout=60)
         assert r.status == 200
         time.sleep(0.5)     # both streams are running: 20 tokens, one a second
         t0 = time.monotonic()

@@ -3,8 +3,7 @@ import http.client
 import json
 import signal
 
-from gw_process import free_port, gateway_process, wait_ready
-from npuflow.config import DEFAULT_MODEL_ID
+from gw_process import free_port, gateway_process, post_stream, wait_ready
 
 
 def test_sigterm_drains(tmp_path):
@@ -16,11 +15,7 @@ def test_sigterm_drains(tmp_path):
             return c.getresponse().status == 200
 
         wait_ready(proc, healthy, (OSError,), "gateway did not become healthy")
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        c.request("POST", "/v1/chat/completions", body=json.dumps(
-            {"model": DEFAULT_MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "stream": True}),
-            headers={"Content-Type": "application/json"})
-        r = c.getresponse()
+        r = post_stream(port, timeout=10)
         assert r.status == 200
         proc.send_signal(signal.SIGTERM)
         events = [line[5:].strip().decode() for line in r if line.startswith(b"data:")]
