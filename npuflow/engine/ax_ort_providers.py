@@ -48,8 +48,6 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
-from .ort_compat import session_source
-
 SHAPE_GROUPS_KEY = "npuflow.ax.shape_groups"
 CAUSAL_MASK_KEY = "npuflow.ax.causal_mask"
 MASK_FLOOR = -1e4    # an entry at or below this masks its column (the vendor loop uses -65536)
@@ -112,7 +110,7 @@ class _OrtProviderSession:
             opts.inter_op_num_threads = 1
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             opts.log_severity_level = 3
-        self._ort = ort.InferenceSession(session_source(src, opts), opts, providers=["CPUExecutionProvider"])
+        self._ort = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
     # -- the base session's API ----------------------------------------------------------------
     def get_inputs(self, shape_group: int = 0) -> list[NodeArg]:

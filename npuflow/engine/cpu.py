@@ -21,7 +21,6 @@ from ..logs import get_logger
 from ..models.package import ModelPackage
 from .base import EngineError, check_slot, check_token_ids, check_truncate
 from .embedding import EmbeddingTable
-from .ort_compat import session_source
 
 log = get_logger("engine.cpu")
 
@@ -60,8 +59,7 @@ class CpuEngine:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         opts.log_severity_level = 3
         opts.enable_cpu_mem_arena = True
-        self._sess = ort.InferenceSession(session_source(package.file("model"), opts), opts,
-                                          providers=["CPUExecutionProvider"])
+        self._sess = ort.InferenceSession(str(package.file("model")), opts, providers=["CPUExecutionProvider"])
         emb = gi.get("embedding", {})
         files = {k.removeprefix("embedding."): package.file(k) for k in package.files if k.startswith("embedding.")}
         self._embed = EmbeddingTable(files, int(emb.get("bits", 0)))
