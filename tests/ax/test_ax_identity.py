@@ -81,6 +81,7 @@ def test_to_the_end_of_the_kv_cache_through_the_scheduler(ax_engine, cpu_engine,
     assert ax == cpu
 
 
+@pytest.mark.ort_kernels
 @pytest.mark.parametrize("text", ["Hello, world! How are you?", "Count from 1 to 20.",
                                   "Explain recursion to a five year old, with an example in Python code."])
 def test_long_generations_identical(ax_engine, cpu_engine, chat, text):

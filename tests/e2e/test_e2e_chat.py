@@ -30,6 +30,7 @@ def test_models_list_and_get(client):
     assert m.id == DEFAULT_ID and m.object == "model" and m.owned_by
 
 
+@pytest.mark.ort_kernels
 def test_greedy_answer_is_the_models_own(client):
     """The default model's known greedy continuation (default-model.md) through the whole stack."""
     # the test vector's prompt has no system turn, so send it as raw text through /v1/completions

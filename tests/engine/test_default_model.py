@@ -38,6 +38,7 @@ def test_manifest(default_package):
     assert tok.encode("Hello, world! How are you?").ids == [19556, 28, 905, 17, 1073, 359, 346, 47]
 
 
+@pytest.mark.ort_kernels
 def test_greedy_test_vector(engine):
     engine.release(0)
     logits = engine.prefill(0, PROMPT)
@@ -50,6 +51,7 @@ def test_greedy_test_vector(engine):
     engine.release(0)
 
 
+@pytest.mark.ort_kernels
 def test_batched_slots_equal_alone(engine):
     prompts = {0: PROMPT, 1: PROMPT[:11], 3: PROMPT[3:]}
     alone = {}
@@ -101,6 +103,7 @@ def test_graph_is_exact_with_float_activations(default_package, teacher_forced, 
     assert diff.max() < 0.01 and agree > 0.99
 
 
+@pytest.mark.ort_kernels
 def test_teacher_forced_logprobs_near_float_reference(engine, teacher_forced):
     """The served graph quantizes activations to int8 per block of 32, like llama.cpp. On this
     text it deviates from the float reference by up to 0.23 (mean 0.056) and llama.cpp by up to

@@ -24,6 +24,7 @@ run_worker(s, dataclasses.replace(s.models[0], max_batch=2, context_length=512))
 """
 
 
+@pytest.mark.ort_kernels
 @pytest.mark.model
 def test_default_model_greedy_matches_reference(tmp_path, default_package):
     env = {**os.environ, "NPUFLOW_RUN_DIR": str(tmp_path)}
