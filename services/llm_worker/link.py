@@ -28,7 +28,7 @@ from npuflow.logs import get_logger
 from npuflow.transport import make_socket, recv_waiting, remove_ipc_file, waiting
 from npuflow.v1 import common_pb2, worker_pb2
 
-from .memory import IdleTrim
+from npuflow.memory import IdleTrim
 from .scheduler import Event, Scheduler
 
 log = get_logger("worker")

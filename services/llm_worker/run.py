@@ -15,7 +15,7 @@ from .detok import load_token_table
 from .grammar import GrammarVocab
 from .grammar import available as grammar_available
 from .link import WorkerInfo, WorkerLink, serve_failed
-from .memory import limit_arenas
+from npuflow.memory import limit_arenas
 from .request import ModelLimits
 from .scheduler import Scheduler
 

@@ -15,7 +15,6 @@ requests are answered with MODEL_NOT_AVAILABLE; the other models are served.
 """
 from __future__ import annotations
 
-import ctypes
 import queue
 import threading
 import uuid
@@ -24,6 +23,7 @@ from typing import Mapping
 import zmq
 
 from npuflow.logs import get_logger
+from npuflow.memory import trim_heap
 from npuflow.transport import make_socket, recv_waiting, remove_ipc_file, waiting
 from npuflow.v1 import common_pb2, tokenizer_pb2
 
@@ -151,15 +151,6 @@ class TokenizerService:
                 with self._big:   # one big text at a time: a few hundred MB each
                     out.send_multipart([peer, self.handle(req).SerializeToString()])
                     del req, job
-                    _release_memory()
+                    trim_heap()   # a few hundred MB glibc would otherwise keep
         finally:
             out.close(linger=0)
-
-
-def _release_memory() -> None:
-    """Return free heap pages to the system (glibc's malloc_trim): encoding a few MB of text takes
-    a few hundred MB, which glibc would otherwise keep for the life of the process."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

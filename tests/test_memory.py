@@ -1,5 +1,5 @@
 """The worker gives freed heap back once a burst of work is over, not on every idle loop."""
-from npuflow.llm_worker import memory
+from npuflow import memory
 
 
 def test_idle_trim_once_per_burst(monkeypatch):
