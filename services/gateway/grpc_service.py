@@ -23,7 +23,7 @@ from npuflow.gateway import grpc_convert as convert
 from npuflow.gateway.client import GenerateParams
 from npuflow.gateway.generation import Tally, admit, check_model, check_prompt, deadline_unix_ms, metered
 from npuflow.gateway.model_state import model_states
-from npuflow.gateway.sse import DEADLINE_GRACE_S
+from npuflow.gateway.sse import write_bound
 from npuflow.gateway.state import GatewayState
 from npuflow.gateway.structured import Structured
 from npuflow.gateway.tool_calls import CallStream
@@ -129,8 +129,7 @@ class BoundedWrite:
         task.cancel()
 
     async def __call__(self, msg: gs.GenerateResponse) -> None:
-        left = self.deadline - time.time() if self.deadline else self.timeout
-        bound = min(self.timeout, max(left, 0.0) + DEADLINE_GRACE_S)
+        bound = write_bound(self.timeout, self.deadline)
         timer = asyncio.get_running_loop().call_later(bound, self._fire, asyncio.current_task())
         try:
             await self.context.write(msg)

@@ -34,6 +34,14 @@ class ClientStalled(Exception):
     """A write to the client waited past its bound; the connection was dropped."""
 
 
+def write_bound(timeout_s: float, deadline_s: float) -> float:
+    """How long one write to a client may wait: `timeout_s`, and never past `deadline_s` (unix
+    seconds, 0 = none) plus DEADLINE_GRACE_S. The HTTP and gRPC streams share it."""
+    if not deadline_s:
+        return timeout_s
+    return min(timeout_s, max(deadline_s - time.time(), 0.0) + DEADLINE_GRACE_S)
+
+
 async def open_stream(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(status=200, headers={
         "Content-Type": "text/event-stream; charset=utf-8",
@@ -69,12 +77,6 @@ class ChunkWriter:
         self._write_timeout = write_timeout_s
         self._stalled = False
 
-    def _bound(self) -> float:
-        bound = self._write_timeout
-        if self._deadline:
-            bound = min(bound, max(self._deadline - time.time(), 0.0) + DEADLINE_GRACE_S)
-        return bound
-
     def _stall(self) -> None:
         self._stalled = True
         log.info("client stopped reading; connection closed", write_timeout_s=self._write_timeout)
@@ -86,7 +88,7 @@ class ChunkWriter:
         if self._stalled:
             raise ClientStalled()
         # a timer, not wait_for: no task per chunk; it fires only when the write really waits
-        timer = asyncio.get_running_loop().call_later(self._bound(), self._stall)
+        timer = asyncio.get_running_loop().call_later(write_bound(self._write_timeout, self._deadline), self._stall)
         try:
             await write
         except ConnectionError:
