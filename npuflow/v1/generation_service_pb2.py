@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from npuflow.v1 import common_pb2 as npuflow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#npuflow/v1/generation_service.proto\x12\nnpuflow.v1\x1a\x17npuflow/v1/common.proto\"\xa5\x02\n\x0eResponseFormat\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.npuflow.v1.ResponseFormat.Type\x12:\n\x0bjson_schema\x18\x02 \x01(\x0b\x32%.npuflow.v1.ResponseFormat.JsonSchema\x1aO\n\nJsonSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06schema\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"W\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\r\n\tTYPE_TEXT\x10\x01\x12\x14\n\x10TYPE_JSON_OBJECT\x10\x02\x12\x14\n\x10TYPE_JSON_SCHEMA\x10\x03\"\xbc\x01\n\x13GenerateTextRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.npuflow.v1.SamplingParams\x12\t\n\x01n\x18\x05 \x01(\r\x12\x33\n\x0fresponse_format\x18\x06 \x01(\x0b\x32\x1a.npuflow.v1.ResponseFormat\"\xd0\x01\n\x08\x43hatTurn\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x31\n\ntool_calls\x18\x05 \x03(\x0b\x32\x1d.npuflow.v1.ChatTurn.ToolCall\x1aN\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x15\n\rfunction_name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"\xdb\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.npuflow.v1.ChatTurn\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.npuflow.v1.SamplingParams\x12\t\n\x01n\x18\x04 \x01(\r\x12\x33\n\x0fresponse_format\x18\x05 \x01(\x0b\x32\x1a.npuflow.v1.ResponseFormat\x12\x12\n\ntools_json\x18\x06 \x01(\t\x12\x13\n\x0btool_choice\x18\x07 \x01(\t\"\xd6\x04\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x34\n\x07\x63hoices\x18\x02 \x03(\x0b\x32#.npuflow.v1.GenerateResponse.Choice\x12\x31\n\x05usage\x18\x03 \x01(\x0b\x32\".npuflow.v1.GenerateResponse.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x1a\x62\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x15\n\rfunction_name\x18\x04 \x01(\t\x12\x11\n\targuments\x18\x05 \x01(\t\x1a\xea\x01\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12*\n\x08logprobs\x18\x04 \x03(\x0b\x32\x18.npuflow.v1.TokenLogprob\x12/\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x18.npuflow.v1.FinishReason\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\x12>\n\ntool_calls\x18\x07 \x03(\x0b\x32*.npuflow.v1.GenerateResponse.ToolCallDelta\x1am\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\r\"\xa2\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.npuflow.v1.ChatTurn\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\ntools_json\x18\x05 \x01(\tB\x15\n\x13_add_special_tokens\"=\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\r\"\x13\n\x11ListModelsRequest\"\xe8\x01\n\x12ListModelsResponse\x12\x34\n\x06models\x18\x01 \x03(\x0b\x32$.npuflow.v1.ListModelsResponse.Model\x1a\x9b\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x03\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.npuflow.v1.ModelState\x12\x14\n\x0cstate_reason\x18\x07 \x01(\t2\xb5\x02\n\x11GenerationService\x12K\n\x08Generate\x12\x1f.npuflow.v1.GenerateTextRequest\x1a\x1c.npuflow.v1.GenerateResponse0\x01\x12?\n\x04\x43hat\x12\x17.npuflow.v1.ChatRequest\x1a\x1c.npuflow.v1.GenerateResponse0\x01\x12\x45\n\x08Tokenize\x12\x1b.npuflow.v1.TokenizeRequest\x1a\x1c.npuflow.v1.TokenizeResponse\x12K\n\nListModels\x12\x1d.npuflow.v1.ListModelsRequest\x1a\x1e.npuflow.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#npuflow/v1/generation_service.proto\x12\nnpuflow.v1\x1a\x17npuflow/v1/common.proto\"\xa5\x02\n\x0eResponseFormat\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.npuflow.v1.ResponseFormat.Type\x12:\n\x0bjson_schema\x18\x02 \x01(\x0b\x32%.npuflow.v1.ResponseFormat.JsonSchema\x1aO\n\nJsonSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06schema\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"W\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\r\n\tTYPE_TEXT\x10\x01\x12\x14\n\x10TYPE_JSON_OBJECT\x10\x02\x12\x14\n\x10TYPE_JSON_SCHEMA\x10\x03\"\xbc\x01\n\x13GenerateTextRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.npuflow.v1.SamplingParams\x12\t\n\x01n\x18\x05 \x01(\r\x12\x33\n\x0fresponse_format\x18\x06 \x01(\x0b\x32\x1a.npuflow.v1.ResponseFormat\"\x81\x03\n\x08\x43hatTurn\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x31\n\ntool_calls\x18\x05 \x03(\x0b\x32\x1d.npuflow.v1.ChatTurn.ToolCall\x12(\n\x05parts\x18\x06 \x03(\x0b\x32\x19.npuflow.v1.ChatTurn.Part\x1a\x38\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x1aK\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12+\n\x05image\x18\x02 \x01(\x0b\x32\x1a.npuflow.v1.ChatTurn.ImageH\x00\x42\x06\n\x04part\x1aN\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x15\n\rfunction_name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"\xdb\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.npuflow.v1.ChatTurn\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.npuflow.v1.SamplingParams\x12\t\n\x01n\x18\x04 \x01(\r\x12\x33\n\x0fresponse_format\x18\x05 \x01(\x0b\x32\x1a.npuflow.v1.ResponseFormat\x12\x12\n\ntools_json\x18\x06 \x01(\t\x12\x13\n\x0btool_choice\x18\x07 \x01(\t\"\xd6\x04\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x34\n\x07\x63hoices\x18\x02 \x03(\x0b\x32#.npuflow.v1.GenerateResponse.Choice\x12\x31\n\x05usage\x18\x03 \x01(\x0b\x32\".npuflow.v1.GenerateResponse.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x1a\x62\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x15\n\rfunction_name\x18\x04 \x01(\t\x12\x11\n\targuments\x18\x05 \x01(\t\x1a\xea\x01\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12*\n\x08logprobs\x18\x04 \x03(\x0b\x32\x18.npuflow.v1.TokenLogprob\x12/\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x18.npuflow.v1.FinishReason\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\x12>\n\ntool_calls\x18\x07 \x03(\x0b\x32*.npuflow.v1.GenerateResponse.ToolCallDelta\x1am\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\r\"\xa2\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.npuflow.v1.ChatTurn\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\ntools_json\x18\x05 \x01(\tB\x15\n\x13_add_special_tokens\"=\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\r\"\x13\n\x11ListModelsRequest\"\xf8\x01\n\x12ListModelsResponse\x12\x34\n\x06models\x18\x01 \x03(\x0b\x32$.npuflow.v1.ListModelsResponse.Model\x1a\xab\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x03\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.npuflow.v1.ModelState\x12\x14\n\x0cstate_reason\x18\x07 \x01(\t\x12\x0e\n\x06vision\x18\x08 \x01(\x08\x32\xb5\x02\n\x11GenerationService\x12K\n\x08Generate\x12\x1f.npuflow.v1.GenerateTextRequest\x1a\x1c.npuflow.v1.GenerateResponse0\x01\x12?\n\x04\x43hat\x12\x17.npuflow.v1.ChatRequest\x1a\x1c.npuflow.v1.GenerateResponse0\x01\x12\x45\n\x08Tokenize\x12\x1b.npuflow.v1.TokenizeRequest\x1a\x1c.npuflow.v1.TokenizeResponse\x12K\n\nListModels\x12\x1d.npuflow.v1.ListModelsRequest\x1a\x1e.npuflow.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,29 +41,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATETEXTREQUEST']._serialized_start=373
   _globals['_GENERATETEXTREQUEST']._serialized_end=561
   _globals['_CHATTURN']._serialized_start=564
-  _globals['_CHATTURN']._serialized_end=772
-  _globals['_CHATTURN_TOOLCALL']._serialized_start=694
-  _globals['_CHATTURN_TOOLCALL']._serialized_end=772
-  _globals['_CHATREQUEST']._serialized_start=775
-  _globals['_CHATREQUEST']._serialized_end=994
-  _globals['_GENERATERESPONSE']._serialized_start=997
-  _globals['_GENERATERESPONSE']._serialized_end=1595
-  _globals['_GENERATERESPONSE_TOOLCALLDELTA']._serialized_start=1149
-  _globals['_GENERATERESPONSE_TOOLCALLDELTA']._serialized_end=1247
-  _globals['_GENERATERESPONSE_CHOICE']._serialized_start=1250
-  _globals['_GENERATERESPONSE_CHOICE']._serialized_end=1484
-  _globals['_GENERATERESPONSE_USAGE']._serialized_start=1486
-  _globals['_GENERATERESPONSE_USAGE']._serialized_end=1595
-  _globals['_TOKENIZEREQUEST']._serialized_start=1598
-  _globals['_TOKENIZEREQUEST']._serialized_end=1760
-  _globals['_TOKENIZERESPONSE']._serialized_start=1762
-  _globals['_TOKENIZERESPONSE']._serialized_end=1823
-  _globals['_LISTMODELSREQUEST']._serialized_start=1825
-  _globals['_LISTMODELSREQUEST']._serialized_end=1844
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1847
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2079
-  _globals['_LISTMODELSRESPONSE_MODEL']._serialized_start=1924
-  _globals['_LISTMODELSRESPONSE_MODEL']._serialized_end=2079
-  _globals['_GENERATIONSERVICE']._serialized_start=2082
-  _globals['_GENERATIONSERVICE']._serialized_end=2391
+  _globals['_CHATTURN']._serialized_end=949
+  _globals['_CHATTURN_IMAGE']._serialized_start=736
+  _globals['_CHATTURN_IMAGE']._serialized_end=792
+  _globals['_CHATTURN_PART']._serialized_start=794
+  _globals['_CHATTURN_PART']._serialized_end=869
+  _globals['_CHATTURN_TOOLCALL']._serialized_start=871
+  _globals['_CHATTURN_TOOLCALL']._serialized_end=949
+  _globals['_CHATREQUEST']._serialized_start=952
+  _globals['_CHATREQUEST']._serialized_end=1171
+  _globals['_GENERATERESPONSE']._serialized_start=1174
+  _globals['_GENERATERESPONSE']._serialized_end=1772
+  _globals['_GENERATERESPONSE_TOOLCALLDELTA']._serialized_start=1326
+  _globals['_GENERATERESPONSE_TOOLCALLDELTA']._serialized_end=1424
+  _globals['_GENERATERESPONSE_CHOICE']._serialized_start=1427
+  _globals['_GENERATERESPONSE_CHOICE']._serialized_end=1661
+  _globals['_GENERATERESPONSE_USAGE']._serialized_start=1663
+  _globals['_GENERATERESPONSE_USAGE']._serialized_end=1772
+  _globals['_TOKENIZEREQUEST']._serialized_start=1775
+  _globals['_TOKENIZEREQUEST']._serialized_end=1937
+  _globals['_TOKENIZERESPONSE']._serialized_start=1939
+  _globals['_TOKENIZERESPONSE']._serialized_end=2000
+  _globals['_LISTMODELSREQUEST']._serialized_start=2002
+  _globals['_LISTMODELSREQUEST']._serialized_end=2021
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2024
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2272
+  _globals['_LISTMODELSRESPONSE_MODEL']._serialized_start=2101
+  _globals['_LISTMODELSRESPONSE_MODEL']._serialized_end=2272
+  _globals['_GENERATIONSERVICE']._serialized_start=2275
+  _globals['_GENERATIONSERVICE']._serialized_end=2584
 # @@protoc_insertion_point(module_scope)

@@ -54,7 +54,23 @@ class GenerateTextRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., n: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ...) -> None: ...
 
 class ChatTurn(_message.Message):
-    __slots__ = ("role", "content", "name", "tool_call_id", "tool_calls")
+    __slots__ = ("role", "content", "name", "tool_call_id", "tool_calls", "parts")
+    class Image(_message.Message):
+        __slots__ = ("data", "mime_type", "detail")
+        DATA_FIELD_NUMBER: _ClassVar[int]
+        MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+        DETAIL_FIELD_NUMBER: _ClassVar[int]
+        data: bytes
+        mime_type: str
+        detail: str
+        def __init__(self, data: _Optional[bytes] = ..., mime_type: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    class Part(_message.Message):
+        __slots__ = ("text", "image")
+        TEXT_FIELD_NUMBER: _ClassVar[int]
+        IMAGE_FIELD_NUMBER: _ClassVar[int]
+        text: str
+        image: ChatTurn.Image
+        def __init__(self, text: _Optional[str] = ..., image: _Optional[_Union[ChatTurn.Image, _Mapping]] = ...) -> None: ...
     class ToolCall(_message.Message):
         __slots__ = ("id", "type", "function_name", "arguments")
         ID_FIELD_NUMBER: _ClassVar[int]
@@ -71,12 +87,14 @@ class ChatTurn(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     role: str
     content: str
     name: str
     tool_call_id: str
     tool_calls: _containers.RepeatedCompositeFieldContainer[ChatTurn.ToolCall]
-    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ..., name: _Optional[str] = ..., tool_call_id: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ChatTurn.ToolCall, _Mapping]]] = ...) -> None: ...
+    parts: _containers.RepeatedCompositeFieldContainer[ChatTurn.Part]
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ..., name: _Optional[str] = ..., tool_call_id: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ChatTurn.ToolCall, _Mapping]]] = ..., parts: _Optional[_Iterable[_Union[ChatTurn.Part, _Mapping]]] = ...) -> None: ...
 
 class ChatRequest(_message.Message):
     __slots__ = ("model", "messages", "sampling", "n", "response_format", "tools_json", "tool_choice")
@@ -178,7 +196,7 @@ class ListModelsRequest(_message.Message):
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
     class Model(_message.Message):
-        __slots__ = ("id", "ready", "context_length", "max_batch", "created", "state", "state_reason")
+        __slots__ = ("id", "ready", "context_length", "max_batch", "created", "state", "state_reason", "vision")
         ID_FIELD_NUMBER: _ClassVar[int]
         READY_FIELD_NUMBER: _ClassVar[int]
         CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +204,7 @@ class ListModelsResponse(_message.Message):
         CREATED_FIELD_NUMBER: _ClassVar[int]
         STATE_FIELD_NUMBER: _ClassVar[int]
         STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+        VISION_FIELD_NUMBER: _ClassVar[int]
         id: str
         ready: bool
         context_length: int
@@ -193,7 +212,8 @@ class ListModelsResponse(_message.Message):
         created: int
         state: _common_pb2.ModelState
         state_reason: str
-        def __init__(self, id: _Optional[str] = ..., ready: _Optional[bool] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., created: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ...) -> None: ...
+        vision: bool
+        def __init__(self, id: _Optional[str] = ..., ready: _Optional[bool] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., created: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ..., vision: _Optional[bool] = ...) -> None: ...
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ListModelsResponse.Model]
     def __init__(self, models: _Optional[_Iterable[_Union[ListModelsResponse.Model, _Mapping]]] = ...) -> None: ...

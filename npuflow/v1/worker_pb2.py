@@ -25,29 +25,31 @@ _sym_db = _symbol_database.Default()
 from npuflow.v1 import common_pb2 as npuflow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17npuflow/v1/worker.proto\x12\nnpuflow.v1\x1a\x17npuflow/v1/common.proto\"\xc9\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.npuflow.v1.SamplingParams\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x04\x12\t\n\x01n\x18\x06 \x01(\r\x12\x0f\n\x07grammar\x18\x07 \x01(\t\x12\x15\n\rgrammar_param\x18\x08 \x01(\t\"\x1b\n\x05\x41\x62ort\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1c\n\x04Ping\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x04\"\x89\x01\n\x08ToWorker\x12/\n\x08generate\x18\x01 \x01(\x0b\x32\x1b.npuflow.v1.GenerateRequestH\x00\x12\"\n\x05\x61\x62ort\x18\x02 \x01(\x0b\x32\x11.npuflow.v1.AbortH\x00\x12 \n\x04ping\x18\x03 \x01(\x0b\x32\x10.npuflow.v1.PingH\x00\x42\x06\n\x04kind\"\xef\x01\n\x05Hello\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\r\x12\x15\n\reos_token_ids\x18\x08 \x03(\r\x12\x14\n\x0c\x63reated_unix\x18\t \x01(\x04\x12%\n\x05state\x18\n \x01(\x0e\x32\x16.npuflow.v1.ModelState\x12\x14\n\x0cstate_reason\x18\x0b \x01(\t\"V\n\tHeartbeat\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x14\n\x0csent_unix_ms\x18\x04 \x01(\x04\"\xb4\x02\n\nTokenEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0c\n\x04text\x18\x04 \x01(\t\x12/\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x18.npuflow.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\r\x12 \n\x05\x65rror\x18\x08 \x01(\x0b\x32\x11.npuflow.v1.Error\x12*\n\x08logprobs\x18\t \x03(\x0b\x32\x18.npuflow.v1.TokenLogprob\x12\x13\n\x0bstop_reason\x18\n \x01(\t\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x0b \x01(\r\"5\n\x0bTokenEvents\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.npuflow.v1.TokenEvent\"\x8f\x01\n\nFromWorker\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.npuflow.v1.HelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.npuflow.v1.HeartbeatH\x00\x12)\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x17.npuflow.v1.TokenEventsH\x00\x42\x06\n\x04kindb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17npuflow/v1/worker.proto\x12\nnpuflow.v1\x1a\x17npuflow/v1/common.proto\"U\n\nImageInput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\x12\r\n\x05param\x18\x05 \x01(\t\"\xf1\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.npuflow.v1.SamplingParams\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x04\x12\t\n\x01n\x18\x06 \x01(\r\x12\x0f\n\x07grammar\x18\x07 \x01(\t\x12\x15\n\rgrammar_param\x18\x08 \x01(\t\x12&\n\x06images\x18\t \x03(\x0b\x32\x16.npuflow.v1.ImageInput\"\x1b\n\x05\x41\x62ort\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1c\n\x04Ping\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x04\"\x89\x01\n\x08ToWorker\x12/\n\x08generate\x18\x01 \x01(\x0b\x32\x1b.npuflow.v1.GenerateRequestH\x00\x12\"\n\x05\x61\x62ort\x18\x02 \x01(\x0b\x32\x11.npuflow.v1.AbortH\x00\x12 \n\x04ping\x18\x03 \x01(\x0b\x32\x10.npuflow.v1.PingH\x00\x42\x06\n\x04kind\"\xff\x01\n\x05Hello\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\r\x12\x15\n\reos_token_ids\x18\x08 \x03(\r\x12\x14\n\x0c\x63reated_unix\x18\t \x01(\x04\x12%\n\x05state\x18\n \x01(\x0e\x32\x16.npuflow.v1.ModelState\x12\x14\n\x0cstate_reason\x18\x0b \x01(\t\x12\x0e\n\x06vision\x18\x0c \x01(\x08\"V\n\tHeartbeat\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x14\n\x0csent_unix_ms\x18\x04 \x01(\x04\"\xb4\x02\n\nTokenEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0c\n\x04text\x18\x04 \x01(\t\x12/\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x18.npuflow.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\r\x12 \n\x05\x65rror\x18\x08 \x01(\x0b\x32\x11.npuflow.v1.Error\x12*\n\x08logprobs\x18\t \x03(\x0b\x32\x18.npuflow.v1.TokenLogprob\x12\x13\n\x0bstop_reason\x18\n \x01(\t\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x0b \x01(\r\"5\n\x0bTokenEvents\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.npuflow.v1.TokenEvent\"\x8f\x01\n\nFromWorker\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.npuflow.v1.HelloH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.npuflow.v1.HeartbeatH\x00\x12)\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x17.npuflow.v1.TokenEventsH\x00\x42\x06\n\x04kindb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'npuflow.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GENERATEREQUEST']._serialized_start=65
-  _globals['_GENERATEREQUEST']._serialized_end=266
-  _globals['_ABORT']._serialized_start=268
-  _globals['_ABORT']._serialized_end=295
-  _globals['_PING']._serialized_start=297
-  _globals['_PING']._serialized_end=325
-  _globals['_TOWORKER']._serialized_start=328
-  _globals['_TOWORKER']._serialized_end=465
-  _globals['_HELLO']._serialized_start=468
-  _globals['_HELLO']._serialized_end=707
-  _globals['_HEARTBEAT']._serialized_start=709
-  _globals['_HEARTBEAT']._serialized_end=795
-  _globals['_TOKENEVENT']._serialized_start=798
-  _globals['_TOKENEVENT']._serialized_end=1106
-  _globals['_TOKENEVENTS']._serialized_start=1108
-  _globals['_TOKENEVENTS']._serialized_end=1161
-  _globals['_FROMWORKER']._serialized_start=1164
-  _globals['_FROMWORKER']._serialized_end=1307
+  _globals['_IMAGEINPUT']._serialized_start=64
+  _globals['_IMAGEINPUT']._serialized_end=149
+  _globals['_GENERATEREQUEST']._serialized_start=152
+  _globals['_GENERATEREQUEST']._serialized_end=393
+  _globals['_ABORT']._serialized_start=395
+  _globals['_ABORT']._serialized_end=422
+  _globals['_PING']._serialized_start=424
+  _globals['_PING']._serialized_end=452
+  _globals['_TOWORKER']._serialized_start=455
+  _globals['_TOWORKER']._serialized_end=592
+  _globals['_HELLO']._serialized_start=595
+  _globals['_HELLO']._serialized_end=850
+  _globals['_HEARTBEAT']._serialized_start=852
+  _globals['_HEARTBEAT']._serialized_end=938
+  _globals['_TOKENEVENT']._serialized_start=941
+  _globals['_TOKENEVENT']._serialized_end=1249
+  _globals['_TOKENEVENTS']._serialized_start=1251
+  _globals['_TOKENEVENTS']._serialized_end=1304
+  _globals['_FROMWORKER']._serialized_start=1307
+  _globals['_FROMWORKER']._serialized_end=1450
 # @@protoc_insertion_point(module_scope)

@@ -7,8 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ImageInput(_message.Message):
+    __slots__ = ("data", "detail", "start", "end", "param")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    PARAM_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    detail: str
+    start: int
+    end: int
+    param: str
+    def __init__(self, data: _Optional[bytes] = ..., detail: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., param: _Optional[str] = ...) -> None: ...
+
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt_token_ids", "sampling", "deadline_unix_ms", "n", "grammar", "grammar_param")
+    __slots__ = ("request_id", "model", "prompt_token_ids", "sampling", "deadline_unix_ms", "n", "grammar", "grammar_param", "images")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +31,7 @@ class GenerateRequest(_message.Message):
     N_FIELD_NUMBER: _ClassVar[int]
     GRAMMAR_FIELD_NUMBER: _ClassVar[int]
     GRAMMAR_PARAM_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -25,7 +40,8 @@ class GenerateRequest(_message.Message):
     n: int
     grammar: str
     grammar_param: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., deadline_unix_ms: _Optional[int] = ..., n: _Optional[int] = ..., grammar: _Optional[str] = ..., grammar_param: _Optional[str] = ...) -> None: ...
+    images: _containers.RepeatedCompositeFieldContainer[ImageInput]
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., deadline_unix_ms: _Optional[int] = ..., n: _Optional[int] = ..., grammar: _Optional[str] = ..., grammar_param: _Optional[str] = ..., images: _Optional[_Iterable[_Union[ImageInput, _Mapping]]] = ...) -> None: ...
 
 class Abort(_message.Message):
     __slots__ = ("request_id",)
@@ -50,7 +66,7 @@ class ToWorker(_message.Message):
     def __init__(self, generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("model", "worker_id", "context_length", "max_batch", "vocab_size", "engine", "pid", "eos_token_ids", "created_unix", "state", "state_reason")
+    __slots__ = ("model", "worker_id", "context_length", "max_batch", "vocab_size", "engine", "pid", "eos_token_ids", "created_unix", "state", "state_reason", "vision")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +78,7 @@ class Hello(_message.Message):
     CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    VISION_FIELD_NUMBER: _ClassVar[int]
     model: str
     worker_id: str
     context_length: int
@@ -73,7 +90,8 @@ class Hello(_message.Message):
     created_unix: int
     state: _common_pb2.ModelState
     state_reason: str
-    def __init__(self, model: _Optional[str] = ..., worker_id: _Optional[str] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., pid: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., created_unix: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ...) -> None: ...
+    vision: bool
+    def __init__(self, model: _Optional[str] = ..., worker_id: _Optional[str] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., pid: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., created_unix: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ..., vision: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("worker_id", "running", "waiting", "sent_unix_ms")
