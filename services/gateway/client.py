@@ -59,12 +59,29 @@ class GenerateParams:
 
 
 @dataclass(frozen=True)
+class ImagePart:
+    """An image of a chat turn. Parsing fills `data` (a data: URL's bytes) or `url` (an http(s)
+    URL, fetched later if the config allows); once resolved, `data` holds the file and
+    width/height its decoded size."""
+    param: str                 # where it came from, e.g. "messages[1].content[2]"
+    detail: str = "auto"       # auto | low | high
+    data: bytes = b""
+    url: str = ""
+    mime_type: str = ""
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True)
 class ChatTurn:
     role: str
     content: str
     name: str = ""
     tool_call_id: str = ""
     tool_calls: tuple[tuple[str, str, str, str], ...] = ()   # (id, type, function name, arguments)
+    # Set when the turn holds an image: its text (str) and ImagePart parts in order; `content`
+    # then holds the text parts joined, for code that only reads text.
+    parts: tuple["str | ImagePart", ...] = ()
 
 
 class ModelClient(Protocol):
