@@ -47,6 +47,7 @@ class WorkerInfo:
     engine: str
     eos_token_ids: tuple[int, ...]
     created: int
+    vision: bool = False           # the package has a vision encoder: requests may carry images
 
 
 class _IoThread(threading.Thread):
@@ -102,6 +103,7 @@ class WorkerLink:
         self._wake = threading.Event()
         self._push: zmq.Socket | None = None
         self._stopping_since: float | None = None
+        scheduler.wake = self._wake.set   # the encode thread: a request's images are ready
 
     # ---- called by the I/O thread ---------------------------------------------------------
     def hello(self) -> worker_pb2.FromWorker:
@@ -109,7 +111,7 @@ class WorkerLink:
         return worker_pb2.FromWorker(hello=worker_pb2.Hello(
             model=i.model, worker_id=self.worker_id, context_length=i.context_length, max_batch=i.max_batch,
             vocab_size=i.vocab_size, engine=i.engine, pid=os.getpid(), eos_token_ids=i.eos_token_ids,
-            created_unix=i.created, state=common_pb2.MODEL_STATE_LOADED))
+            created_unix=i.created, state=common_pb2.MODEL_STATE_LOADED, vision=i.vision))
 
     def heartbeat(self, sent_unix_ms: int) -> worker_pb2.FromWorker:
         return worker_pb2.FromWorker(heartbeat=worker_pb2.Heartbeat(
@@ -176,6 +178,7 @@ class WorkerLink:
                 if sched.has_work:
                     self._send_events(sched.step())
         finally:
+            sched.close()
             io.halt.set()
             io.join()
             self._push.close(linger=0)

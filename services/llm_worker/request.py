@@ -21,6 +21,7 @@ from .errors import RequestError, invalid
 from .grammar import GrammarVocab
 from .sampling import Pick, SamplerState, SamplingConfig, resolve_sampling
 from .stop import MAX_STOP_STRINGS, StopMatcher
+from .vision import RequestImages, parse_images, reuse_key
 
 MAX_CHOICES = 16
 
@@ -34,10 +35,19 @@ class Request:
     deadline_ms: int           # 0 = none
     sampling: SamplingConfig
     choices: list["Choice"] = field(default_factory=list)
+    images: RequestImages | None = None   # None: a text prompt
+    key: list[int] = field(default_factory=list)  # what prefix reuse compares (see vision.reuse_key)
+
+    def __post_init__(self) -> None:
+        self.key = reuse_key(self.prompt, self.images)
 
     @property
     def done(self) -> bool:
         return all(c.finished for c in self.choices)
+
+    @property
+    def cancelled(self) -> bool:   # read by the encode thread between tiles
+        return self.done
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class ModelLimits:
     eos_token_ids: tuple[int, ...]
     sampling_defaults: Mapping[str, Any]
     grammar: GrammarVocab | None = None   # None: requests with a grammar are refused
+    vision: Any | None = None             # the encoder's VisionSpec; None: requests with images are refused
 
 
 def build_request(msg: worker_pb2.GenerateRequest, peer: bytes, limits: ModelLimits, table: TokenTable) -> Request:
@@ -85,8 +96,9 @@ def build_request(msg: worker_pb2.GenerateRequest, peer: bytes, limits: ModelLim
                       msg.grammar_param or "response_format")
     if msg.grammar:  # fail before queueing; each choice compiles its own matcher below
         limits.grammar.matcher(msg.grammar, msg.grammar_param or "response_format")
+    images = parse_images(msg, prompt, limits.vision)
     req = Request(id=msg.request_id, peer=peer, prompt=prompt, limit=max_tokens or ctx - n_prompt,
-                  deadline_ms=msg.deadline_unix_ms, sampling=cfg)
+                  deadline_ms=msg.deadline_unix_ms, sampling=cfg, images=images)
     req.choices = [Choice(req, i, table, limits.vocab_size, frozenset(stop_ids), msg.sampling.stop,
                           limits.grammar.matcher(msg.grammar, msg.grammar_param) if msg.grammar else None)
                    for i in range(n)]

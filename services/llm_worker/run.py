@@ -18,6 +18,7 @@ from .link import WorkerInfo, WorkerLink, serve_failed
 from npuflow.memory import limit_arenas
 from .request import ModelLimits
 from .scheduler import Scheduler
+from .vision import MAX_IMAGE_PIXELS
 
 log = get_logger("worker")
 
@@ -61,16 +62,29 @@ def build_engine(package: ModelPackage, model: ModelSettings) -> Engine:
     raise WorkerStartError(f"model '{model.id}': unknown engine '{model.engine}' (cpu or ax)")
 
 
-def build_link(engine: Engine, package: ModelPackage, model: ModelSettings, engine_kind: str = "") -> WorkerLink:
-    """Scheduler and socket loop around a ready engine (tests pass a fake engine here)."""
+def build_vision(package: ModelPackage, model: ModelSettings):
+    """The package's vision encoder, or None for a text-only package."""
+    if "vision" not in package.extra:
+        return None
+    from npuflow.engine.vision import open_vision_encoder
+    return open_vision_encoder(package, threads=model.threads)
+
+
+def build_link(engine: Engine, package: ModelPackage, model: ModelSettings, engine_kind: str = "", *,
+               vision=None, max_image_pixels: int = MAX_IMAGE_PIXELS) -> WorkerLink:
+    """Scheduler and socket loop around a ready engine (tests pass a fake engine here) and the
+    package's vision encoder (None: a text model, requests with images are refused)."""
     table = load_token_table(package.tokenizer_path, engine.vocab_size)
     limits = ModelLimits(model_id=model.id, vocab_size=engine.vocab_size, context_length=engine.context_length,
                          eos_token_ids=tuple(package.eos_token_ids), sampling_defaults=dict(package.sampling_defaults),
-                         grammar=_grammar_vocab(package, engine.vocab_size))
-    scheduler = Scheduler(engine, table, limits, max_queue=model.max_queue, prefix_cache=model.prefix_cache)
+                         grammar=_grammar_vocab(package, engine.vocab_size),
+                         vision=vision.spec if vision is not None else None)
+    scheduler = Scheduler(engine, table, limits, max_queue=model.max_queue, prefix_cache=model.prefix_cache,
+                          vision=vision, max_image_pixels=max_image_pixels)
     info = WorkerInfo(model=model.id, context_length=engine.context_length, max_batch=engine.max_slots,
                       vocab_size=engine.vocab_size, engine=engine_kind or model.engine,
-                      eos_token_ids=tuple(package.eos_token_ids), created=package.created)
+                      eos_token_ids=tuple(package.eos_token_ids), created=package.created,
+                      vision=vision is not None)
     return WorkerLink(scheduler, info, model.endpoint)
 
 
@@ -105,6 +119,11 @@ def run_worker(settings: Settings, model: ModelSettings) -> None:
     try:
         package = load_package(settings, model)
         engine = build_engine(package, model)
+        try:
+            vision = build_vision(package, model)
+        except BaseException:
+            engine.close()
+            raise
     except Exception as e:
         reason = permanent_start_error(model, e)
         if reason is None:
@@ -118,7 +137,10 @@ def run_worker(settings: Settings, model: ModelSettings) -> None:
         log.info("stopped", model=model.id)
         return
     try:
-        serve_until_signalled(build_link(engine, package, model))
+        serve_until_signalled(build_link(engine, package, model, vision=vision,
+                                         max_image_pixels=getattr(settings.server, "max_image_pixels", MAX_IMAGE_PIXELS)))
     finally:
+        if vision is not None:
+            vision.close()
         engine.close()
     log.info("stopped", model=model.id)

@@ -12,6 +12,11 @@ One `step()`:
      complete gets its first token;
   5. sample all rows from 3 and 4 together, and return one TokenEvent per choice that progressed.
 Aborts and submit errors are answered by the next step (or `take_events`).
+
+A request with images first goes to the encode thread (vision.py) and joins `waiting` when its
+embeddings are ready (`_collect_encoded`, before step 1); its prefill pieces carry the
+embeddings of the image positions they hold. Prefix reuse compares the requests' keys, in which
+image positions name their image.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from .detok import TokenTable
 from .errors import RequestError
 from .request import MAX_CHOICES, Choice, ModelLimits, Request, build_request
 from .sampling import sample_batch
+from .vision import MAX_IMAGE_PIXELS, EncodeThread
 
 log = get_logger("worker")
 
@@ -62,7 +68,8 @@ MIN_PREFILL = 2   # prompt tokens a reused slot still prefills (see Scheduler._t
 
 class Scheduler:
     def __init__(self, engine: Engine, table: TokenTable, limits: ModelLimits, *, max_queue: int,
-                 step_target_s: float = 0.15, idle_target_s: float = 0.4, prefix_cache: bool = True):
+                 step_target_s: float = 0.15, idle_target_s: float = 0.4, prefix_cache: bool = True,
+                 vision=None, max_image_pixels: int = MAX_IMAGE_PIXELS):
         self.engine = engine
         self.table = table
         self.limits = limits
@@ -75,7 +82,12 @@ class Scheduler:
         self.align = max(1, int(getattr(engine, "prefill_align", 1) or 1))
         self.free_slots = list(range(engine.max_slots))   # least recently used first
         self.prefix_cache = prefix_cache
-        self.held: dict[int, list[int]] = {}   # free slot -> prompt tokens its KV still holds
+        self.held: dict[int, list[int]] = {}   # free slot -> prompt keys its KV still holds
+        self.vision = vision                  # a VisionEncoder, or None (images are refused)
+        self.max_image_pixels = max_image_pixels
+        self._encoder: EncodeThread | None = None
+        self.encoding: dict[str, Request] = {}  # requests whose images are being encoded
+        self.wake = lambda: None              # called from the encode thread when a request is ready
         self.waiting: deque[Choice] = deque()
         self.running: list[Choice] = []
         self.requests: dict[str, Request] = {}
@@ -90,7 +102,7 @@ class Scheduler:
                                    f"request {msg.request_id} is already running", "request_id")
             # a safety net sized as the gateway's admission (gateway/admission.py), which counts
             # its sequences until after their Abort: it never fires for a request admitted there
-            held, n = len(self.waiting) + len(self.running), min(max(1, msg.n), MAX_CHOICES)
+            held, n = len(self.waiting) + len(self.running) + self.n_encoding, min(max(1, msg.n), MAX_CHOICES)
             if held and held + n > self.capacity:
                 raise RequestError(common_pb2.ERROR_CODE_OVERLOADED,
                                    f"the model's queue is full ({held} sequences in flight, room for "
@@ -100,7 +112,13 @@ class Scheduler:
             self.submit_rejected(msg, peer, e.to_proto())
             return
         self.requests[req.id] = req
-        self.waiting.extend(req.choices)
+        if req.images is None:
+            self.waiting.extend(req.choices)
+            return
+        if self._encoder is None:
+            self._encoder = EncodeThread(self.vision, max_pixels=self.max_image_pixels, wake=lambda: self.wake())
+        self.encoding[req.id] = req
+        self._encoder.submit(req)
 
     def submit_rejected(self, msg: worker_pb2.GenerateRequest, peer: bytes, error: common_pb2.Error) -> None:
         """Answer a request that will not run: one ERROR event per choice the gateway waits for."""
@@ -123,7 +141,10 @@ class Scheduler:
     # ---- state --------------------------------------------------------------------------
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._touched or self._outbox)
+        """Something for `step` to do now (a request still being encoded is not: the encode
+        thread calls `wake` when it is ready)."""
+        return bool(self.waiting or self.running or self._touched or self._outbox
+                    or (self._encoder is not None and not self._encoder.done.empty()))
 
     @property
     def capacity(self) -> int:
@@ -136,10 +157,21 @@ class Scheduler:
 
     @property
     def n_waiting(self) -> int:
-        return len(self.waiting)
+        return len(self.waiting) + self.n_encoding
+
+    @property
+    def n_encoding(self) -> int:
+        """Choices of requests whose images are being encoded."""
+        return sum(len(r.choices) for r in self.encoding.values())
+
+    def close(self) -> None:
+        """Stop the encode thread (requests still encoding should have been ended first)."""
+        if self._encoder is not None:
+            self._encoder.stop()
 
     # ---- the step -----------------------------------------------------------------------
     def step(self) -> list[Event]:
+        self._collect_encoded()
         self._expire(int(time.time() * 1000))
         self._admit()
         rows: list[tuple[Choice, np.ndarray]] = []
@@ -176,10 +208,25 @@ class Scheduler:
                 self.abort(req.id, common_pb2.FINISH_REASON_ERROR, common_pb2.Error(
                     code=common_pb2.ERROR_CODE_DEADLINE_EXCEEDED, message="the request's deadline passed"))
 
+    def _collect_encoded(self) -> None:
+        """Queue the choices of requests whose images are encoded; end those whose encode failed."""
+        if self._encoder is None:
+            return
+        while not self._encoder.done.empty():
+            req = self._encoder.done.get()
+            self.encoding.pop(req.id, None)
+            if req.done:
+                continue   # aborted or expired while encoding: its events went out already
+            if req.images.error is not None:
+                self.abort(req.id, common_pb2.FINISH_REASON_ERROR, req.images.error)
+            elif req.images.ready:
+                self.waiting.extend(req.choices)
+            # else given up without an error (deadline, stop): _expire or abort_all ends it
+
     def _admit(self) -> None:
         while self.waiting and self.free_slots:
             c = self.waiting.popleft()
-            c.slot, c.prefilled = self._take_slot(c.request.prompt)
+            c.slot, c.prefilled = self._take_slot(c.request.key)
             c.cached_tokens = c.prefilled
             self.running.append(c)
 
@@ -234,9 +281,13 @@ class Scheduler:
             if self.align > 1:        # whole engine chunks: a piece ending inside one is paid in full
                 end = -(-end // self.align) * self.align
             chunk = prompt[c.prefilled:end]
+            embeds = c.request.images.chunk(c.prefilled, c.prefilled + len(chunk)) if c.request.images else None
             t0 = time.perf_counter()
             try:
-                logits = self.engine.prefill(c.slot, chunk)
+                if embeds is None:
+                    logits = self.engine.prefill(c.slot, chunk)
+                else:
+                    logits = self.engine.prefill(c.slot, chunk, embeds=embeds)
             except Exception as e:
                 log.error("prefill failed", exc_info=not _is_engine_error(e), error=str(e), request_id=c.request.id)
                 self._end(c, common_pb2.FINISH_REASON_ERROR, _internal(e))
@@ -266,7 +317,7 @@ class Scheduler:
         if c.slot is None:
             return
         if reuse and self.prefix_cache and c.prefilled:
-            self.held[c.slot] = c.request.prompt[:c.prefilled]
+            self.held[c.slot] = c.request.key[:c.prefilled]
         else:
             try:
                 self.engine.release(c.slot)
