@@ -1,5 +1,7 @@
 """`npuflow convert SOURCE OUT`: a GGUF file or a Hugging Face safetensors folder (llama, qwen2,
-qwen3) -> a model package for the CPU engine (see npuflow/models/package.py).
+qwen3; vision-language: idefics3 / SmolVLM, internvl) -> a model package for the CPU engine (see
+npuflow/models/package.py). A vision-language package also holds the vision encoder graph
+(vision.onnx) and the manifest's "vision" section.
 
 The package is written into a temporary directory beside OUT and renamed into place when
 complete, so a crash never leaves a half package at OUT.
@@ -68,13 +70,14 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str 
     spec, source_info = read_source(src)
     mid = model_id or _default_id(src)
     log.info("source read", architecture=spec.architecture, layers=spec.layers, hidden=spec.hidden,
-             vocab=spec.vocab, seconds=round(time.monotonic() - t0, 2))
+             vocab=spec.vocab, vision=(spec.extra.get("vision") or {}).get("family"),
+             seconds=round(time.monotonic() - t0, 2))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     last = [-1]
 
     def progress(what: str, pct: int) -> None:
-        if pct // 10 != last[0] // 10 or what in ("embedding", "writing graph"):
+        if pct // 10 != last[0] // 10 or what in ("embedding", "writing graph", "writing vision graph"):
             log.info("convert progress", step=what, percent=pct)
             last[0] = pct
 

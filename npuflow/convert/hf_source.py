@@ -1,5 +1,10 @@
 """Read a Hugging Face safetensors checkpoint folder (llama, qwen2, qwen3) into a ModelSpec.
 
+Vision-language folders (idefics3 / SmolVLM, internvl in the HF layout) give the ModelSpec of their
+text model (`text_config`, tensors under `model.text_model.` / `model.language_model.`, `lm_head`)
+and, in `spec.extra["vision"]`, what the converter needs to write the vision encoder: the family,
+the full config, a tensor getter and the manifest's "vision" section (npuflow.vision.settings).
+
 The safetensors header is parsed here and tensors are memory-mapped, so F32, F16 and BF16 all
 load without torch. Float weights stay float32 in the graph (no requantization).
 """
@@ -18,7 +23,8 @@ from .tokenizer import CHAT_STOP_TOKENS
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 _DIGEST_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "chat_template.jinja")
+                 "chat_template.jinja", "preprocessor_config.json", "processor_config.json")
+VISION_FAMILIES = {"idefics3": "model.text_model.", "internvl": "model.language_model."}
 
 
 def folder_digest(path: pathlib.Path) -> str:
@@ -77,10 +83,20 @@ def _rope_theta(cfg: dict) -> float:
 def read_hf(folder: pathlib.Path) -> ModelSpec:
     from tokenizers import Tokenizer
 
-    cfg = json.loads((folder / "config.json").read_text())
+    top = json.loads((folder / "config.json").read_text())
+    family = top.get("model_type")
+    prefix = "model."
+    cfg = top
+    if family in VISION_FAMILIES:
+        cfg = top.get("text_config")
+        if not isinstance(cfg, dict):
+            raise ConvertError(f"{folder}: {family} config.json has no text_config")
+        prefix = VISION_FAMILIES[family]
     arch = cfg.get("model_type")
     if arch not in ARCHITECTURES:
-        raise ConvertError(f"{folder}: unsupported architecture '{arch}' (supported: {', '.join(ARCHITECTURES)})")
+        what = f"{family} text model" if family in VISION_FAMILIES else "architecture"
+        supported = ", ".join(ARCHITECTURES + (() if family in VISION_FAMILIES else tuple(VISION_FAMILIES)))
+        raise ConvertError(f"{folder}: unsupported {what} '{arch}' (supported: {supported})")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ConvertError(f"{folder}: unsupported activation '{cfg.get('hidden_act')}'")
     if not (folder / "tokenizer.json").is_file():
@@ -100,7 +116,7 @@ def read_hf(folder: pathlib.Path) -> ModelSpec:
         template = next((t["template"] for t in template if t.get("name") == "default"), "")
 
     eos: list[int] = []
-    for src in (gcfg.get("eos_token_id"), cfg.get("eos_token_id")):
+    for src in (gcfg.get("eos_token_id"), cfg.get("eos_token_id"), top.get("eos_token_id") if top is not cfg else None):
         eos += [src] if isinstance(src, int) else list(src or [])
     eos_tok = tcfg.get("eos_token")
     if isinstance(eos_tok, dict):
@@ -120,7 +136,7 @@ def read_hf(folder: pathlib.Path) -> ModelSpec:
         return out
 
     def layer(i: int) -> LayerWeights:
-        p = f"model.layers.{i}."
+        p = f"{prefix}layers.{i}."
         a = p + "self_attn."
         return LayerWeights(
             attn_norm=st.get(p + "input_layernorm.weight"),
@@ -131,14 +147,20 @@ def read_hf(folder: pathlib.Path) -> ModelSpec:
             q_norm=st.get(a + "q_norm.weight") if arch == "qwen3" else None,
             k_norm=st.get(a + "k_norm.weight") if arch == "qwen3" else None)
 
+    extra = {}
+    if family in VISION_FAMILIES:
+        from ..vision.settings import read_hf_vision
+        extra["vision"] = {"family": family, "config": top, "get": st.get, "has": st.has,
+                           "section": read_hf_vision(folder, top, tok)}
+    embed = prefix + "embed_tokens.weight"
     return ModelSpec(
         architecture=arch, hidden=hidden, layers=int(cfg["num_hidden_layers"]), heads=heads,
         kv_heads=int(cfg.get("num_key_value_heads") or heads), head_dim=head_dim,
         ffn=int(cfg["intermediate_size"]), vocab=int(cfg["vocab_size"]),
         context_length=int(cfg.get("max_position_embeddings", 2048)), rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         rope_theta=_rope_theta(cfg), rotary_interleaved=False,
-        embedding=lambda: lin("model.embed_tokens.weight"),
-        output=lambda: lin("model.embed_tokens.weight" if tied else "lm_head.weight"),
-        final_norm=lambda: st.get("model.norm.weight"), layer=layer, tokenizer_json=tok_text,
+        embedding=lambda: lin(embed),
+        output=lambda: lin(embed if tied else "lm_head.weight"),
+        final_norm=lambda: st.get(prefix + "norm.weight"), layer=layer, tokenizer_json=tok_text,
         eos_token_ids=list(dict.fromkeys(eos)), bos_token_id=bos, chat_template=template,
-        name=folder.name, tied=tied)
+        name=folder.name, tied=tied, extra=extra)

@@ -16,6 +16,8 @@ from .weights import CONVERTER_VERSION
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+VISION_FILE = "vision.onnx"
+VISION_DATA_FILE = "vision.onnx.data"
 
 
 def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source: dict[str, Any],
@@ -45,6 +47,7 @@ def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source:
     onnx.save(model, str(root / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
               location=DATA_FILE, size_threshold=1024)
     del model
+    vision = _write_vision(spec, root, progress, files)
 
     root.chmod(0o755)
     for f in root.iterdir():
@@ -68,5 +71,26 @@ def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source:
                   "rms_eps": spec.rms_eps, "accuracy_level": accuracy_level, "embedding": {"bits": emb_bits},
                   "bf16_boundaries": bf16_boundaries, "converter_version": CONVERTER_VERSION},
         "checksums": checksums,
+        **({"vision": vision} if vision is not None else {}),
     })
+
+
+def _write_vision(spec: ModelSpec, root: pathlib.Path, progress: Callable[[str, int], None],
+                  files: dict[str, str]) -> dict[str, Any] | None:
+    """A VLM source's vision encoder (+ projector) as its own graph, vision.onnx with external
+    data vision.onnx.data; returns the manifest's "vision" section (None for a text model)."""
+    v = spec.extra.get("vision")
+    if not v:
+        return None
+    from .vision_graph import build_vision_graph
+
+    model = build_vision_graph(v["family"], v["config"], v["get"], lambda what, pct: progress(what, pct))
+    progress("writing vision graph", 100)
+    onnx.save(model, str(root / VISION_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=VISION_DATA_FILE, size_threshold=1024)
+    del model
+    if not (root / VISION_DATA_FILE).exists():      # every initializer was small enough to stay inline
+        (root / VISION_DATA_FILE).write_bytes(b"")
+    files["vision_model"], files["vision_model_data"] = VISION_FILE, VISION_DATA_FILE
+    return dict(v["section"])
 
