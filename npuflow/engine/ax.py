@@ -9,6 +9,10 @@ past the last prefill group go through the decode group one by one. Decode runs 
 slot in turn. Every input is built with the dtype and shape the graph declares, input names are
 looked up per group (some builds suffix them), and outputs are taken in declared order
 (output_names=None).
+
+Image embeddings (prefill's `embeds`) replace the table rows of their positions, rounded to bf16 as
+the table's rows are; the slot keeps them by position (like its token history), so a chunk that
+is re-run for an unaligned append feeds them again, and truncate/release forget them.
 """
 from __future__ import annotations
 
@@ -101,6 +105,7 @@ class AxEngine:
         self.context_length = min(self._C, context_length or self._C)
         self.prefill_align = self._P or 1
         self._tokens: list[list[int]] = [[] for _ in range(max_slots)]
+        self._rows: list[dict[int, np.ndarray]] = [{} for _ in range(max_slots)]   # position -> bf16 [H]
         self._kv: list[list[tuple[np.ndarray, np.ndarray]] | None] = [None] * max_slots
         self._feeds: list[list[dict[str, np.ndarray]] | None] = [None] * max_slots
         log.info("ax engine ready", model=package.id, layers=len(self._layers), kv_cache_len=self._C,
@@ -145,7 +150,10 @@ class AxEngine:
         return np.memmap(path, dtype=BF16, mode="r", shape=(rows, self._H))
 
     # -- Engine interface ----------------------------------------------------------------------
-    def prefill(self, slot: int, token_ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+    def prefill(self, slot: int, token_ids: Sequence[int], all_logits: bool = False,
+                embeds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """embeds: None or (rows int [k], values float32 [k, hidden]): positions rows of this chunk
+        of token_ids take values (rounded to bf16) instead of their token's table row."""
         self._check_slot(slot)
         ids = self._check_ids(token_ids)
         if len(ids) == 0:
@@ -156,8 +164,12 @@ class AxEngine:
         if len(ids) > room:
             raise EngineError(f"prompt of {len(ids)} tokens does not fit: slot {slot} has room for {room} "
                               f"of {self.context_length}")
+        override = self._check_embeds(embeds, len(ids))
         kv = self._slot_kv(slot)
         hist.extend(int(t) for t in ids)
+        rows_of = self._rows[slot]
+        for r, v in override:
+            rows_of[start + r] = v
         T, pos, rows = len(hist), start, []
         try:
             while pos < T:
@@ -170,12 +182,14 @@ class AxEngine:
                     pos += 1
                     continue
                 n = min(T, base + self._P) - base
-                x = self._chunk(kv, hist[base:base + n], base, g)
+                x = self._chunk(slot, kv, hist[base:base + n], base, g)
                 want = range(pos - base, n) if all_logits else ([n - 1] if base + n == T else [])
                 rows.extend(self._logits(x[:, r:r + 1]) for r in want)
                 pos = base + n
         except BaseException:
             del hist[start:]                        # the slot keeps what it held before
+            for r, _ in override:
+                rows_of.pop(start + r, None)
             raise
         return np.stack(rows) if all_logits else rows[-1]
 
@@ -199,6 +213,7 @@ class AxEngine:
     def release(self, slot: int) -> None:
         self._check_slot(slot)
         self._tokens[slot] = []
+        self._rows[slot] = {}
 
     def truncate(self, slot: int, length: int) -> None:
         """Later tokens are forgotten; a prefill after a length that is not a multiple of the
@@ -206,6 +221,9 @@ class AxEngine:
         self._check_slot(slot)
         check_truncate(length, len(self._tokens[slot]))
         del self._tokens[slot][length:]
+        rows = self._rows[slot]
+        for p in [p for p in rows if p >= length]:
+            del rows[p]
 
     def length(self, slot: int) -> int:
         self._check_slot(slot)
@@ -230,7 +248,8 @@ class AxEngine:
     def _step(self, slot: int, token: int, pos: int) -> np.ndarray:
         """One token at position pos through every layer's decode group; returns the hidden row."""
         spec = self._in[0]
-        x = np.asarray(self._embed[token]).reshape(spec[3][2]).astype(spec[3][1], copy=False)
+        row = self._rows[slot].get(pos)
+        x = np.asarray(self._embed[token] if row is None else row).reshape(spec[3][2]).astype(spec[3][1], copy=False)
         idx = np.full(spec[2][2], pos, spec[2][1])
         mask = np.zeros(spec[4][2], np.float32)
         mask[..., pos:self._C] = MASKED
@@ -245,11 +264,14 @@ class AxEngine:
             x = outs[x_i]
         return x
 
-    def _chunk(self, kv, tokens: list[int], base: int, g: int) -> np.ndarray:
+    def _chunk(self, slot: int, kv, tokens: list[int], base: int, g: int) -> np.ndarray:
         """Tokens at positions base.. through prefill group g (base = (g-1)*P); returns [1,P,H]."""
         spec, P, n = self._in[g], self._P, len(tokens)
         x = np.zeros(spec[3][2], spec[3][1])
         x[0, :n] = self._embed[np.asarray(tokens)]
+        for p, row in self._rows[slot].items():
+            if base <= p < base + n:
+                x[0, p - base] = row
         idx = np.arange(base, base + P).reshape(spec[2][2]).astype(spec[2][1])
         mask = np.full(spec[4][2], MASKED, np.float32)
         for i in range(n):
@@ -292,3 +314,19 @@ class AxEngine:
 
     def _check_ids(self, token_ids: Sequence[int]) -> np.ndarray:
         return check_token_ids(token_ids, self.vocab_size)
+
+    def _check_embeds(self, embeds, n: int) -> list[tuple[int, np.ndarray]]:
+        """(row, bf16 values [H]) pairs of a prefill's embeds, checked against the chunk of n tokens."""
+        if embeds is None:
+            return []
+        rows, values = np.asarray(embeds[0]), np.asarray(embeds[1])
+        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+            raise EngineError(f"embeds rows must be a 1-D integer array, got {rows.dtype} {list(rows.shape)}")
+        if values.shape != (len(rows), self._H):
+            raise EngineError(f"embeds values must be [{len(rows)}, {self._H}], got {list(values.shape)}")
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise EngineError(f"embeds rows must lie in [0, {n}) (the chunk's positions)")
+        if len(np.unique(rows)) != len(rows):
+            raise EngineError("embeds name a row twice")
+        vals = values.astype(np.float32, copy=False).astype(BF16)     # rounded as the table rows are
+        return [(int(r), vals[i]) for i, r in enumerate(rows)]

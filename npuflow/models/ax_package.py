@@ -15,7 +15,19 @@ one level below (see deploy/README.md).
 
 The package's extra["ax"] carries: layer_files, post_file, embed_file, prefill_len, kv_cache_len
 (0 = read from the graphs), cmm_kb (the NPU memory the model needs: the mode json's cmm_size, else
-an estimate, the size of the graph files; cmm_estimated tells which), layout.
+an estimate, the size of the graph files, the vision encoder's included; cmm_estimated tells
+which), layout, and for a VLM vision_file and vision_kb.
+
+Vision-language packages: the vision encoder is a graph next to the LLM layers, named in
+config.json / mode_param (ax-llm's filename_image_encoder_axmodel, its command line's spelling
+filename_image_encoder_axmodedl, the older filename_vpm_resampler_axmodedl, or npuflow's
+vision_model) or found by name (*vit*.axmodel, vision*.axmodel, *image_encoder*.axmodel, in the
+directory or one folder below, as the vendor repos ship vit_axmodel/ and vit-models/). Its
+"vision" section (extra["vision"], the shape of a CPU package's, see npuflow/vision) is
+config.json's "vision" (npuflow's export), else read from the HF processor files of the base
+model in the directory or one folder below (preprocessor_config.json / processor_config.json),
+the placeholder token id from the tokenizer. The encoder's input layout and dtype (NHWC uint8 or
+NCHW float32) are read from the graph when it is opened (engine/ax_vision.py).
 """
 from __future__ import annotations
 
@@ -27,6 +39,11 @@ from typing import Any
 from .package import Dims, ModelPackage, PackageError
 
 EMBED_DEFAULT = "model.embed_tokens.weight.bfloat16.bin"
+VISION_KEYS = ("filename_image_encoder_axmodel", "filename_image_encoder_axmodedl", "filename_vpm_resampler_axmodedl",
+               "vision_model")
+_VISION_GLOBS = ("*vit*.axmodel", "vision*.axmodel", "*image_encoder*.axmodel", "*vit*.onnx", "vision*.onnx")
+_FAMILIES = {"idefics3": "idefics3", "smolvlm": "idefics3", "internvl": "internvl", "internvl_chat": "internvl"}
+_IMAGE_TOKENS = {"idefics3": "<image>", "internvl": "<IMG_CONTEXT>"}
 _LAYER_RE = re.compile(r"^(?P<prefix>.+?)_p(?P<p>\d+)_l(?P<i>\d+)_together\.(?P<ext>axmodel|onnx)$")
 
 
@@ -49,11 +66,14 @@ def read_ax_package(path: str | pathlib.Path, model_id: str | None = None) -> Mo
     mode = _json(mode_file) if mode_file else None
     params: dict[str, Any] = dict((mode or {}).get("mode_param") or {})
     cfg = _json(root / "config.json") or {}
+    text_cfg = cfg.get("text_config") or cfg.get("llm_config") or {}   # a VLM's HF config nests the text model's
+    cfg = {**text_cfg, **{k: v for k, v in cfg.items() if k not in ("text_config", "llm_config")}} if text_cfg else cfg
     keys = {**cfg, **params}           # file names: the mode json wins
     layers, prefix_p = _layer_files(root, keys)
     post = keys.get("filename_post_axmodel") or _one(root, "*_post.axmodel", "*_post.onnx")
     embed = keys.get("filename_tokens_embed") or EMBED_DEFAULT
-    for name in [*layers, post, embed]:
+    vision_file = _vision_file(root, keys, {*layers, post})
+    for name in [*layers, post, embed, *([vision_file] if vision_file else [])]:
         if not name or not (root / name).is_file():
             raise PackageError(f"{root}: graph file '{name}' is missing")
     tok = _find_tokenizer(root)
@@ -77,10 +97,15 @@ def read_ax_package(path: str | pathlib.Path, model_id: str | None = None) -> Mo
     kv_len = int(keys.get("kv_cache_len") or 0)
     context = kv_len or int(params.get("max_token_len") or 0) or int(cfg.get("max_position_embeddings") or 2048)
     cmm = (mode or {}).get("cmm_size") or params.get("cmm_size")
-    graph_kb = sum((root / f).stat().st_size for f in [*layers, post]) // 1024
+    vision_kb = (root / vision_file).stat().st_size // 1024 if vision_file else 0
+    graph_kb = sum((root / f).stat().st_size for f in [*layers, post]) // 1024 + vision_kb
     bos = cfg.get("bos_token_id", gen_cfg.get("bos_token_id"))
     files = {"tokenizer": str(tok.relative_to(root)) if tok.is_relative_to(root) else str(tok),
              "post": post, "embed": embed, **{f"layer.{i}": f for i, f in enumerate(layers)}}
+    extra: dict[str, Any] = {}
+    if vision_file:
+        files["vision_model"] = vision_file
+        extra["vision"] = _vision_section(root, cfg, tok)
     return ModelPackage(
         path=root, id=model_id or str((mode or {}).get("mode") or root.name),
         architecture=str(cfg.get("model_type") or (mode or {}).get("type") or "unknown"), engine="ax",
@@ -91,7 +116,8 @@ def read_ax_package(path: str | pathlib.Path, model_id: str | None = None) -> Mo
         extra={"ax": {"layer_files": layers, "post_file": post, "embed_file": embed, "prefill_len": prefill,
                       "kv_cache_len": kv_len, "cmm_kb": int(cmm) if cmm else graph_kb, "cmm_estimated": not cmm,
                       "layout": "stackflow" if mode else "pulsar2",
-                      "mode_json": str(mode_file) if mode_file else ""}})
+                      "mode_json": str(mode_file) if mode_file else "", "vision_file": vision_file,
+                      "vision_kb": vision_kb}, **extra})
 
 
 def sampling_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +184,53 @@ def _layer_files(root: pathlib.Path, keys: dict[str, Any]) -> tuple[list[str], i
         files = [found.get(i, f"<layer {i}>") for i in range(max(found) + 1)]
     m = _LAYER_RE.match(pathlib.Path(files[0]).name)
     return files, int(m["p"]) if m else 0
+
+
+def _vision_file(root: pathlib.Path, keys: dict[str, Any], taken: set[str]) -> str:
+    """The vision encoder's file (relative to root), or "" for a text-only package."""
+    for key in VISION_KEYS:
+        if keys.get(key):
+            name = str(keys[key])
+            return str((root / name).resolve().relative_to(root)) if (root / name).is_file() else name
+    for where in (root, *sorted(p for p in root.iterdir() if p.is_dir())):
+        for pat in _VISION_GLOBS:
+            found = sorted(str(f.relative_to(root)) for f in where.glob(pat)
+                           if f.is_file() and f.name not in taken and not _LAYER_RE.match(f.name))
+            if len(found) > 1:
+                raise PackageError(f"{root}: several vision encoder graphs ({', '.join(found)}); name one in "
+                                   f"config.json (filename_image_encoder_axmodel)")
+            if found:
+                return found[0]
+    return ""
+
+
+def _vision_section(root: pathlib.Path, cfg: dict[str, Any], tok: pathlib.Path) -> dict[str, Any]:
+    """The package's "vision" section: npuflow's (config.json "vision"), else from the HF processor
+    files next to the tokenizer or in a folder below, else the family defaults of the config."""
+    if isinstance(cfg.get("vision"), dict):
+        return dict(cfg["vision"])
+    hf = next((d for d in (root, tok.parent, *sorted(p for p in root.iterdir() if p.is_dir()))
+               if (d / "preprocessor_config.json").is_file() or (d / "processor_config.json").is_file()), None)
+    if hf is not None:
+        from ..vision.settings import read_hf_vision  # noqa: PLC0415 - only VLM packages need it
+        from tokenizers import Tokenizer  # noqa: PLC0415
+        hf_cfg = _json(hf / "config.json") or cfg
+        try:
+            return dict(read_hf_vision(hf, hf_cfg, Tokenizer.from_file(str(tok))))
+        except (ValueError, KeyError, OSError) as e:
+            raise PackageError(f"{hf}: cannot read the vision settings ({e})") from None
+    family = _FAMILIES.get(str(cfg.get("model_type") or "").lower())
+    if family is None:
+        raise PackageError(f"{root}: a vision encoder graph but no preprocessor_config.json / processor_config.json "
+                           f"of the base model, and model_type {cfg.get('model_type')!r} names no known VLM family")
+    text = _IMAGE_TOKENS[family]
+    tid = cfg.get("image_token_id", cfg.get("image_token_index", cfg.get("img_context_token_id")))
+    if tid is None:
+        added = (_json(tok) or {}).get("added_tokens") or []
+        tid = next((t["id"] for t in added if t.get("content") == text), None)
+    if tid is None:
+        raise PackageError(f"{root}: the image placeholder {text} is not a token of {tok.name}")
+    return {"family": family, "image_token": text, "image_token_id": int(tid)}
 
 
 def _find_tokenizer(root: pathlib.Path) -> pathlib.Path:
