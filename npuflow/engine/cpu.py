@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from ..logs import get_logger
 from ..models.package import ModelPackage
-from .base import EngineError, check_slot, check_token_ids, check_truncate
+from .base import EngineError, check_embeds, check_slot, check_token_ids, check_truncate
 from .embedding import EmbeddingTable
 
 log = get_logger("engine.cpu")
@@ -76,11 +76,13 @@ class CpuEngine:
                  threads=threads, kv_mib=round(2 * d.layers * np.prod(shape) * 4 / 2**20))
 
     # -- Engine interface -------------------------------------------------------------------
-    def prefill(self, slot: int, token_ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+    def prefill(self, slot: int, token_ids: Sequence[int], all_logits: bool = False,
+                embeds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         self._check_slot(slot)
         ids = self._check_ids(token_ids)
         if len(ids) == 0:
             raise EngineError("empty prompt: prefill needs at least one token")
+        given = check_embeds(embeds, len(ids), self._hidden)
         start = self._lengths[slot]
         room = self.context_length - start
         if len(ids) > room:
@@ -93,7 +95,15 @@ class CpuEngine:
             last = lo + n == len(ids)
             index = np.arange(n, dtype=np.int64) if all_logits else np.array([n - 1] if last else [], np.int64)
             L = self._lengths[slot]
-            logits = self._run(slot, slot + 1, self._embed.lookup(chunk)[None],
+            x = self._embed.lookup(chunk)
+            if given is not None:
+                rows, values = given
+                a, b = np.searchsorted(rows, [lo, lo + n])
+                if b > a:
+                    if not x.flags.writeable:
+                        x = x.copy()
+                    x[rows[a:b] - lo] = values[a:b]
+            logits = self._run(slot, slot + 1, x[None],
                                np.array([L + n - 1], np.int32), index)
             self._lengths[slot] = L + n
             if all_logits or last:
