@@ -26,6 +26,19 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
                                 # then ends them; `serve` waits that plus DRAIN_MARGIN_S (15 s) for
                                 # the gateway. deploy/systemd's TimeoutStopSec=45 matches 30:
                                 # raise both together.
+    max_images_per_request = 8  # NPUFLOW_MAX_IMAGES_PER_REQUEST: image parts in one request, over all
+                                # its messages (0 = no image input at all)
+    max_image_pixels = 16777216 # NPUFLOW_MAX_IMAGE_PIXELS: width x height of one decoded image (4096 x 4096:
+                                # a 12-megapixel phone photo passes; one decoded RGB copy is at most 48 MiB)
+    max_image_bytes = 20971520  # NPUFLOW_MAX_IMAGE_BYTES: one image file (20 MiB, OpenAI's limit); a data: URL
+                                # is also bounded by max_body_bytes, so raise that one too for large files
+    fetch_image_urls = false    # NPUFLOW_FETCH_IMAGE_URLS: fetch http(s) image URLs; off = only data: URLs
+    image_url_hosts = []        # NPUFLOW_IMAGE_URL_HOSTS (comma separated): the hosts images may be fetched
+                                # from: "images.example.com", "*.example.com" (its subdomains) or an IP;
+                                # empty = none, even with fetch_image_urls on. Whatever the list says,
+                                # addresses that are not public (loopback, private, link-local, multicast,
+                                # reserved) are never fetched from, nor redirected to (at most 3 redirects)
+    image_fetch_timeout_s = 10  # NPUFLOW_IMAGE_FETCH_TIMEOUT_S: one image's whole fetch, redirects included
 
     [tokenizer]
     endpoint = "ipc://{run_dir}/tokenizer.sock"   # NPUFLOW_TOKENIZER_ENDPOINT
@@ -49,6 +62,7 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import pathlib
 import re
@@ -94,6 +108,12 @@ class ServerSettings:
     cache_dir: str = ""
     log_level: str = "info"
     drain_timeout_s: float = 30.0   # SIGTERM: in-flight HTTP + gRPC requests finish within this, in all
+    max_images_per_request: int = 8
+    max_image_pixels: int = 4096 * 4096
+    max_image_bytes: int = 20 * 1024 * 1024
+    fetch_image_urls: bool = False
+    image_url_hosts: tuple[str, ...] = ()
+    image_fetch_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -205,6 +225,7 @@ def load_settings(config_path: str | os.PathLike | None = None, env: Mapping[str
         raise ConfigError(f"server.request_timeout_s: {server.request_timeout_s} must be more than 0 seconds")
     if not server.stream_write_timeout_s > 0:
         raise ConfigError(f"server.stream_write_timeout_s: {server.stream_write_timeout_s} must be more than 0 seconds")
+    server = _check_images(server)
 
     tok_vals = dict(data.get("tokenizer", {}))
     tok_vals.update(_env_overrides(env, TokenizerSettings, "NPUFLOW_TOKENIZER_"))
@@ -239,6 +260,34 @@ def _one_of(where: str, value: str, allowed: tuple[str, ...]) -> str:
         names = ", ".join(f'"{a}"' for a in allowed)
         raise ConfigError(f"{where}: {value!r} is not one of {names}")
     return value
+
+
+# an image_url_hosts entry: a host name, "*." + a host name (its subdomains), or an IP address
+_HOST_NAME = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.?$")
+
+
+def _check_images(server: ServerSettings) -> ServerSettings:
+    for key, lo in (("max_images_per_request", 0), ("max_image_pixels", 1), ("max_image_bytes", 1)):
+        if getattr(server, key) < lo:
+            raise ConfigError(f"server.{key}: {getattr(server, key)} must be at least {lo}")
+    if not server.image_fetch_timeout_s > 0:
+        raise ConfigError(f"server.image_fetch_timeout_s: {server.image_fetch_timeout_s} must be more than 0 seconds")
+    hosts = []
+    for h in server.image_url_hosts:
+        h = str(h).strip().lower()
+        if not (_is_ip(h.strip("[]")) or (len(h) <= 253 and _HOST_NAME.match(h))):
+            raise ConfigError(f"server.image_url_hosts: {h!r} is not a host name, '*.' and a host name, "
+                              "or an IP address (no scheme, port or path)")
+        hosts.append(h.strip("[]").rstrip("."))
+    return replace(server, image_url_hosts=tuple(hosts))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_grpc_tls(server: ServerSettings) -> None:

@@ -7,9 +7,11 @@ same, and response_format becomes the same llguidance grammar the worker enforce
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
-from npuflow.gateway.client import Delta, ModelInfo
+from npuflow.gateway import images
+from npuflow.gateway.client import ChatTurn, Delta, ModelInfo
 from npuflow.gateway.errors import bad_param
 from npuflow.gateway.structured import Structured, parse_structured, response_format_grammar
 from npuflow.gateway.structured import tools_json as tools_json_of
@@ -96,6 +98,39 @@ def _turns(turns) -> list[dict]:
             for t in turns]
 
 
+def chat_turns(turns, max_image_bytes: int | None = None) -> list[ChatTurn]:
+    """The checked turns; a turn's `parts` (text and images, in order) become ChatTurn.parts,
+    each image as the HTTP API's image_url parts are (images.py), named `messages[i].parts[j]`."""
+    for i, t in enumerate(turns):
+        if t.parts and t.content:
+            name = f"messages[{i}].content"
+            raise bad_param(name, f"Invalid '{name}': a turn with 'parts' has its text in them; leave "
+                                  "'content' empty.")
+    out = parse_messages(_turns(turns), max_image_bytes)
+    for i, t in enumerate(turns):
+        if t.parts:
+            out[i] = _with_parts(out[i], t.parts, f"messages[{i}].parts", max_image_bytes)
+    return out
+
+
+def _with_parts(turn: ChatTurn, parts, p: str, max_image_bytes: int | None) -> ChatTurn:
+    pieces: list = []
+    for j, part in enumerate(parts):
+        pj = f"{p}[{j}]"
+        kind = part.WhichOneof("part")
+        if kind == "text":
+            pieces.append(part.text)
+        elif kind == "image":
+            images.check_role(turn.role, pj)
+            img = part.image
+            detail = images.detail_of(img.detail or None, f"{pj}.image.detail")
+            pieces.append(images.from_bytes(img.data, img.mime_type, detail, pj, max_image_bytes))
+        else:
+            raise bad_param(pj, f"Invalid '{pj}': the part holds neither 'text' nor 'image'.")
+    content, kept = images.turn_content(pieces)
+    return dataclasses.replace(turn, content=content, parts=kept)
+
+
 def _tools(text: str) -> list:
     """The tool definitions of a `tools_json` field ([] when empty)."""
     if not text:
@@ -114,9 +149,10 @@ def tools_json(text: str) -> str:
     return json.dumps(tools) if tools else ""
 
 
-def chat_request(msg: gs.ChatRequest) -> ChatRequest:
+def chat_request(msg: gs.ChatRequest, max_image_bytes: int | None = None) -> ChatRequest:
     """The checked request; response_format, tools and tool_choice go through the HTTP API's
-    parse_structured, so both front doors accept and refuse the same things."""
+    parse_structured, so both front doors accept and refuse the same things. Images are parsed
+    (chat_turns), not yet resolved: images.resolve_images does that, as for the HTTP API."""
     common = _common(msg)
     tools = _tools(msg.tools_json)
     body: dict = {"response_format": _response_format(msg.response_format, msg.HasField("response_format"))}
@@ -126,17 +162,17 @@ def chat_request(msg: gs.ChatRequest) -> ChatRequest:
     if tc:
         body["tool_choice"] = tc if tc in ("none", "auto", "required") else {"type": "function", "function": {"name": tc}}
     structured = parse_structured(body)
-    return ChatRequest(**common, messages=parse_messages(_turns(msg.messages)),
+    return ChatRequest(**common, messages=chat_turns(msg.messages, max_image_bytes),
                        tools_json=tools_json_of(structured), structured=structured)
 
 
-def tokenize_request(msg: gs.TokenizeRequest):
+def tokenize_request(msg: gs.TokenizeRequest, max_image_bytes: int | None = None):
     """(model, text or chat turns, add_special_tokens, tools_json)."""
     model = Fields({"model": msg.model or None}).str("model", required=True)
     if msg.messages:
         if msg.text:
             raise bad_param("text", "Set either 'text' or 'messages', not both.")
-        return model, parse_messages(_turns(msg.messages)), True, tools_json(msg.tools_json)
+        return model, chat_turns(msg.messages, max_image_bytes), True, tools_json(msg.tools_json)
     if not msg.text:
         raise bad_param("text", "Missing required parameter: 'text' (or 'messages').",
                         code="missing_required_parameter")

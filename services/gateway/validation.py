@@ -16,8 +16,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from npuflow.gateway.client import ChatTurn
 from google.protobuf.descriptor import FieldDescriptor
+
+from npuflow.gateway import images
+from npuflow.gateway.client import ChatTurn, ImagePart
 
 from npuflow.gateway.errors import ApiError, bad_param, one_line
 from npuflow.gateway.json_checks import check_tree
@@ -318,13 +320,13 @@ def _stop(v: Any, name: str = "stop") -> list[str]:
     return [s for s in v if s]
 
 
-def parse_chat(body: dict) -> ChatRequest:
+def parse_chat(body: dict, max_image_bytes: int | None = None) -> ChatRequest:
     f = Fields(body)
     common = _common(f, ("max_tokens", "max_completion_tokens"))
     logprobs, top = parse_logprobs(f, common["sampling"])
     check_unsupported_chat(body)
     structured = parse_structured(body)
-    messages = parse_messages(f.required("messages"))
+    messages = parse_messages(f.required("messages"), max_image_bytes)
     return ChatRequest(**common, logprobs=logprobs, top_logprobs=top, messages=messages,
                        tools_json=tools_json(structured), structured=structured)
 
@@ -344,7 +346,9 @@ def check_unsupported_chat(body: dict) -> None:
                                  "'tools' and 'tool_choice'.", code="unsupported_parameter")
 
 
-def parse_messages(v: Any) -> list[ChatTurn]:
+def parse_messages(v: Any, max_image_bytes: int | None = None) -> list[ChatTurn]:
+    """The checked turns; a turn with an image gets `parts` (images.py), each image's file at
+    most `max_image_bytes` (server.max_image_bytes; None = its default) long."""
     if not isinstance(v, list):
         raise type_error("messages", "an array", v)
     if not v:
@@ -360,7 +364,7 @@ def parse_messages(v: Any) -> list[ChatTurn]:
         if role not in ROLES:
             raise bad_param(p + ".role", f"Invalid value: '{role}'. Supported values are: 'system', 'developer', "
                                          "'user', 'assistant', and 'tool'.", code="invalid_value")
-        content = _content(m.get("content"), p + ".content", role)
+        content, parts = _content(m.get("content"), p + ".content", role, max_image_bytes)
         calls = []
         tc = m.get("tool_calls")
         if tc is not None:
@@ -374,34 +378,59 @@ def parse_messages(v: Any) -> list[ChatTurn]:
                 calls.append((str(c.get("id", "")), str(c.get("type", "function")), str(fn.get("name", "")),
                               args if isinstance(args, str) else json.dumps(args)))
         out.append(ChatTurn(role=role, content=content, name=mf.str("name") or "",
-                            tool_call_id=mf.str("tool_call_id") or "", tool_calls=tuple(calls)))
+                            tool_call_id=mf.str("tool_call_id") or "", tool_calls=tuple(calls), parts=parts))
     return out
 
 
-def _content(c: Any, p: str, role: str) -> str:
+def _content(c: Any, p: str, role: str, max_image_bytes: int | None = None
+             ) -> tuple[str, tuple[str | ImagePart, ...]]:
+    """(text, parts) of a message's content: parts only when it holds an image (images.py)."""
     if c is None:
         if role in ("assistant", "tool", "function"):
-            return ""
+            return "", ()
         raise bad_param(p, f"Missing required parameter: '{p}'.", code="missing_required_parameter")
     if isinstance(c, str):
-        return c
+        return c, ()
     if not isinstance(c, list):
         raise type_error(p, "a string or an array of content parts", c)
-    texts = []
+    pieces: list[str | ImagePart] = []
     for j, part in enumerate(c):
+        pj = f"{p}[{j}]"
         if not isinstance(part, dict):
-            raise type_error(f"{p}[{j}]", "an object", part)
+            raise type_error(pj, "an object", part)
         kind = part.get("type")
         if kind in ("text", "input_text", "refusal"):
             t = part.get("text") if kind != "refusal" else part.get("refusal")
             if not isinstance(t, str):
-                raise type_error(f"{p}[{j}].text", "a string", t)
-            texts.append(t)
+                raise type_error(f"{pj}.text", "a string", t)
+            pieces.append(t)
+        elif kind in ("image_url", "input_image"):
+            images.check_role(role, pj)
+            pieces.append(_image_part(part, kind, pj, max_image_bytes))
         else:
-            raise bad_param(f"{p}[{j}].type", f"Content parts of type {kind!r} are not supported: the model "
-                                              "accepts text input only (content parts of type 'text').",
-                            code="unsupported_value")
-    return "\n".join(texts) if len(texts) > 1 else "".join(texts)
+            raise bad_param(f"{pj}.type", f"Content parts of type {str(kind)[:40]!r} are not supported: messages "
+                                          "take parts of type 'text' and 'image_url'.", code="unsupported_value")
+    return images.turn_content(pieces)
+
+
+def _image_part(part: dict, kind: str, p: str, max_image_bytes: int | None) -> ImagePart:
+    """{"type": "image_url", "image_url": {"url", "detail"}} (or "image_url" a plain string, as
+    some clients send), or the Responses API's {"type": "input_image", "image_url", "detail"}."""
+    v = part.get("image_url")
+    name = f"{p}.image_url"
+    if v is None:
+        if kind == "input_image" and part.get("file_id") is not None:
+            raise bad_param(f"{p}.file_id", "Images given by 'file_id' are not supported: this server has no "
+                                            "files API; send the image as a data: URL.", code="unsupported_value")
+        raise bad_param(name, f"Missing required parameter: '{name}'.", code="missing_required_parameter")
+    if isinstance(v, dict):
+        f = Fields(v, name + ".")
+        url, detail = f.str("url", required=True), images.detail_of(v.get("detail"), f"{name}.detail")
+    elif isinstance(v, str):
+        url, detail = v, images.detail_of(part.get("detail"), f"{p}.detail")
+    else:
+        raise type_error(name, "an object with a 'url'", v)
+    return images.from_url(url, p, detail, max_image_bytes)
 
 
 def parse_completion(body: dict) -> CompletionRequest:
