@@ -70,3 +70,46 @@ class VisionSpec:
                 "tile_size": self.tile_size, "tokens_per_tile": self.tokens_per_tile, "hidden": self.hidden,
                 "input": dict(self.input), "output": self.output, "processor": dict(self.processor),
                 "tokens": dict(self.tokens)}
+
+
+DETAILS = ("auto", "low", "high")
+
+
+def _family(spec: VisionSpec):
+    if spec.family == "idefics3":
+        from . import idefics3 as module
+    elif spec.family == "internvl":
+        from . import internvl as module
+    else:
+        raise ValueError(f"unknown vision family '{spec.family}'")
+    return module
+
+
+def _detail(detail: str) -> str:
+    if detail not in DETAILS:
+        raise ValueError(f"detail must be one of {', '.join(DETAILS)}, got {detail!r}")
+    return detail
+
+
+def image_prompt(spec: VisionSpec, width: int, height: int, detail: str) -> str:
+    """The text that replaces one image placeholder, exactly as the family's HF processor expands it."""
+    return _family(spec).prompt(spec, int(width), int(height), _detail(detail))
+
+
+def tile_count(spec: VisionSpec, width: int, height: int, detail: str) -> int:
+    """How many encoder tiles one image of this size takes (the global image / thumbnail included)."""
+    return _family(spec).tile_count(spec, int(width), int(height), _detail(detail))
+
+
+def image_tokens(spec: VisionSpec, width: int, height: int, detail: str) -> int:
+    """Placeholders (image_token occurrences) for one image: tiles * tokens_per_tile."""
+    return tile_count(spec, width, height, detail) * spec.tokens_per_tile
+
+
+def preprocess(spec: VisionSpec, image, detail: str):
+    """float32 [tiles, 3, S, S] for an RGB PIL image, in the order the placeholders take them."""
+    from .pixels import to_pixels
+
+    if image.mode != "RGB":
+        raise ValueError(f"preprocess takes an RGB image (decode_image gives one), got mode {image.mode}")
+    return to_pixels(_family(spec).tiles(spec, image, _detail(detail)), spec.processor)
