@@ -121,8 +121,11 @@ def layer_norm(b: _Builder, x: str, weight: np.ndarray, bias: np.ndarray | None,
 
 
 def rms_norm(b: _Builder, x: str, weight: np.ndarray, eps: float, prefix: str) -> str:
-    return b.node("SimplifiedLayerNormalization", [x, b.init(prefix + ".weight", weight)],
-                  axis=-1, epsilon=float(eps))[0]
+    """x / sqrt(mean(x^2) + eps) * weight in standard ops (onnxruntime fuses them)."""
+    ms = b.node("ReduceMean", [b.node("Mul", [x, x])[0], b.i64("axis", [-1])], keepdims=1)[0]
+    eps_c = b.init(b.name(prefix + ".eps"), np.array(eps, np.float32))
+    inv = b.node("Reciprocal", [b.node("Sqrt", [b.node("Add", [ms, eps_c])[0]])[0]])[0]
+    return b.node("Mul", [b.node("Mul", [x, inv])[0], b.init(prefix + ".weight", weight)])[0]
 
 
 def activation(b: _Builder, x: str, name: str) -> str:
