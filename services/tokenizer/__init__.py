@@ -3,10 +3,11 @@
     run_tokenizer(settings)            # the process entry
     ModelTokenizer.from_package(pkg)   # the same logic without sockets
 """
-from .chat_template import ChatTemplate, MessageIn, TemplateError, ToolCallIn
-from .encoder import ModelTokenizer, TokenizeError
+from .chat_template import ChatTemplate, ImageIn, MessageIn, TemplateError, ToolCallIn
+from .encoder import Encoded, ModelTokenizer, TokenizeError
+from .images import Span
 from .run import run_tokenizer
 from .service import TokenizerService
 
-__all__ = ["ChatTemplate", "MessageIn", "ModelTokenizer", "TemplateError", "TokenizeError", "TokenizerService",
-           "ToolCallIn", "run_tokenizer"]
+__all__ = ["ChatTemplate", "Encoded", "ImageIn", "MessageIn", "ModelTokenizer", "Span", "TemplateError", "TokenizeError",
+           "TokenizerService", "ToolCallIn", "run_tokenizer"]

@@ -4,11 +4,17 @@ Sandboxed (ImmutableSandboxedEnvironment), trim_blocks and lstrip_blocks, the lo
 extension, the `raise_exception` and `strftime_now` globals and a `tojson` filter that keeps
 non-ASCII text as it is. Messages reach the template as OpenAI-shaped dicts; the "developer"
 role is OpenAI's name for the system role, so templates see "system".
+
+Vision-language templates (those that look at `{"type": "image"}` parts) get every message's
+content as a list of parts, `{"type": "text", "text": ...}` and `{"type": "image"}`, the way
+Hugging Face processors pass them; a turn without parts becomes one text part. A template that
+only knows string content gets images as `image_token` + "\n" in the text instead.
 """
 from __future__ import annotations
 
 import datetime
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -32,12 +38,26 @@ class ToolCallIn:
 
 
 @dataclass(frozen=True)
+class ImageIn:
+    """An image of a message as the template and the tokenizer see it: its size and detail."""
+    width: int
+    height: int
+    detail: str = "auto"
+
+
+@dataclass(frozen=True)
 class MessageIn:
     role: str
     content: str = ""
     name: str = ""
     tool_call_id: str = ""
     tool_calls: Sequence[ToolCallIn] = field(default_factory=tuple)
+    # Text (str) and ImageIn parts in order, for a turn with images; `content` is then unused.
+    parts: Sequence["str | ImageIn"] = field(default_factory=tuple)
+
+    @property
+    def images(self) -> list[ImageIn]:
+        return [p for p in self.parts if isinstance(p, ImageIn)]
 
 
 def _raise_exception(message: str) -> None:
@@ -53,10 +73,26 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def message_dict(m: MessageIn) -> dict[str, Any]:
+def takes_content_lists(source: str) -> bool:
+    """The template reads content parts of type "image" (HF processor templates do)."""
+    return re.search(r"""['"]image['"]""", source) is not None
+
+
+def _content(m: MessageIn, lists: bool, image_token: str) -> Any:
+    if lists:
+        if not m.parts:
+            return [{"type": "text", "text": m.content}]
+        return [{"type": "text", "text": p} if isinstance(p, str) else {"type": "image"} for p in m.parts]
+    if m.parts:
+        return "".join(p if isinstance(p, str) else image_token + "\n" for p in m.parts)
+    return m.content
+
+
+def message_dict(m: MessageIn, *, content_lists: bool = False, image_token: str = "") -> dict[str, Any]:
     """The dict a template sees: role and content always; name, tool_call_id and tool_calls
     only when set, so `is defined` / `in message` checks in templates behave as with HF."""
-    d: dict[str, Any] = {"role": ROLE_ALIASES.get(m.role, m.role), "content": m.content}
+    d: dict[str, Any] = {"role": ROLE_ALIASES.get(m.role, m.role),
+                         "content": _content(m, content_lists, image_token)}
     if m.name:
         d["name"] = m.name
     if m.tool_call_id:
@@ -84,11 +120,16 @@ class ChatTemplate:
             raise TemplateError(f"chat template does not compile: {e}") from None
         self.bos_token = bos_token
         self.eos_token = eos_token
+        self.content_lists = takes_content_lists(source)
 
     def render(self, messages: Sequence[MessageIn], *, add_generation_prompt: bool = True,
-               tools: list[Any] | None = None) -> str:
+               tools: list[Any] | None = None, vision: bool = False, image_token: str = "") -> str:
+        """vision: the model takes images (its messages go in as content lists when the template
+        reads them); image_token: the placeholder a string-content template gets per image."""
+        lists = vision and self.content_lists
         try:
-            return self._template.render(messages=[message_dict(m) for m in messages],
+            return self._template.render(messages=[message_dict(m, content_lists=lists, image_token=image_token)
+                                                   for m in messages],
                                          add_generation_prompt=add_generation_prompt, tools=tools,
                                          bos_token=self.bos_token, eos_token=self.eos_token)
         except TemplateError:

@@ -2,13 +2,19 @@
 
     tok = ModelTokenizer.from_package(package)
     ids, rendered = tok.encode_chat(messages, add_generation_prompt=True)
+    enc = tok.encode_conversation(messages)   # ids, rendered and the images' spans
     ids = tok.encode_text("hello", add_special_tokens=True)
     text = tok.decode(ids, skip_special_tokens=True)
 
 Errors are TokenizeError(code, message, param) with a common_pb2.ErrorCode value.
+
+A package with a "vision" manifest section (a vision-language model) sets `vision` (its
+VisionSpec); its messages' ImageIn parts are expanded and located as images.py describes. Images
+sent to a text-only model are refused (INVALID_ARGUMENT naming messages[i].content[j]).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from tokenizers import Tokenizer
@@ -16,7 +22,8 @@ from tokenizers import Tokenizer
 from npuflow.models.package import ModelPackage
 from npuflow.v1 import common_pb2
 
-from .chat_template import ChatTemplate, MessageIn, TemplateError, parse_tools
+from .chat_template import ChatTemplate, ImageIn, MessageIn, TemplateError, parse_tools
+from .images import ImageText, ImageTextError, Span
 from .tool_prompt import template_takes_tools, with_tools_in_prompt
 
 
@@ -39,9 +46,17 @@ def _invalid(message: str, param: str) -> TokenizeError:
     return TokenizeError(common_pb2.ERROR_CODE_INVALID_ARGUMENT, message, param)
 
 
+@dataclass
+class Encoded:
+    """A rendered and encoded conversation: its ids, the template's text and each image's span."""
+    ids: list[int]
+    rendered: str
+    images: list[Span] = field(default_factory=list)
+
+
 class ModelTokenizer:
     def __init__(self, model_id: str, tokenizer: Tokenizer, *, chat_template: str, vocab_size: int,
-                 bos_token_id: int | None = None, eos_token_ids: Sequence[int] = ()):
+                 bos_token_id: int | None = None, eos_token_ids: Sequence[int] = (), vision: Any = None):
         self.model_id = model_id
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
@@ -55,13 +70,19 @@ class ModelTokenizer:
             self._template = ChatTemplate(chat_template, bos_token=bos or "", eos_token=eos or "")
         except TemplateError as e:  # served anyway: text encode/decode still work
             self._template_error = str(e)
+        self.vision = vision   # npuflow.vision.VisionSpec of a vision-language model, else None
+        self._images = ImageText(tokenizer, vision, self._ids) if vision is not None else None
 
     @classmethod
     def from_package(cls, package: ModelPackage) -> "ModelTokenizer":
         tok = Tokenizer.from_file(str(package.tokenizer_path))
         vocab = max(package.dims.vocab, tok.get_vocab_size(with_added_tokens=True))
+        vision = None
+        if package.extra.get("vision"):
+            from npuflow.vision import VisionSpec
+            vision = VisionSpec.from_manifest(package.extra["vision"])
         return cls(package.id, tok, chat_template=package.chat_template, vocab_size=vocab,
-                   bos_token_id=package.bos_token_id, eos_token_ids=package.eos_token_ids)
+                   bos_token_id=package.bos_token_id, eos_token_ids=package.eos_token_ids, vision=vision)
 
     @property
     def has_chat_template(self) -> bool:
@@ -69,29 +90,67 @@ class ModelTokenizer:
 
     def render_chat(self, messages: Sequence[MessageIn], *, add_generation_prompt: bool = True,
                     tools: list[Any] | None = None) -> str:
+        """The template's text (with one placeholder per image for a vision model)."""
         if self._template is None:
             raise _invalid(f"model '{self.model_id}' cannot render chat: {self._template_error}", "messages")
         if not messages:
             raise _invalid("messages must not be empty", "messages")
         try:
-            return self._template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+            return self._template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                         vision=self.vision is not None,
+                                         image_token=self.vision.image_token if self.vision is not None else "")
         except TemplateError as e:
             raise _invalid(str(e), "messages") from None
 
     def encode_chat(self, messages: Sequence[MessageIn], *, add_generation_prompt: bool = True,
                     tools_json: str = "") -> tuple[list[int], str]:
-        """(token ids, rendered text). The template places BOS and other special tokens itself,
-        so the rendered text is encoded without adding any; special tokens in it become their ids.
-        Templates without tool support get the tools in the system prompt (tool_prompt.py)."""
+        """(token ids, rendered text): encode_conversation without the image spans."""
+        enc = self.encode_conversation(messages, add_generation_prompt=add_generation_prompt, tools_json=tools_json)
+        return enc.ids, enc.rendered
+
+    def encode_conversation(self, messages: Sequence[MessageIn], *, add_generation_prompt: bool = True,
+                            tools_json: str = "") -> Encoded:
+        """The template places BOS and other special tokens itself, so the rendered text is
+        encoded without adding any; special tokens the template wrote become their ids (for a
+        vision model, those in the client's text stay text: images.py). Templates without tool
+        support get the tools in the system prompt (tool_prompt.py)."""
         try:
             tools = parse_tools(tools_json)
         except ValueError as e:
             raise _invalid(str(e), "tools") from None
+        images = self._check_images(messages)
         if not template_takes_tools(self._template_source) and (
                 tools or any(m.role == "tool" or m.tool_calls for m in messages)):
             messages, tools = with_tools_in_prompt(messages, tools), None
-        rendered = self.render_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools)
-        return self._ids(rendered), rendered
+        if self._images is None:
+            rendered = self.render_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+            return Encoded(self._ids(rendered), rendered)
+        marked = [self._images.mark_message(m) for m in messages]
+        rendered = self.render_chat(marked, add_generation_prompt=add_generation_prompt,
+                                    tools=self._images.mark(tools) if tools else tools)
+        try:
+            ids, rendered, spans = self._images.encode(rendered, images)
+        except ImageTextError as e:
+            raise _invalid(str(e), "messages") from None
+        return Encoded(ids, rendered, spans)
+
+    def _check_images(self, messages: Sequence[MessageIn]) -> list[ImageIn]:
+        """The conversation's images in order; refused for a text-only model or when malformed."""
+        images = []
+        for i, m in enumerate(messages):
+            for j, p in enumerate(m.parts):
+                if not isinstance(p, ImageIn):
+                    continue
+                if self.vision is None:
+                    raise _invalid(f"The model '{self.model_id}' does not take images: content parts of "
+                                   f"type 'image_url' are not supported.", f"messages[{i}].content[{j}]")
+                if p.width <= 0 or p.height <= 0:
+                    raise _invalid(f"The image has no size ({p.width} x {p.height}).", f"messages[{i}].content[{j}]")
+                if p.detail not in ("", "auto", "low", "high"):
+                    raise _invalid(f"Unknown image detail {p.detail!r}: use 'auto', 'low' or 'high'.",
+                                   f"messages[{i}].content[{j}]")
+                images.append(p)
+        return images
 
     def encode_text(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         ids = self._ids(text)

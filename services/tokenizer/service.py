@@ -27,7 +27,7 @@ from npuflow.memory import trim_heap
 from npuflow.transport import make_socket, recv_waiting, remove_ipc_file, waiting
 from npuflow.v1 import common_pb2, tokenizer_pb2
 
-from .chat_template import MessageIn, ToolCallIn
+from .chat_template import ImageIn, MessageIn, ToolCallIn
 from .encoder import ModelTokenizer, TokenizeError
 
 log = get_logger("tokenizer")
@@ -39,10 +39,17 @@ ENCODE_THREADS = 2  # requests encoded at once (the encoder runs without the GIL
 BIG_BYTES = 1 << 20
 
 
+def _part(p: tokenizer_pb2.ContentPart) -> "str | ImageIn":
+    if p.WhichOneof("part") == "image":
+        return ImageIn(width=p.image.width, height=p.image.height, detail=p.image.detail or "auto")
+    return p.text
+
+
 def _messages(chat: tokenizer_pb2.ChatInput) -> list[MessageIn]:
     return [MessageIn(role=m.role, content=m.content, name=m.name, tool_call_id=m.tool_call_id,
                       tool_calls=tuple(ToolCallIn(id=c.id, type=c.type, name=c.function_name,
-                                                  arguments=c.arguments) for c in m.tool_calls))
+                                                  arguments=c.arguments) for c in m.tool_calls),
+                      parts=tuple(_part(p) for p in m.parts))
             for m in chat.messages]
 
 
@@ -66,10 +73,12 @@ class TokenizerService:
         tok = self._model(req.model)
         kind = req.WhichOneof("input")
         if kind == "chat":
-            ids, rendered = tok.encode_chat(_messages(req.chat), add_generation_prompt=req.chat.add_generation_prompt,
-                                            tools_json=req.chat.tools_json)
-            out = tokenizer_pb2.EncodeResult(rendered=rendered)
-            out.token_ids.extend(ids)
+            enc = tok.encode_conversation(_messages(req.chat), add_generation_prompt=req.chat.add_generation_prompt,
+                                          tools_json=req.chat.tools_json)
+            out = tokenizer_pb2.EncodeResult(rendered=enc.rendered)
+            out.token_ids.extend(enc.ids)
+            for sp in enc.images:
+                out.images.add(start=sp.start, end=sp.end, placeholders=sp.placeholders)
             return out
         if kind == "text":
             return tokenizer_pb2.EncodeResult(token_ids=tok.encode_text(req.text, add_special_tokens=req.add_special_tokens))
@@ -85,7 +94,8 @@ class TokenizerService:
                 tok = self._model(req.decode.model)
                 resp.decoded.text = tok.decode(req.decode.token_ids, skip_special_tokens=req.decode.skip_special_tokens)
             elif kind == "list_models":
-                resp.models.models.extend(tokenizer_pb2.TokenizerModel(model=m, vocab_size=t.vocab_size)
+                resp.models.models.extend(tokenizer_pb2.TokenizerModel(model=m, vocab_size=t.vocab_size,
+                                                                       vision=t.vision is not None)
                                           for m, t in self.models.items())
                 resp.models.models.extend(tokenizer_pb2.TokenizerModel(model=m, failed_reason=why)
                                           for m, why in self.failed.items())

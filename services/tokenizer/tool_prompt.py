@@ -65,7 +65,7 @@ def with_tools_in_prompt(messages: Sequence[MessageIn], tools: Sequence[Any] | N
         if out and out[0].role in ("system", "developer"):
             first = out[0]
             out[0] = MessageIn(first.role, f"{first.content}\n\n{section}" if first.content else section,
-                               name=first.name)
+                               name=first.name, parts=(*first.parts, f"\n\n{section}") if first.parts else ())
         else:
             out.insert(0, MessageIn("system", section))
     return out
