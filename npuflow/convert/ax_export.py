@@ -9,6 +9,9 @@ Layout (what `pulsar2 llm_build` writes, with .onnx where the board has .axmodel
                                    tokens_embed_num, tokens_embed_size) + prefill_len, kv_cache_len
   post_config.json                 vendor sampling defaults
   tokenizer.json, tokenizer_config.json (chat_template, eos/bos)
+  vision_model.onnx (+ .data)      a VLM's vision encoder with the vendor's signature
+                                   (ax_vision_export.py); config.json then also holds
+                                   filename_image_encoder_axmodel and the "vision" section
 
 Convention for shape groups (ONNX has none): each layer file holds ONE graph with symbolic dims;
 its metadata key `npuflow.ax.shape_groups` lists, per group, the concrete shapes (those of pulsar2 packages):
@@ -56,7 +59,8 @@ def _save(model: onnx.ModelProto, path: pathlib.Path, groups: dict | None = None
 
 
 def write_ax_layout(spec: ModelSpec, root: pathlib.Path, *, model_id: str, kv_len: int, prefill_len: int,
-                    progress: Callable[[str, int], None] = lambda what, pct: None, accuracy_level: int = 4) -> None:
+                    progress: Callable[[str, int], None] = lambda what, pct: None, accuracy_level: int = 4,
+                    vision_input: str = "NHWC") -> None:
     """Fill the (empty) directory root; config.json goes last (a directory without it is unfinished)."""
     if prefill_len < 1 or kv_len < prefill_len or kv_len % prefill_len:
         raise ConvertError(f"kv_cache_len {kv_len} must be a positive multiple of prefill_len {prefill_len}")
@@ -77,6 +81,8 @@ def write_ax_layout(spec: ModelSpec, root: pathlib.Path, *, model_id: str, kv_le
         _save(build_layer_graph(spec, i, lw, kv_len + prefill_len, accuracy_level), root / (template % i), groups)
     progress("output head", 100)
     _save(build_post_graph(spec, accuracy_level), root / post)
+    from .ax_vision_export import write_ax_vision
+    vision = write_ax_vision(spec, root, progress, vision_input) or {}
 
     (root / "tokenizer.json").write_text(spec.tokenizer_json, encoding="utf-8")
     (root / "tokenizer_config.json").write_text(json.dumps({
@@ -95,7 +101,7 @@ def write_ax_layout(spec: ModelSpec, root: pathlib.Path, *, model_id: str, kv_le
         "template_filename_axmodel": template, "axmodel_num": spec.layers, "filename_post_axmodel": post,
         "filename_tokens_embed": EMBED_FILE, "tokens_embed_num": spec.vocab, "tokens_embed_size": spec.hidden,
         "prefill_len": prefill_len, "kv_cache_len": kv_len, "model_name": model_id,
-        "post_config_path": "post_config.json", "npuflow_graph_format": GRAPH_FORMAT,
+        "post_config_path": "post_config.json", "npuflow_graph_format": GRAPH_FORMAT, **vision,
     }
     tmp = root / "config.json.tmp"
     tmp.write_text(json.dumps(config, indent=2))

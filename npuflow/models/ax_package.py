@@ -25,8 +25,8 @@ vision_model) or found by name (*vit*.axmodel, vision*.axmodel, *image_encoder*.
 directory or one folder below, as the vendor repos ship vit_axmodel/ and vit-models/). Its
 "vision" section (extra["vision"], the shape of a CPU package's, see npuflow/vision) is
 config.json's "vision" (npuflow's export), else read from the HF processor files of the base
-model in the directory or one folder below (preprocessor_config.json / processor_config.json),
-the placeholder token id from the tokenizer. The encoder's input layout and dtype (NHWC uint8 or
+model in the directory or one folder below (preprocessor_config.json / processor_config.json and
+its config.json; npuflow.vision.settings), the placeholder token id from its tokenizer. The encoder's input layout and dtype (NHWC uint8 or
 NCHW float32) are read from the graph when it is opened (engine/ax_vision.py).
 """
 from __future__ import annotations
@@ -42,8 +42,6 @@ EMBED_DEFAULT = "model.embed_tokens.weight.bfloat16.bin"
 VISION_KEYS = ("filename_image_encoder_axmodel", "filename_image_encoder_axmodedl", "filename_vpm_resampler_axmodedl",
                "vision_model")
 _VISION_GLOBS = ("*vit*.axmodel", "vision*.axmodel", "*image_encoder*.axmodel", "*vit*.onnx", "vision*.onnx")
-_FAMILIES = {"idefics3": "idefics3", "smolvlm": "idefics3", "internvl": "internvl", "internvl_chat": "internvl"}
-_IMAGE_TOKENS = {"idefics3": "<image>", "internvl": "<IMG_CONTEXT>"}
 _LAYER_RE = re.compile(r"^(?P<prefix>.+?)_p(?P<p>\d+)_l(?P<i>\d+)_together\.(?P<ext>axmodel|onnx)$")
 
 
@@ -212,25 +210,17 @@ def _vision_section(root: pathlib.Path, cfg: dict[str, Any], tok: pathlib.Path) 
     hf = next((d for d in (root, tok.parent, *sorted(p for p in root.iterdir() if p.is_dir()))
                if (d / "preprocessor_config.json").is_file() or (d / "processor_config.json").is_file()), None)
     if hf is not None:
+        from ..convert.spec import ConvertError  # noqa: PLC0415
         from ..vision.settings import read_hf_vision  # noqa: PLC0415 - only VLM packages need it
         from tokenizers import Tokenizer  # noqa: PLC0415
         hf_cfg = _json(hf / "config.json") or cfg
         try:
             return dict(read_hf_vision(hf, hf_cfg, Tokenizer.from_file(str(tok))))
-        except (ValueError, KeyError, OSError) as e:
+        except (ConvertError, ValueError, KeyError, OSError) as e:
             raise PackageError(f"{hf}: cannot read the vision settings ({e})") from None
-    family = _FAMILIES.get(str(cfg.get("model_type") or "").lower())
-    if family is None:
-        raise PackageError(f"{root}: a vision encoder graph but no preprocessor_config.json / processor_config.json "
-                           f"of the base model, and model_type {cfg.get('model_type')!r} names no known VLM family")
-    text = _IMAGE_TOKENS[family]
-    tid = cfg.get("image_token_id", cfg.get("image_token_index", cfg.get("img_context_token_id")))
-    if tid is None:
-        added = (_json(tok) or {}).get("added_tokens") or []
-        tid = next((t["id"] for t in added if t.get("content") == text), None)
-    if tid is None:
-        raise PackageError(f"{root}: the image placeholder {text} is not a token of {tok.name}")
-    return {"family": family, "image_token": text, "image_token_id": int(tid)}
+    raise PackageError(f"{root}: a vision encoder graph but no preprocessor_config.json / processor_config.json; copy "
+                       f"the base model's processor files and config.json (its Hugging Face repo, transformers "
+                       f"format) into this directory or a folder below it")
 
 
 def _find_tokenizer(root: pathlib.Path) -> pathlib.Path:
