@@ -20,7 +20,7 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import io
+import functools
 import re
 from typing import Sequence
 
@@ -28,6 +28,8 @@ from npuflow.config import ServerSettings, Settings
 from npuflow.gateway.client import ChatTurn, ImagePart
 from npuflow.gateway.errors import ApiError, bad_param
 from npuflow.gateway.image_fetch import FetchError, ImageFetcher
+from npuflow.vision import ImageError
+from npuflow.vision.images import probe_image
 
 DETAILS = ("auto", "low", "high")
 IMAGE_ROLES = ("user",)
@@ -130,36 +132,6 @@ def turn_content(pieces: Sequence[str | ImagePart]) -> tuple[str, tuple[str | Im
     return content, tuple(pieces) if has_image else ()
 
 
-class ProbeError(ValueError):
-    """The file is not an image this server takes (one line: "not an image", "truncated",
-    "too large: W x H pixels, the limit is N", "unsupported format X")."""
-
-
-def probe(data: bytes, max_pixels: int) -> tuple[int, int, str]:
-    """(width, height, format) of an image file, its first frame decoded in full (so a cut file
-    is found here, not in the worker); ProbeError otherwise."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt = im.format or ""
-            if fmt not in FORMAT_MIMES:
-                raise ProbeError(f"unsupported format {fmt}")
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ProbeError(f"too large: {w} x {h} pixels, the limit is {max_pixels}")
-            im.seek(0)
-            im.load()
-    except UnidentifiedImageError:
-        raise ProbeError("not an image") from None
-    except Image.DecompressionBombError:
-        raise ProbeError(f"too large: more pixels than the limit of {max_pixels}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        if isinstance(e, ProbeError):
-            raise
-        raise ProbeError("truncated") from None
-    return w, h, fmt
-
-
 async def resolve_images(turns: Sequence[ChatTurn], settings: Settings, *, vision: bool, model: str = "",
                          fetcher: ImageFetcher | None = None) -> list[ChatTurn]:
     """The turns with every ImagePart checked and resolved: fetched (http(s) URLs, where the
@@ -212,8 +184,9 @@ async def _resolve(part: ImagePart, server: ServerSettings, fetcher: ImageFetche
         raise _too_large(part.param, len(data), server.max_image_bytes)
     loop = asyncio.get_running_loop()
     try:
-        w, h, fmt = await loop.run_in_executor(None, probe, data, server.max_image_pixels)
-    except ProbeError as e:
+        w, h, fmt = await loop.run_in_executor(None, functools.partial(probe_image, data,
+                                                                       max_pixels=server.max_image_pixels))
+    except ImageError as e:
         why = str(e)
         if why.startswith("too large"):
             raise bad_param(part.param, f"The image at '{part.param}' is {why} (server.max_image_pixels).",
@@ -224,4 +197,4 @@ async def _resolve(part: ImagePart, server: ServerSettings, fetcher: ImageFetche
 
 
 __all__ = ["DETAILS", "FetchError", "ImageFetcher", "check_role", "data_url", "detail_of", "from_bytes",
-           "from_url", "probe", "resolve_images", "turn_content"]
+           "from_url", "resolve_images", "turn_content"]

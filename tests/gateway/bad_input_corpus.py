@@ -5,6 +5,8 @@ bench/fuzz_inputs.py (against a running stack). Standard library only. Each case
 wrong methods and content types, bodies that are not JSON objects, every field with values of
 the wrong type, numbers far out of range (huge, negative, NaN, Infinity, 1e308), nesting, lone
 surrogates, base64-looking junk, very long strings, a body over the size limit and a gzip bomb.
+Image parts: bad base64, files that are not images, cut or
+too large (a decompression bomb), unsupported schemes, URLs to fetch, wrong roles, too many.
 The answer to each must be below 500 and, when it is an error, OpenAI-shaped:
 `{"error": {"message", "type", "param", "code"}}` as JSON.
 
@@ -13,10 +15,13 @@ mutation of one still leaves a small limit in most cases), so a real model answe
 """
 from __future__ import annotations
 
+import base64
 import gzip
 import http.client
 import json
+import struct
 import urllib.parse
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -66,6 +71,54 @@ CHAT_FIELDS = ["model", "messages", "max_tokens", "max_completion_tokens", "temp
                "functions", "function_call"]
 COMPL_FIELDS = ["model", "prompt", "max_tokens", "temperature", "top_p", "logprobs", "echo", "suffix", "best_of",
                 "n", "stop", "seed", "logit_bias", "stream", "stream_options"]
+
+
+def png(width: int, height: int, rows: bytes | None = None) -> bytes:
+    """An RGB PNG file written with the standard library (`rows`: the filtered scanlines, zeros
+    by default); a header claiming a huge size with few rows makes a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    if rows is None:
+        rows = (b"\0" + b"\x7f" * (3 * width)) * height
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def _data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def image_parts() -> dict[str, list]:
+    """Messages with image parts, nearly all wrong (a text-only model refuses the rest)."""
+    ok = _data_url(png(4, 3))
+
+    def user(*parts, role="user"):
+        return [{"role": "system", "content": "s"}, {"role": role, "content": [{"type": "text", "text": "x"}, *parts]}]
+
+    def img(url, **kw):
+        return {"type": "image_url", "image_url": {"url": url, **kw}}
+    bomb = png(60000, 60000, b"\0" * 1000)
+    return {
+        "img-valid": user(img(ok)), "img-valid-string": user({"type": "image_url", "image_url": ok}),
+        "img-input-image": user({"type": "input_image", "image_url": ok, "detail": "low"}),
+        "img-b64-garbage": user(img("data:image/png;base64,@@@@not==base64!!")),
+        "img-b64-truncated": user(img(ok[:-5])), "img-b64-empty": user(img("data:image/png;base64,")),
+        "img-b64-urlsafe": user(img(ok.replace("+", "-").replace("/", "_") + "-_")),
+        "img-not-base64": user(img("data:image/png,rawbytes")), "img-no-comma": user(img("data:image/png;base64")),
+        "img-text": user(img(_data_url(b"just some text"))), "img-png-cut": user(img(_data_url(png(50, 40)[:60]))),
+        "img-bomb": user(img(_data_url(bomb))), "img-mime-svg": user(img(_data_url(b"<svg/>", "image/svg+xml"))),
+        "img-mime-junk": user(img(_data_url(png(2, 2), "x" * 300))),
+        "img-file": user(img("file:///etc/passwd")), "img-ftp": user(img("ftp://example.com/a.png")),
+        "img-http": user(img("http://169.254.169.254/latest/meta-data/")),
+        "img-https": user(img("https://images.example.com/a.png")), "img-no-scheme": user(img("a.png")),
+        "img-empty-url": user(img("")), "img-long-url": user(img("https://x.example.com/" + "a" * 20000)),
+        "img-url-int": user(img(5)), "img-url-null": user(img(None)), "img-url-list": user({"type": "image_url",
+                                                                                          "image_url": [ok]}),
+        "img-missing": user({"type": "image_url"}), "img-detail-junk": user(img(ok, detail="ultra")),
+        "img-detail-int": user(img(ok, detail=3)), "img-file-id": user({"type": "input_image", "file_id": "f"}),
+        "img-system": user(img(ok), role="system"), "img-assistant": user(img(ok), role="assistant"),
+        "img-tool": user(img(ok), role="tool"), "img-many": user(*[img(ok)] * 40),
+    }
 
 
 def cases(model: str, max_body_bytes: int = 4 * 1024 * 1024) -> Iterator[Case]:
@@ -120,6 +173,7 @@ def cases(model: str, max_body_bytes: int = 4 * 1024 * 1024) -> Iterator[Case]:
         "many-messages": [{"role": "user", "content": "x"}] * 2000,
         "deep-content": [{"role": "user", "content": _deep(60, "x")}],
     }
+    bad_messages.update(image_parts())
     for label, m in bad_messages.items():
         yield Case(f"{CHAT} messages {label}", "POST", CHAT, _dumps({**chat, "messages": m}))
         yield Case(f"/tokenize messages {label}", "POST", "/tokenize", _dumps({"model": model, "messages": m}))
