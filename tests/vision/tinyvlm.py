@@ -124,6 +124,13 @@ def _text_config(arch: str, vocab: int, bos: int | None, eos: int | None) -> dic
     return cfg
 
 
+def _stops(tok, eos: str) -> list[int]:
+    """generate's end tokens: the family's eos plus the chat stop tokens npuflow's converter adds
+    for a templated model (<|im_end|>, <|endoftext|>), so transformers' greedy answer ends where
+    npuflow's does (the random model does emit them)."""
+    return list(dict.fromkeys(tok.token_to_id(t) for t in (eos, "<|im_end|>", "<|endoftext|>")))
+
+
 def _write_common(folder: pathlib.Path, tok, weights: dict, config: dict, tokenizer_config: dict,
                   template: str, preprocessor: dict, processor: dict, generation: dict) -> None:
     from safetensors.numpy import save_file
@@ -192,7 +199,8 @@ def build_tiny_idefics3(folder: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
             "add_bos_token": False, "add_eos_token": False, "model_max_length": 1024,
             "processor_class": "Idefics3Processor"}
     _write_common(folder, tok, w, config, tcfg, IDEFICS3_TEMPLATE, preprocessor, processor,
-                  {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": tok.token_to_id("<|endoftext|>")})
+                  {"bos_token_id": bos, "eos_token_id": _stops(tok, "<end_of_utterance>"),
+                   "pad_token_id": tok.token_to_id("<|endoftext|>")})
     return folder
 
 
@@ -264,7 +272,7 @@ def build_tiny_internvl(folder: str | pathlib.Path, seed: int = 1) -> pathlib.Pa
             "extra_special_tokens": {"start_image_token": "<img>", "end_image_token": "</img>",
                                      "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}}
     _write_common(folder, tok, w, config, tcfg, INTERNVL_TEMPLATE, preprocessor, processor,
-                  {"eos_token_id": eos, "pad_token_id": tok.token_to_id("<|endoftext|>")})
+                  {"eos_token_id": _stops(tok, "<|im_end|>"), "pad_token_id": tok.token_to_id("<|endoftext|>")})
     return folder
 
 
