@@ -39,6 +39,7 @@ class ModelInfo:
     worker_id: str = ""
     state: str = ""     # "loaded", "loading" (starting, restarting) or "failed" ("" = by `ready`)
     reason: str = ""    # with "failed": why the model cannot start
+    vision: bool = False   # the model takes images (its worker's Hello says it has a vision encoder)
 
     @property
     def status(self) -> str:
@@ -56,6 +57,7 @@ class GenerateParams:
     deadline_unix_ms: int = 0
     grammar: str = ""          # llguidance grammar the output must match ("" = free)
     grammar_param: str = ""    # the request field it came from
+    images: Sequence["ImageInput"] = ()   # the prompt's images, in prompt order
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,33 @@ class ChatTurn:
     # Set when the turn holds an image: its text (str) and ImagePart parts in order; `content`
     # then holds the text parts joined, for code that only reads text.
     parts: tuple["str | ImagePart", ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageSpan:
+    """Where one image sits in an encoded prompt: tokens [start, end) are its whole layout, and
+    `placeholders` of them are the model's image token (the tokenizer's EncodeResult.images)."""
+    start: int
+    end: int
+    placeholders: int
+
+
+@dataclass(frozen=True)
+class ChatTokens:
+    """An encoded conversation: its token ids (image placeholders expanded) and, per image in
+    order, its span."""
+    token_ids: list[int]
+    images: tuple[ImageSpan, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image as the worker gets it (GenerateRequest.images): the file once, its span."""
+    data: bytes
+    detail: str
+    start: int
+    end: int
+    param: str = ""            # the request part it came from, for the worker's errors
 
 
 class ModelClient(Protocol):
@@ -111,8 +140,9 @@ class ModelClient(Protocol):
 class TokenizerClient(Protocol):
     ready: bool
 
-    async def encode_chat(self, model: str, messages: Sequence[ChatTurn], tools_json: str = "") -> list[int]:
-        """Render the model's chat template (with the generation prompt) and tokenize it."""
+    async def encode_chat(self, model: str, messages: Sequence[ChatTurn], tools_json: str = "") -> ChatTokens:
+        """Render the model's chat template (with the generation prompt) and tokenize it; images
+        (resolved ImageParts) go as their size and detail and come back as spans."""
 
     async def encode_text(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
         """Tokenize plain text."""

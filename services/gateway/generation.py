@@ -1,8 +1,14 @@
 """What every front door shares (OpenAI chat and completions over HTTP, the gRPC service):
 admission, the deadline, the context check, a metered delta stream.
 
-Order of one request: model known (404) -> tokenize -> queue room (429, admission.py) -> worker
-ready (bounded wait, 503) -> prompt + max_tokens within the context (400) -> generate.
+Order of one request: model known (404) -> images resolved (chat: images.py, 400 naming the part)
+-> tokenize -> queue room (429, admission.py) -> worker ready (bounded wait, 503) -> prompt +
+max_tokens within the context (400) -> generate.
+
+A chat's images (`chat_prompt`): the tokenizer gets each one's size and detail and places its
+tokens (prompt_token_ids hold every image token, so the context check and usage.prompt_tokens
+count them, as OpenAI's do); the worker gets each file once, with its span, in
+GenerateParams.images.
 """
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ import time
 from typing import AsyncIterator, Sequence
 
 from npuflow.gateway.admission import Ticket
-from npuflow.gateway.client import Delta, GenerateParams
+from npuflow.gateway.client import ChatTurn, Delta, GenerateParams, ImageInput, ImagePart
 from npuflow.gateway.errors import ApiError, model_not_available, model_not_found
+from npuflow.gateway.images import resolve_images
 from npuflow.gateway.model_state import model_states
 from npuflow.gateway.state import GatewayState
 from npuflow.gateway.validation import GenRequest
@@ -81,6 +88,23 @@ def check_model(st: GatewayState, model: str) -> None:
         raise model_not_found(model)
     if info.status == "failed":
         raise model_not_available(model, info.reason)
+
+
+def model_takes_images(st: GatewayState, model: str) -> bool:
+    return any(m.vision for m in model_states(st) if m.id == model)
+
+
+async def chat_prompt(st: GatewayState, model: str, turns: Sequence[ChatTurn],
+                      tools_json: str = "") -> tuple[list[int], tuple[ImageInput, ...]]:
+    """A conversation's prompt token ids and its images for the worker: images resolved and
+    checked (images.resolve_images), the conversation encoded with their spans."""
+    turns = await resolve_images(turns, st.settings, vision=model_takes_images(st, model), model=model)
+    enc = await st.tokenizer.encode_chat(model, turns, tools_json)
+    parts = [p for t in turns for p in t.parts if isinstance(p, ImagePart)]
+    if len(parts) != len(enc.images):
+        raise ApiError(500, f"The tokenizer placed {len(enc.images)} images of {len(parts)}.", code="internal_error")
+    return enc.token_ids, tuple(ImageInput(data=p.data, detail=p.detail, start=s.start, end=s.end, param=p.param)
+                                for p, s in zip(parts, enc.images))
 
 
 def deadline_unix_ms(st: GatewayState, arrived: float, remaining_s: float | None = None) -> int:

@@ -20,8 +20,8 @@ from typing import Sequence
 import grpc.aio
 
 from npuflow.gateway import grpc_convert as convert
-from npuflow.gateway.client import GenerateParams
-from npuflow.gateway.generation import Tally, admit, check_model, check_prompt, deadline_unix_ms, metered
+from npuflow.gateway.client import GenerateParams, ImageInput
+from npuflow.gateway.generation import Tally, admit, chat_prompt, check_model, check_prompt, deadline_unix_ms, metered
 from npuflow.gateway.model_state import model_states
 from npuflow.gateway.sse import write_bound
 from npuflow.gateway.state import GatewayState
@@ -57,8 +57,8 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
         req = convert.chat_request(request)
         check_model(self.st, req.model)
         deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
-        ids = await self.st.tokenizer.encode_chat(req.model, req.messages, req.tools_json)
-        await self._stream(context, req, req.structured, ids, "messages", "chat-", deadline_ms, arrived)
+        ids, images = await chat_prompt(self.st, req.model, req.messages, req.tools_json)
+        await self._stream(context, req, req.structured, ids, "messages", "chat-", deadline_ms, arrived, images)
 
     async def Tokenize(self, request: gs.TokenizeRequest, context: Context) -> gs.TokenizeResponse:
         model, what, add_special, tools = convert.tokenize_request(request)
@@ -67,25 +67,32 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
         if isinstance(what, str):
             ids = await tok.encode_text(model, what, add_special)
         else:
-            ids = await tok.encode_chat(model, what, tools)
+            ids, _ = await chat_prompt(self.st, model, what, tools)
         info = next(m for m in self.st.models.models() if m.id == model)
         return gs.TokenizeResponse(token_ids=ids, context_length=info.context_length)
 
     async def ListModels(self, request: gs.ListModelsRequest, context: Context) -> gs.ListModelsResponse:
-        return gs.ListModelsResponse(models=[convert.model_card(m) for m in model_states(self.st)])
+        cards = []
+        for m in model_states(self.st):
+            card = convert.model_card(m)
+            card.vision = m.vision
+            cards.append(card)
+        return gs.ListModelsResponse(models=cards)
 
     async def _stream(self, context: Context, req: GenRequest, structured: Structured, ids: Sequence[int],
-                      what: str, prefix: str, deadline_ms: int, arrived: float) -> None:
+                      what: str, prefix: str, deadline_ms: int, arrived: float,
+                      images: Sequence[ImageInput] = ()) -> None:
         with await admit(self.st, req, [len(ids)], deadline_ms, what):
-            await self._generate(context, req, structured, ids, prefix, deadline_ms, arrived)
+            await self._generate(context, req, structured, ids, prefix, deadline_ms, arrived, images)
 
     async def _generate(self, context: Context, req: GenRequest, structured: Structured, ids: Sequence[int],
-                        prefix: str, deadline_ms: int, arrived: float) -> None:
+                        prefix: str, deadline_ms: int, arrived: float, images: Sequence[ImageInput] = ()) -> None:
         st, n = self.st, req.n
         write = BoundedWrite(context, deadline_ms, st.settings.server.stream_write_timeout_s)
         params = GenerateParams(request_id=prefix + uuid.uuid4().hex, model=req.model, prompt_token_ids=ids,
                                 sampling=req.sampling, n=n, deadline_unix_ms=deadline_ms,
-                                grammar=structured.grammar, grammar_param=structured.grammar_param)
+                                grammar=structured.grammar, grammar_param=structured.grammar_param,
+                                images=tuple(images))
         tally = Tally(n)
         readers = [CallStream(structured.names()) for _ in range(n)] if structured.parse_tool_calls else None
         async with contextlib.aclosing(metered(st, params, arrived)) as it:

@@ -22,15 +22,31 @@ from npuflow.gateway.state import GatewayState
 
 
 def model_states(st: GatewayState) -> list[ModelInfo]:
-    """Every configured model; a model whose tokenizer failed to load counts as failed."""
+    """Every configured model; a model whose tokenizer failed to load counts as failed, and one
+    takes images (`vision`) when its worker and its tokenizer both say so (takes_images)."""
     tok_failed = getattr(st.tokenizer, "failed", None) or {}
     out = []
     for m in st.models.models():
         reason = tok_failed.get(m.id)
         if reason and m.status != "failed":
             m = dataclasses.replace(m, ready=False, state="failed", reason=f"tokenizer: {reason}")
+        vision = takes_images(st, m)
+        if vision != m.vision:
+            m = dataclasses.replace(m, vision=vision)
         out.append(m)
     return out
+
+
+def takes_images(st: GatewayState, m: ModelInfo) -> bool:
+    """The worker (its Hello) and the tokenizer (its model list) must both handle images; until
+    one of them has said anything about the model, the other's word counts alone."""
+    said = []
+    if m.worker_id:
+        said.append(m.vision)
+    tok_models = getattr(st.tokenizer, "models", None) or {}
+    if m.id in tok_models:
+        said.append(m.id in (getattr(st.tokenizer, "vision", None) or ()))
+    return bool(said) and all(said)
 
 
 def status_object(m: ModelInfo) -> dict:

@@ -11,7 +11,10 @@ from npuflow.gateway.state import STATE
 
 
 def _model(m: ModelInfo) -> dict:
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": "npuflow", "status": status_object(m)}
+    """OpenAI's model object plus two extensions: `status` and `input_modalities` (["text",
+    "image"] for a model that takes images, else ["text"])."""
+    return {"id": m.id, "object": "model", "created": m.created, "owned_by": "npuflow", "status": status_object(m),
+            "input_modalities": ["text", "image"] if m.vision else ["text"]}
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -9,7 +9,8 @@ from aiohttp import web
 
 from npuflow.gateway.client import GenerateParams
 from npuflow.gateway.errors import ApiError
-from npuflow.gateway.generation import FINISH_NAMES, Collected, Tally, admit, check_model, deadline_unix_ms, metered
+from npuflow.gateway.generation import (FINISH_NAMES, Collected, Tally, admit, chat_prompt, check_model,
+                                        deadline_unix_ms, metered)
 from npuflow.gateway.sse import ChunkWriter, ClientStalled, open_stream
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.tool_calls import CallStream, parse_tool_calls
@@ -39,11 +40,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = parse_chat(await read_json(request))
     check_model(st, req.model)
     deadline_ms = deadline_unix_ms(st, now)
-    prompt = await st.tokenizer.encode_chat(req.model, req.messages, req.tools_json)
+    prompt, images = await chat_prompt(st, req.model, req.messages, req.tools_json)
     with await admit(st, req, [len(prompt)], deadline_ms, "messages"):
         params = GenerateParams(request_id="chatcmpl-" + uuid.uuid4().hex, model=req.model,
                                 prompt_token_ids=prompt, sampling=req.sampling, n=req.n, deadline_unix_ms=deadline_ms,
-                                grammar=req.structured.grammar, grammar_param=req.structured.grammar_param)
+                                grammar=req.structured.grammar, grammar_param=req.structured.grammar_param,
+                                images=images)
         if req.stream:
             return await _stream(request, st, req, params, arrived, int(now))
         return await _whole(st, req, params, arrived, int(now))

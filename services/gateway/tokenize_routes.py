@@ -2,7 +2,8 @@
 
     {"model", "prompt": "text"}          -> {"tokens": [...], "count", "max_model_len"}
     {"model", "messages": [...], "tools"} -> the same, through the chat template exactly as a chat
-                                             request renders it (with the assistant header)
+                                             request renders it (with the assistant header); an
+                                             image counts the tokens it takes
     {"model", "tokens": [...]}           -> {"prompt": "text"}
 `add_special_tokens` (default true) adds the model's BOS to a text prompt, as /v1/completions does.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from npuflow.gateway.errors import bad_param
-from npuflow.gateway.generation import check_model
+from npuflow.gateway.generation import chat_prompt, check_model
 from npuflow.gateway.state import STATE
 from npuflow.gateway.structured import parse_structured, tools_json
 from npuflow.gateway.validation import Fields, parse_messages, read_json, token_ids
@@ -25,7 +26,7 @@ async def tokenize(request: web.Request) -> web.Response:
     check_model(st, model)
     if body.get("messages") is not None:
         tools = tools_json(parse_structured({"tools": body.get("tools")}))
-        tokens = await st.tokenizer.encode_chat(model, parse_messages(body["messages"]), tools)
+        tokens, _ = await chat_prompt(st, model, parse_messages(body["messages"]), tools)
     else:
         prompt = f.str("prompt", required=True)
         tokens = await st.tokenizer.encode_text(model, prompt, f.bool("add_special_tokens", True))

@@ -15,7 +15,7 @@ from typing import Sequence
 import zmq
 
 from npuflow.config import Settings
-from npuflow.gateway.client import ChatTurn
+from npuflow.gateway.client import ChatTokens, ChatTurn, ImagePart, ImageSpan
 from npuflow.gateway.errors import ApiError
 from npuflow.gateway.peer_watch import Dealer, watch_disconnects
 from npuflow.logs import get_logger
@@ -46,6 +46,7 @@ class TokenizerLink:
         self._ready_evt = asyncio.Event()
         self.models: dict[str, int] = {}
         self.failed: dict[str, str] = {}   # model -> why its tokenizer could not be loaded
+        self.vision: set[str] = set()      # models whose tokenizer places images (TokenizerModel.vision)
         self.last_rx = 0.0
         self._pending: dict[str, asyncio.Future] = {}
         self._ids = itertools.count()
@@ -95,6 +96,7 @@ class TokenizerLink:
                 log.warning("model failed in the tokenizer", model=model, reason=reason)
         self.failed = failed
         self.models = {m.model: m.vocab_size for m in models if not m.failed_reason}
+        self.vision = {m.model for m in models if m.vision and not m.failed_reason}
 
     async def _probe_loop(self) -> None:
         while True:
@@ -143,7 +145,7 @@ class TokenizerLink:
             raise ApiError.from_code(resp.error.code, resp.error.message, resp.error.param)
         return resp
 
-    async def encode_chat(self, model: str, messages: Sequence[ChatTurn], tools_json: str = "") -> list[int]:
+    async def encode_chat(self, model: str, messages: Sequence[ChatTurn], tools_json: str = "") -> ChatTokens:
         req = tokenizer_pb2.TokenizerRequest()
         enc = req.encode
         enc.model = model
@@ -154,7 +156,14 @@ class TokenizerLink:
             m = chat.messages.add(role=t.role, content=t.content, name=t.name, tool_call_id=t.tool_call_id)
             for cid, ctype, fname, args in t.tool_calls:
                 m.tool_calls.add(id=cid, type=ctype, function_name=fname, arguments=args)
-        return list((await self._call(req)).encoded.token_ids)
+            for p in t.parts:   # an image goes as its size only: the bytes go to the worker
+                if isinstance(p, ImagePart):
+                    m.parts.add().image.CopyFrom(tokenizer_pb2.ImageRef(width=p.width, height=p.height,
+                                                                        detail=p.detail))
+                else:
+                    m.parts.add(text=p)
+        out = (await self._call(req)).encoded
+        return ChatTokens(list(out.token_ids), tuple(ImageSpan(s.start, s.end, s.placeholders) for s in out.images))
 
     async def encode_text(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
         req = tokenizer_pb2.TokenizerRequest()

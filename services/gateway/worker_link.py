@@ -168,7 +168,7 @@ class WorkerLink:
                          created=int(h.created_unix if h and h.created_unix else self._started),
                          worker_id=h.worker_id if h else "",
                          state="failed" if self.failed else ("loaded" if self.ready else "loading"),
-                         reason=self.failed)
+                         reason=self.failed, vision=bool(h and h.vision))
 
     async def wait_ready(self, timeout: float) -> ModelInfo:
         if not self.ready and not self.failed:
@@ -199,6 +199,8 @@ class WorkerLink:
             g.sampling.CopyFrom(p.sampling)
             g.deadline_unix_ms = p.deadline_unix_ms
             g.grammar, g.grammar_param = p.grammar, p.grammar_param
+            for im in p.images:
+                g.images.add(data=im.data, detail=im.detail, start=im.start, end=im.end, param=im.param)
             if not self.send(msg):
                 raise ApiError(503, f"The worker of model '{self.model.id}' is not reachable.", code="worker_lost")
             if p.deadline_unix_ms:   # ends the request at its deadline even while events keep coming
