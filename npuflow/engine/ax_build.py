@@ -7,6 +7,7 @@ from ..models.package import ModelPackage, PackageError
 from .ax import AxEngine
 from .ax_cmm import CMM_INFO, CmmError
 from .ax_runtime import AxRuntimeError, AxRuntimeMissing, factory_for
+from .ax_vision import AxVisionEncoder
 from .base import EngineError
 
 # errors that mean "this model cannot start here"; their messages are one line. AxRuntimeError
@@ -26,3 +27,16 @@ def build_ax_engine(package: ModelPackage, model: Any, *, cmm_info: str = CMM_IN
     return AxEngine(package, max_slots=model.max_batch, context_length=package.context_length,
                     session_factory=factory, simulate_timing=getattr(model, "simulate_timing", ""),
                     cmm_info=cmm_info)
+
+
+def build_ax_vision(package: ModelPackage, model: Any, *, cmm_info: str = CMM_INFO) -> AxVisionEncoder | None:
+    """The package's vision encoder on the same runtime, provider and card as its LLM graphs
+    (None for a text-only package); raises what build_ax_engine raises (AX_START_ERRORS)."""
+    ax = package.extra.get("ax") or {}
+    if not package.extra.get("vision") or not ax.get("vision_file"):
+        return None
+    device_id = getattr(model, "device_id", -1)
+    factory = factory_for(package.path / ax["vision_file"], device_id=None if device_id < 0 else device_id,
+                          provider=getattr(model, "ax_provider", ""), threads=model.threads)
+    return AxVisionEncoder(package, session_factory=factory, cmm_info=cmm_info,
+                           simulate_timing=getattr(model, "simulate_timing", ""))

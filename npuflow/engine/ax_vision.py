@@ -16,6 +16,13 @@ the encoder's "input" section when the package names them (npuflow's export writ
 from the family's processor settings. Tiles go through the graph B at a time (the vendor graphs
 have B = 1; a last short group is padded and its padding rows dropped); the output, bf16 or
 float32, [B, T, H] or [B*T, H], is returned as float32 [N*T, H].
+
+simulate_timing (as the engine's, ax_timing.py) makes each tile take the vendor's published
+encoder time per tile: AX650N 1830 ms for the 17 tiles of a 512x512 image through SmolVLM2-500M's
+vision axmodel (SigLIP-B/16 at 512 px, the tower SmolVLM-256M shares; AXERA-TECH/SmolVLM2-500M-
+Video-Instruct.axera README), i.e. 107.6 ms per 512-px tile. No AX630C figure is published; its
+entry scales the AX650N one by the ratio of the two chips' published decode-layer times
+(6.443 / 1.595 ms), an estimate.
 """
 from __future__ import annotations
 
@@ -27,11 +34,16 @@ from ..logs import get_logger
 from ..models.package import ModelPackage, PackageError
 from .ax_cmm import AXCL_SMI, CMM_INFO, check_fits
 from .ax_runtime import SessionFactory, factory_for, release_session
+from .ax_timing import DeviceClock, TimedSession, TimingProfile
 from .base import EngineError
 
 log = get_logger("engine.ax")
 
 # what the family processors use when a package names no normalization (HF processor defaults)
+VISION_TILE_S = {"ax650n": 1.830 / 17}
+VISION_TILE_S["ax630c"] = VISION_TILE_S["ax650n"] * 6.443 / 1.595
+VISION_TILE_S["ax650"] = VISION_TILE_S["ax8850"] = VISION_TILE_S["ax650n"]
+VISION_TILE_S["ax620e"] = VISION_TILE_S["ax630c"]
 _FAMILY_NORM = {"idefics3": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                 "internvl": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
@@ -74,7 +86,7 @@ class AxVisionEncoder:
 
     def __init__(self, package: ModelPackage, *, threads: int = 2, session_factory: SessionFactory | None = None,
                  device_id: int | None = None, provider: str = "", cmm_info: str = CMM_INFO,
-                 axcl_smi: str | Sequence[str] = AXCL_SMI, check_memory: bool = True):
+                 axcl_smi: str | Sequence[str] = AXCL_SMI, check_memory: bool = True, simulate_timing: str = ""):
         section = package.extra.get("vision")
         ax = package.extra.get("ax") or {}
         if not section or not ax.get("vision_file"):
@@ -85,7 +97,10 @@ class AxVisionEncoder:
             check_fits(int(ax.get("vision_kb") or path.stat().st_size // 1024), "the vision encoder", cmm_info,
                        estimated=True, provider=getattr(factory, "provider", ""),
                        device_id=getattr(factory, "device_id", device_id), smi=axcl_smi)
+        if simulate_timing and simulate_timing.lower() not in VISION_TILE_S:
+            raise ValueError(f"unknown simulate_timing '{simulate_timing}' (one of {', '.join(sorted(VISION_TILE_S))})")
         self.package = package
+        self.clock = DeviceClock()
         self._sess: Any = factory(path)
         self._closed = False
         try:
@@ -116,6 +131,10 @@ class AxVisionEncoder:
                                   f"hidden size is {package.dims.hidden}")
             self._norm = normalization(section) if self._in_dtype == np.uint8 else None
             self.section = section
+            if simulate_timing:
+                tile_s = VISION_TILE_S[simulate_timing.lower()] * self._batch
+                self._sess = TimedSession(self._sess, TimingProfile(simulate_timing, 0.0, tile_s, 0.0), post=True,
+                                          clock=self.clock)
             from ..vision import VisionSpec  # noqa: PLC0415 - the shared spec type (npuflow/vision)
             self.spec = VisionSpec.from_manifest(section)
         except BaseException:

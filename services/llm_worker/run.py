@@ -66,6 +66,12 @@ def build_vision(package: ModelPackage, model: ModelSettings):
     """The package's vision encoder, or None for a text-only package."""
     if "vision" not in package.extra:
         return None
+    if model.engine == "ax":                # the LLM graphs' provider, card and simulated timing
+        from npuflow.engine.ax_build import AX_START_ERRORS, build_ax_vision
+        try:
+            return build_ax_vision(package, model)
+        except AX_START_ERRORS as e:
+            raise WorkerStartError(f"model '{model.id}': {e}") from None
     from npuflow.engine.vision import open_vision_encoder
     return open_vision_encoder(package, threads=model.threads)
 

@@ -250,3 +250,34 @@ def test_embeds_are_checked(vlm, engines):
         with pytest.raises(EngineError):
             ax_eng.prefill(0, [1, 2, 3], embeds=bad)
         assert ax_eng.length(0) == 0 and not ax_eng._rows[0]
+
+
+def test_build_ax_vision_follows_the_model_settings(vlm):
+    """The worker's AX builder opens the encoder on the model's provider, with simulated timing:
+    each tile takes the published AX650N encoder time."""
+    import time
+    from types import SimpleNamespace
+    from npuflow.engine.ax_build import build_ax_vision
+    from npuflow.engine.ax_runtime import AXCLRT
+    from npuflow.engine.ax_vision import VISION_TILE_S
+    fam, src, ax, cpu = vlm
+    model = SimpleNamespace(device_id=0, ax_provider=AXCLRT, threads=1, simulate_timing="ax650n")
+    enc = build_ax_vision(ax, model, cmm_info="/nonexistent")
+    try:
+        assert enc._sess.wrapped.get_providers() == AXCLRT
+        _, px = _tile_pixels(enc.spec, 2)
+        t0 = time.perf_counter()
+        enc.encode(px)
+        took = time.perf_counter() - t0
+        assert 2 * VISION_TILE_S["ax650n"] <= took < 2 * VISION_TILE_S["ax650n"] + 0.2
+        assert enc.clock.runs == 2
+    finally:
+        enc.close()
+    assert build_ax_vision(read_ax_package(tinyvlm_text_only(ax.path.parent)), model) is None
+
+
+def tinyvlm_text_only(where: pathlib.Path) -> pathlib.Path:
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from ax_tiny import write_tiny
+    root = where / "text-only"
+    return root if root.is_dir() else write_tiny(root)
