@@ -57,9 +57,14 @@ def shown(url: str, limit: int = 80) -> str:
 
 
 def is_public(ip: IpAddress) -> bool:
-    """A global unicast address (IPv4-mapped IPv6 addresses are judged as the IPv4 they hold)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """A global unicast address. An IPv6 address that holds an IPv4 one (IPv4-mapped, 6to4,
+    Teredo) is public only if that one is too."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return is_public(ip.ipv4_mapped)
+        held = [ip.sixtofour, *(ip.teredo or ())]
+        if any(v4 is not None and not is_public(v4) for v4 in held):
+            return False
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_loopback or ip.is_link_local
                                  or ip.is_private or ip.is_unspecified)
 
