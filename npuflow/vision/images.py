@@ -119,6 +119,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             oriented = ImageOps.exif_transpose(img)
         except Exception:
             oriented = img
-        return to_rgb(oriented)
+        try:
+            return to_rgb(oriented)
+        except Exception:  # a mode Pillow cannot turn into RGB
+            raise ImageError(f"unsupported image mode {oriented.mode}") from None
     finally:
         img.close()

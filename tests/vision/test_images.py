@@ -127,3 +127,12 @@ def test_rgb_conversion_matches_transformers():
         ours = np.asarray(decode_image(data, max_pixels=LIMIT))
         with Image.open(io.BytesIO(data)) as ref:
             assert np.array_equal(ours, convert_to_rgb(ref, return_numpy=True)), img.mode
+
+
+def test_sixteen_bit_and_one_bit_pngs_decode_to_rgb():
+    deep = Image.fromarray(np.array([[0, 65535], [100, 40000]], dtype=np.uint16))
+    out = decode_image(_encode(deep, "PNG"), max_pixels=LIMIT)
+    assert out.mode == "RGB" and out.size == (2, 2)
+    assert np.asarray(out)[:, :, 0].tolist() == [[0, 255], [100, 255]]   # Pillow's clip, as convert("RGB") does
+    bits = decode_image(_encode(Image.new("1", (3, 2), 1), "PNG"), max_pixels=LIMIT)
+    assert np.asarray(bits).min() == 255
