@@ -26,7 +26,7 @@ from npuflow.engine.ax_cmm import CmmError  # noqa: E402
 from npuflow.engine.ax_vision import AxVisionEncoder  # noqa: E402
 from npuflow.models.ax_package import read_ax_package  # noqa: E402
 
-P, KV, STEPS = 16, 128, 32
+P, KV, STEPS = 16, 256, 32
 FAMILIES = ("idefics3", "internvl")
 
 
@@ -281,3 +281,75 @@ def tinyvlm_text_only(where: pathlib.Path) -> pathlib.Path:
     from ax_tiny import write_tiny
     root = where / "text-only"
     return root if root.is_dir() else write_tiny(root)
+
+
+def _png(seed: int, size) -> bytes:
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _scheduler(engine, encoder, pkg):
+    from npuflow.llm_worker.detok import load_token_table
+    from npuflow.llm_worker.request import ModelLimits
+    from npuflow.llm_worker.scheduler import Scheduler
+    limits = ModelLimits("tiny", engine.vocab_size, engine.context_length, tuple(pkg.eos_token_ids), {},
+                         vision=encoder.spec)
+    return Scheduler(engine, load_token_table(pkg.tokenizer_path, engine.vocab_size), limits, max_queue=4,
+                     vision=encoder)
+
+
+def _answer(sched, ids, images, rid, steps=STEPS):
+    import time
+    from npuflow.v1 import common_pb2, worker_pb2
+    msg = worker_pb2.GenerateRequest(request_id=rid, model="tiny", prompt_token_ids=ids, images=images,
+                                     sampling=common_pb2.SamplingParams(max_tokens=steps, temperature=0.0,
+                                                                        ignore_eos=True))
+    sched.submit(msg, b"p")
+    events, end = [], time.monotonic() + 120
+    while (sched.requests or sched.has_work) and time.monotonic() < end:
+        if not sched.has_work:
+            time.sleep(0.002)
+            continue
+        events += [ev for _, ev in sched.step()]
+    assert not sched.requests and not events[-1].error.message, events[-1].error.message
+    return [t for ev in events for t in ev.token_ids], events[-1]
+
+
+def test_worker_answers_image_requests_like_the_bf16_cpu_twin(vlm):
+    """Through the worker's scheduler (real image decoding, tiling and preprocessing, encoding
+    tile by tile, prefill in pieces): two images of several tiles each, then the same request
+    again (prefix reuse), on the AX engine and on the CPU twin: the same tokens."""
+    from tokenizers import Tokenizer
+    from npuflow.engine.cpu import CpuEngine
+    from npuflow.engine.vision import open_vision_encoder
+    from npuflow.v1 import worker_pb2
+    from npuflow.vision import VisionSpec, image_prompt, tile_count
+    fam, src, ax, cpu = vlm
+    spec = VisionSpec.from_manifest(cpu.extra["vision"])
+    tok = Tokenizer.from_file(str(cpu.tokenizer_path))
+    enc = lambda s: tok.encode(s, add_special_tokens=False).ids   # noqa: E731
+    ids, images = enc("User: compare"), []
+    for i, size in enumerate([(60, 45), (40, 50)]):
+        span = enc(image_prompt(spec, *size, "auto"))
+        images.append(worker_pb2.ImageInput(data=_png(10 + i, size), detail="auto", start=len(ids),
+                                            end=len(ids) + len(span), param=f"messages[0].content[{i}]"))
+        ids += span
+    ids += enc(" What differs?")
+    assert tile_count(spec, 60, 45, "auto") > 1 and len(ids) + STEPS <= KV
+    answers = []
+    for eng, venc, pkg in ((AxEngine(ax, max_slots=2), open_vision_encoder(ax), ax),
+                           (CpuEngine(cpu, max_slots=2, context_length=KV), open_vision_encoder(cpu), cpu)):
+        sched = _scheduler(eng, venc, pkg)
+        try:
+            first, _ = _answer(sched, ids, images, "a")
+            again, last = _answer(sched, ids, images, "b")
+            answers.append(first)
+            assert again == first and last.cached_prompt_tokens > images[0].start
+        finally:
+            sched.close()
+            eng.close()
+            venc.close()
+    assert answers[0] == answers[1] and len(answers[0]) == STEPS
