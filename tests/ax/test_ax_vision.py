@@ -166,7 +166,7 @@ def test_image_rows_survive_an_unaligned_append(vlm, engines):
     ax_eng.release(0)
 
 
-def _vendor_copy(ax_dir: pathlib.Path, src: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
+def _vendor_copy(ax_dir: pathlib.Path, src: pathlib.Path, dest: pathlib.Path, nested: bool = False) -> dict:
     """The AX export rearranged as the vendor ships it: LLM graphs at the top, the encoder under
     vit_axmodel/, config.json without npuflow's vision keys, the base model's HF files in a folder."""
     shutil.copytree(ax_dir, dest)
@@ -175,6 +175,10 @@ def _vendor_copy(ax_dir: pathlib.Path, src: pathlib.Path, dest: pathlib.Path) ->
     (dest / "vit_axmodel").mkdir()
     for name in (cfg.pop("filename_image_encoder_axmodel"), "vision_model.onnx.data"):
         (dest / name).unlink()
+    if nested:      # the base model's whole HF config (text model in text_config) plus ax-llm's keys
+        hf = json.loads((src / "config.json").read_text())
+        cfg = {**hf, **{k: cfg[k] for k in ("template_filename_axmodel", "axmodel_num", "filename_post_axmodel",
+                                            "filename_tokens_embed", "tokens_embed_num", "tokens_embed_size")}}
     (dest / "config.json").write_text(json.dumps(cfg))
     base = dest / src.name
     base.mkdir()
@@ -184,19 +188,20 @@ def _vendor_copy(ax_dir: pathlib.Path, src: pathlib.Path, dest: pathlib.Path) ->
     return vision
 
 
-@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-def test_vendor_layout_package(vlm, tmp_path, layout):
+@pytest.mark.parametrize("layout,nested", [("NHWC", False), ("NCHW", True)])
+def test_vendor_layout_package(vlm, tmp_path, layout, nested):
     from npuflow.convert.ax_vision_export import wrap_input
     from npuflow.engine.vision import open_vision_encoder
     fam, src, ax, cpu = vlm
     dest = tmp_path / "vendor"
-    vision = _vendor_copy(ax.path, src, dest)
+    vision = _vendor_copy(ax.path, src, dest, nested)
     proc = vision["processor"]
     inner = onnx.load(str(cpu.file("vision_model")))             # the float NCHW encoder, weights inline
     onnx.save(wrap_input(inner, layout, proc["image_mean"], proc["image_std"], proc["rescale_factor"]),
               str(dest / "vit_axmodel" / f"tiny_{fam}_vit.onnx"))
     pkg = read_ax_package(dest)
     assert pkg.extra["ax"]["vision_file"] == f"vit_axmodel/tiny_{fam}_vit.onnx"
+    assert (pkg.dims, pkg.eos_token_ids) == (ax.dims, ax.eos_token_ids)
     v = pkg.extra["vision"]                                      # read from the base model's HF files
     assert v["image_token_id"] == vision["image_token_id"] and v["family"] == fam
     enc = open_vision_encoder(pkg)
