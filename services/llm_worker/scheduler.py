@@ -84,8 +84,9 @@ class Scheduler:
         self.prefix_cache = prefix_cache
         self.held: dict[int, list[int]] = {}   # free slot -> prompt keys its KV still holds
         self.vision = vision                  # a VisionEncoder, or None (images are refused)
-        self.max_image_pixels = max_image_pixels
-        self._encoder: EncodeThread | None = None
+        # built now (its imports), started with the first image
+        self._encoder = EncodeThread(vision, max_pixels=max_image_pixels, wake=lambda: self.wake()) \
+            if vision is not None else None
         self.encoding: dict[str, Request] = {}  # requests whose images are being encoded
         self.wake = lambda: None              # called from the encode thread when a request is ready
         self.waiting: deque[Choice] = deque()
@@ -115,8 +116,6 @@ class Scheduler:
         if req.images is None:
             self.waiting.extend(req.choices)
             return
-        if self._encoder is None:
-            self._encoder = EncodeThread(self.vision, max_pixels=self.max_image_pixels, wake=lambda: self.wake())
         self.encoding[req.id] = req
         self._encoder.submit(req)
 

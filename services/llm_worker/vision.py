@@ -14,6 +14,11 @@ in order (idefics3's tile markers and internvl's <img>/</img> inside a span stay
 `RequestImages.chunk(lo, hi)` hands the engine the rows of one prefill piece, wherever the
 piece boundaries cut a span.
 
+The thread keeps the embeddings of the last images it encoded (`CACHE_BYTES` at most, least
+recently used out first), keyed as prefix reuse keys them: the next turn of a conversation
+sends its image again, and its KV is mostly reused, so encoding it again would be most of that
+turn's time to first token.
+
 Prefix reuse compares keys, not token ids: `reuse_key` is the prompt with every image-token
 position of a span replaced by a negative number derived from a hash of the image's bytes and
 detail, so two prompts with the same text and different images part at their first image
@@ -25,6 +30,7 @@ import hashlib
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -39,6 +45,7 @@ log = get_logger("worker")
 
 DETAILS = ("auto", "low", "high")
 MAX_IMAGE_PIXELS = 1 << 26   # a safety net: the gateway enforces the configured limit first
+CACHE_BYTES = 64 << 20       # embeddings of recent images kept by the encode thread
 
 
 @dataclass
@@ -139,19 +146,27 @@ class EncodeThread(threading.Thread):
     its deadline passed or the thread stops) lands in `done` and `wake()` is called."""
 
     def __init__(self, encoder: Any, *, max_pixels: int = MAX_IMAGE_PIXELS,
-                 wake: Callable[[], None] = lambda: None):
+                 wake: Callable[[], None] = lambda: None, cache_bytes: int = CACHE_BYTES):
         super().__init__(name="worker-vision", daemon=True)
+        # imported here, not at the first image: an import holds the GIL and the import lock
+        from npuflow.vision import ImageError, image_tokens, preprocess
+        from npuflow.vision.images import decode_image
+        self._image_error, self._image_tokens, self._preprocess = ImageError, image_tokens, preprocess
+        self._decode_image = decode_image
         self.encoder = encoder
         self.spec = encoder.spec
         self.max_pixels = max_pixels
         self.wake = wake
         self.done: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.busy_s = 0.0            # seconds spent encoding (tests, logs)
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()   # (key, rows) -> embeddings
+        self._cached = 0
         self._jobs: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._halt = threading.Event()
 
     def submit(self, job: Any) -> None:
-        if not self.is_alive() and not self._halt.is_set():
+        if self.ident is None and not self._halt.is_set():
             self.start()
         self._jobs.put(job)
 
@@ -196,24 +211,40 @@ class EncodeThread(threading.Thread):
             raise _Stopped
 
     def _encode(self, job: Any) -> None:
-        from npuflow.vision import ImageError, image_tokens, preprocess
-        from npuflow.vision.images import decode_image
         out = []
         for im in job.images.items:
             self._check(job)
+            hit = self._cache.get((im.key, len(im.rows)))
+            if hit is not None:
+                self._cache.move_to_end((im.key, len(im.rows)))
+                out.append(hit)
+                continue
             try:
-                image = decode_image(im.data, max_pixels=self.max_pixels)
-            except ImageError as e:
+                image = self._decode_image(im.data, max_pixels=self.max_pixels)
+            except self._image_error as e:
                 raise invalid(f"the image cannot be used: {e}", im.param) from None
-            want = image_tokens(self.spec, image.width, image.height, im.detail)
+            want = self._image_tokens(self.spec, image.width, image.height, im.detail)
             if want != len(im.rows):
                 raise invalid(f"the image ({image.width}x{image.height}, detail {im.detail}) takes {want} "
                               f"image tokens, its span in the prompt holds {len(im.rows)}", im.param)
-            pixels = np.ascontiguousarray(preprocess(self.spec, image, im.detail), dtype=np.float32)
+            pixels = np.ascontiguousarray(self._preprocess(self.spec, image, im.detail), dtype=np.float32)
+            del image
+            tiles = []
             for t in range(len(pixels)):   # one tile per call: an abort need not wait for the rest
                 self._check(job)
-                out.append(np.asarray(self.encoder.encode(pixels[t:t + 1]), dtype=np.float32))
-        values = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-        if len(values) != len(job.images.positions):
-            raise RuntimeError(f"the encoder gave {len(values)} rows for {len(job.images.positions)} image tokens")
-        job.images.values = values
+                tiles.append(np.asarray(self.encoder.encode(pixels[t:t + 1]), dtype=np.float32))
+            embeds = np.concatenate(tiles)
+            if len(embeds) != len(im.rows):
+                raise RuntimeError(f"the encoder gave {len(embeds)} rows for the image's {len(im.rows)} tokens")
+            self._remember((im.key, len(im.rows)), embeds)
+            out.append(embeds)
+        job.images.values = np.concatenate(out)
+
+    def _remember(self, key: tuple[int, int], embeds: np.ndarray) -> None:
+        if embeds.nbytes > self.cache_bytes:
+            return
+        self._cache[key] = embeds
+        self._cached += embeds.nbytes
+        while self._cached > self.cache_bytes:
+            _, old = self._cache.popitem(last=False)
+            self._cached -= old.nbytes

@@ -319,7 +319,7 @@ def test_n_choices_share_one_encode(idefics3, closing):
 
 
 def test_prefix_reuse_never_crosses_a_different_image(vlm, closing):
-    s, eng, enc = make_scheduler(vlm, slots=1)
+    s, eng, enc = make_scheduler(vlm, slots=1, per_tile_s=1e-4)
     closing((s, eng, enc))
     img_a, img_b = image_bytes(10), image_bytes(11)
     p_a, ims_a = prompt_with_images(vlm, [img_a])
@@ -328,6 +328,7 @@ def test_prefix_reuse_never_crosses_a_different_image(vlm, closing):
     first_image_token = int(np.flatnonzero(np.asarray(p_a) == spec_of(vlm).image_token_id)[0])
     ans_a, last = answer(s, gen("a", p_a, ims_a, max_tokens=16, ignore_eos=True))
     assert last.cached_prompt_tokens == 0
+    tiles = enc.calls
     ans_b, last = answer(s, gen("b", p_b, ims_b, max_tokens=16, ignore_eos=True))
     assert last.cached_prompt_tokens == first_image_token        # the text before the image only
     assert ans_b == direct_greedy(vlm, p_b, ims_b, 16)
@@ -337,6 +338,7 @@ def test_prefix_reuse_never_crosses_a_different_image(vlm, closing):
     assert last.cached_prompt_tokens == first_image_token       # the slot held b's image, not a's
     ans_a3, last = answer(s, gen("a3", p_a, ims_a, max_tokens=16, ignore_eos=True))
     assert ans_a3 == ans_a and last.cached_prompt_tokens == len(p_a) - 2    # the same image again
+    assert enc.calls == 2 * tiles          # a and b were encoded; a's embeddings came back from the cache
 
 
 def test_reuse_that_ends_inside_an_image_span(idefics3, closing):
@@ -458,8 +460,7 @@ def test_running_stream_keeps_decoding_while_an_image_is_encoded(idefics3, worke
     link, gw, _, _ = worker(idefics3, per_tile_s=0.03, slots=2, decode_s=0.004)
     gw.hello()
     tok = Tokenizer.from_file(str(idefics3.tokenizer_path))
-    long_text = tok.encode(tinyvlm.TEXT, add_special_tokens=False).ids[:900]
-    prompt, images = prompt_with_images(idefics3, [image_bytes(8, size=(128, 128))])
+    text_ids = tok.encode(tinyvlm.TEXT, add_special_tokens=False).ids
     rounds = []
 
     def measure(name, msg):
@@ -473,7 +474,10 @@ def test_running_stream_keeps_decoding_while_an_image_is_encoded(idefics3, worke
         gw.abort(f"run-{name}")
         gw.until_final(f"run-{name}")
         return gap, ttft
-    for r in range(2):
+    for r in range(3):
+        # a new text and a new image each round: nothing is reused from the KV or the image cache
+        long_text = [r + 3] + text_ids[r:r + 899]
+        prompt, images = prompt_with_images(idefics3, [image_bytes(80 + r, size=(128, 128))])
         text_gap, text_ttft = measure(f"t{r}", gen(f"text{r}", long_text, max_tokens=2))
         image_gap, image_ttft = measure(f"i{r}", gen(f"image{r}", prompt, images, max_tokens=2))
         rounds.append((text_gap, text_ttft, image_gap, image_ttft))
