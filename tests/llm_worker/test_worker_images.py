@@ -490,3 +490,34 @@ def test_running_stream_keeps_decoding_while_an_image_is_encoded(idefics3, worke
     image_ttft = min(r[3] for r in rounds)
     assert image_ttft > 0.4                       # the encode took its time ...
     assert image_gap < max(2 * text_gap, 0.05)    # ... without holding the stream up
+
+
+def test_worker_process_serves_images(idefics3, tmp_path):
+    """`npuflow worker` on the converted package: Hello.vision, the direct answer, SIGTERM exits 0."""
+    import os
+    import signal
+    import subprocess
+    cfg = tmp_path / "npuflow.toml"
+    cfg.write_text(f'[server]\nrun_dir = "{tmp_path}/run"\ncache_dir = "{tmp_path}/cache"\n'
+                   f'[[models]]\nid = "tiny"\nsource = "{idefics3.path}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "npuflow.cli", "worker", "--model", "tiny"],
+                            env={**os.environ, "NPUFLOW_CONFIG": str(cfg)}, stderr=subprocess.PIPE, text=True)
+    gw = Gateway(f"ipc://{tmp_path}/run/worker-tiny.sock")
+    try:
+        hello = gw.hello()
+        assert hello.vision and hello.model == "tiny"
+        prompt, images = prompt_with_images(idefics3, [image_bytes(21), image_bytes(22, size=(40, 90))])
+        gw.send(gen("p", prompt, images, max_tokens=16, ignore_eos=True))
+        got = [t for e in gw.until_final("p") for t in e.token_ids]
+        assert got == direct_greedy(idefics3, prompt, images, 16)
+        images[1].data = b"GIF89a broken"
+        gw.send(gen("bad", prompt, images))
+        last = gw.until_final("bad")[-1]
+        assert (last.error.code, last.error.param) == (FR.ERROR_CODE_INVALID_ARGUMENT, "messages[1].content[1]")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        gw.close()
