@@ -139,3 +139,23 @@ def test_counts_agree_with_prompt_and_pixels(fixture, request):
                 assert pixels.shape[0] == 1
     with pytest.raises(ValueError, match="detail"):
         image_prompt(spec, 10, 10, "medium")
+
+
+@pytest.mark.parametrize("factor", [1 / 255, 1 / 127.5, 0.5, 0.017, 0.1234567, 1.0])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_pixels_equal_transformers_float_steps_bit_for_bit(factor, normalize):
+    from npuflow.vision.pixels import to_pixels
+
+    rng = np.random.default_rng(5)
+    tiles = [Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)) for _ in range(3)]
+    tiles[0].putdata([(v, v, v) for v in range(63)])
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    p = {"do_rescale": True, "rescale_factor": factor, "do_normalize": normalize, "image_mean": mean, "image_std": std}
+    # transformers' numpy rescale then normalize: float64 product cast to float32, then float32 (x - m) / s
+    want = np.stack([np.asarray(t).transpose(2, 0, 1) for t in tiles]).astype(np.float64) * factor
+    want = want.astype(np.float32)
+    if normalize:
+        want = (want - np.float32(mean).reshape(1, 3, 1, 1)) / np.float32(std).reshape(1, 3, 1, 1)
+    got = to_pixels(tiles, p)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got, want)
