@@ -14,7 +14,6 @@ What an image means, decided once for every caller:
 from __future__ import annotations
 
 import io
-import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -28,10 +27,8 @@ _SWAPS_SIDES = (5, 6, 7, 8)
 def _format_of(data: bytes) -> str | None:
     """The format Pillow would call these bytes (header only), or None."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
-                return img.format
+        with Image.open(io.BytesIO(data)) as img:
+            return img.format
     except Exception:
         return None
 
@@ -57,12 +54,13 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     """The first frame, decoded, size checked before decoding."""
     if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
         raise ImageError("not an image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
+    try:  # (no warnings.catch_warnings: it is not thread-safe, and probes run in an executor)
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:  # past Pillow's own limit: its plugin reads the header again
-        width, height = _header_size(data)
+        try:
+            width, height = _header_size(data)
+        except Exception:
+            raise ImageError(f"too large: over {Image.MAX_IMAGE_PIXELS} pixels, the limit is {max_pixels}") from None
         raise ImageError(f"too large: {width} x {height} pixels, the limit is {max_pixels}") from None
     except UnidentifiedImageError:
         other = _format_of(data)
@@ -70,13 +68,17 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Exception:  # a known signature whose data does not parse (WebP decodes at open)
         raise ImageError("truncated or corrupt image data" if _signed(data) else "not an image") from None
     width, height = img.size
-    if width < 1 or height < 1:
-        raise ImageError("not an image")
-    if width * height > max_pixels:
-        raise ImageError(f"too large: {width} x {height} pixels, the limit is {max_pixels}")
     try:
+        if width < 1 or height < 1:
+            raise ImageError("not an image")
+        if width * height > max_pixels:
+            raise ImageError(f"too large: {width} x {height} pixels, the limit is {max_pixels}")
         img.load()
+    except ImageError:
+        img.close()
+        raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error... for broken data
+        img.close()
         text = str(e).lower()
         raise ImageError("truncated" if "truncat" in text or isinstance(e, EOFError) else
                          "truncated or corrupt image data") from None
