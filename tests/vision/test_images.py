@@ -136,3 +136,19 @@ def test_sixteen_bit_and_one_bit_pngs_decode_to_rgb():
     assert np.asarray(out)[:, :, 0].tolist() == [[0, 255], [100, 255]]   # Pillow's clip, as convert("RGB") does
     bits = decode_image(_encode(Image.new("1", (3, 2), 1), "PNG"), max_pixels=LIMIT)
     assert np.asarray(bits).min() == 255
+
+
+@pytest.mark.heavy
+def test_orientation_matches_transformers_load_image_of_a_data_url():
+    import base64
+
+    from transformers.image_utils import load_image
+
+    exif = Image.Exif()
+    for orientation in (1, 3, 6, 8):
+        exif[0x0112] = orientation
+        data = _encode(_pattern(30, 14), "JPEG", exif=exif.tobytes(), quality=90)
+        ref = load_image("data:image/jpeg;base64," + base64.b64encode(data).decode())
+        ours = decode_image(data, max_pixels=LIMIT)
+        assert ours.size == ref.size == probe_image(data, max_pixels=LIMIT)[:2]
+        assert np.array_equal(np.asarray(ours), np.asarray(ref)), orientation
