@@ -243,3 +243,12 @@ def test_manifest_that_disagrees_with_the_graph(tiny_idefics3_pkg):
     bad = dataclasses.replace(tiny_idefics3_pkg, extra={**tiny_idefics3_pkg.extra, "vision": section})
     with pytest.raises(PackageError, match=r"the manifest says \[N, 3, 32, 32\] to \[N, 5, 64\]"):
         VisionEncoder(bad)
+
+
+def test_ax_package_goes_to_the_ax_encoder(tiny_idefics3_pkg):
+    """engine "ax" dispatches to npuflow.engine.ax_vision (which wants the package's vision axmodel)."""
+    from npuflow.models.package import PackageError
+
+    ax = dataclasses.replace(tiny_idefics3_pkg, engine="ax")
+    with pytest.raises(PackageError, match="no vision axmodel"):
+        open_vision_encoder(ax)
