@@ -234,13 +234,21 @@ class Scheduler:
         the slot whose last prompt shares the longest prefix with this one (a conversation's
         next turn, a shared system prompt), else the least recently used. At least MIN_PREFILL
         prompt tokens are left to prefill: a one-token prefill runs the engines' decode kernels,
-        whose results differ slightly from a prompt's, and the answer must not depend on reuse."""
+        whose results differ slightly from a prompt's, and the answer must not depend on reuse.
+        A match that would throw away most of what its slot holds (the same question about
+        another image, which shares only the text before the image) goes to an empty slot
+        instead while there is one, so the longer cached prompt stays for its next turn."""
         slot, keep = self.free_slots[0], 0
         if self.prefix_cache:
             for s in self.free_slots:
                 n = _common_prefix(self.held.get(s), prompt)
                 if n > keep:
                     slot, keep = s, n
+            held = len(self.held.get(slot) or ())
+            if keep and 2 * keep < held:
+                empty = next((s for s in self.free_slots if not self.held.get(s)), None)
+                if empty is not None:
+                    slot, keep = empty, 0
             keep = max(0, min(keep, len(prompt) - MIN_PREFILL))
         self.free_slots.remove(slot)
         self.held.pop(slot, None)

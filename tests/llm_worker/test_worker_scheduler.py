@@ -324,3 +324,18 @@ def test_prefill_pieces_end_on_the_engines_chunk_boundaries(tokenizer_json, hf_t
     eng.calls.clear()
     _answer(s, "b", list(range(10, 23)) + list(range(60, 80)))   # reuses 13, then 13 -> 24 -> 32 -> 33
     assert [c[2] for c in eng.calls if c[0] == "prefill"] == [11, 8, 1]
+
+
+def test_a_short_match_leaves_a_longer_cached_prompt_alone(tokenizer_json, hf_tokenizer):
+    """Same text, another image (here: another long tail): the second prompt shares only a short
+    head with the first, so it takes the empty slot, and the first prompt's KV stays whole for
+    its repeat; without an empty slot the short match is still used."""
+    s, eng = make(tokenizer_json, hf_tokenizer, slots=2, ctx=64)
+    head, tail_a, tail_b = [10, 11, 12], list(range(20, 40)), list(range(40, 60))
+    _answer(s, "a", head + tail_a)
+    _, last = _answer(s, "b", head + tail_b)
+    assert last.cached_prompt_tokens == 0
+    _, last = _answer(s, "a2", head + tail_a)
+    assert last.cached_prompt_tokens == len(head + tail_a) - 2
+    _, last = _answer(s, "c", head + [70, 71, 72, 73])       # both slots hold prompts now
+    assert last.cached_prompt_tokens == len(head)
