@@ -243,6 +243,7 @@ class EncodeThread(threading.Thread):
     def _remember(self, key: tuple[int, int], embeds: np.ndarray) -> None:
         if embeds.nbytes > self.cache_bytes:
             return
+        embeds.setflags(write=False)   # shared by later requests: nobody may change it in place
         self._cache[key] = embeds
         self._cached += embeds.nbytes
         while self._cached > self.cache_bytes:
