@@ -22,15 +22,17 @@ from gw_fakes import KEY, MODEL, FakeTokenizer, FakeWorker
 
 class Stack:
     def __init__(self, tmp: pathlib.Path, api_keys=(KEY,), context_length: int = 64, max_queue: int = 4,
-                 request_timeout_s: float = 30.0, stream_write_timeout_s: float = 30.0):
+                 request_timeout_s: float = 30.0, stream_write_timeout_s: float = 30.0, vision: bool = False,
+                 **server):
         self.settings = Settings(
             server=ServerSettings(host="127.0.0.1", port=8000, api_keys=tuple(api_keys), max_body_bytes=65536,
                                   request_timeout_s=request_timeout_s, stream_write_timeout_s=stream_write_timeout_s,
-                                  run_dir=str(tmp)),
+                                  run_dir=str(tmp), **server),
             tokenizer=TokenizerSettings(endpoint=f"ipc://{tmp}/tok.sock"),
             models=(ModelSettings(id=MODEL, endpoint=f"ipc://{tmp}/worker.sock", max_queue=max_queue,
                                   max_batch=2),))
         self.context_length = context_length
+        self.vision = vision      # the fake peers say the model takes images
         self.key = api_keys[0] if api_keys else ""
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -43,8 +45,9 @@ class Stack:
 
     async def _start(self) -> None:
         self.ctx = zmq.asyncio.Context()
-        self.tokenizer = FakeTokenizer(self.ctx, self.settings.tokenizer.endpoint, [MODEL])
-        self.worker = FakeWorker(self.ctx, self.settings.models[0].endpoint, MODEL, self.context_length)
+        self.tokenizer = FakeTokenizer(self.ctx, self.settings.tokenizer.endpoint, [MODEL],
+                                       (MODEL,) if self.vision else ())
+        self.worker = FakeWorker(self.ctx, self.settings.models[0].endpoint, MODEL, self.context_length, self.vision)
         self.app = create_app(self.settings)
         self.runner = web.AppRunner(self.app, handler_cancellation=True, shutdown_timeout=2)
         await self.runner.setup()
@@ -55,7 +58,7 @@ class Stack:
     async def new_worker(self) -> FakeWorker:
         """Replace the worker by a new process (new worker_id) at the same endpoint."""
         await self.worker.close()
-        self.worker = FakeWorker(self.ctx, self.settings.models[0].endpoint, MODEL, self.context_length)
+        self.worker = FakeWorker(self.ctx, self.settings.models[0].endpoint, MODEL, self.context_length, self.vision)
         return self.worker
 
     def close(self) -> None:

@@ -21,13 +21,16 @@ MODEL = "fake-model"  # the model id the fake worker serves
 KEY = "sk-test"       # the API key of the keyed test apps
 
 FR = common_pb2.FinishReason
+IMAGE_TOKEN, IMAGE_TOKENS = 7, 4   # the fake tokenizer's image placeholder and tokens per image
 REPLY = ["Hello", " world", ",", " this", " is", " a", " test", "."]
 
 
 class FakeWorker:
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, model: str, context_length: int = 64):
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, model: str, context_length: int = 64,
+                 vision: bool = False):
         self.ctx, self.endpoint, self.model = ctx, endpoint, model
         self.context_length = context_length
+        self.vision = vision          # the Hello says the model takes images
         self.worker_id = uuid.uuid4().hex
         self.reply = list(REPLY)
         self.delay = 0.001            # seconds between decode steps
@@ -64,6 +67,7 @@ class FakeWorker:
             h = hello.hello
             h.model, h.worker_id, h.context_length, h.max_batch = self.model, self.worker_id, self.context_length, 2
             h.vocab_size, h.engine, h.pid, h.created_unix = 1000, "cpu", os.getpid(), 1700000000
+            h.vision = self.vision
             h.eos_token_ids.append(2)
             await self.sock.send_multipart([peer, hello.SerializeToString()])
         await self.sock.send_multipart([peer, msg.SerializeToString()])
@@ -151,8 +155,9 @@ class FakeWorker:
 
 
 class FakeTokenizer:
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, models: list[str]):
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, models: list[str], vision: tuple[str, ...] = ()):
         self.models = models
+        self.vision = vision          # models that take images: each image is IMAGE_TOKENS tokens
         self.silent = False
         self.chats: list[tokenizer_pb2.ChatInput] = []
         self.sock = make_socket(ctx, zmq.ROUTER, endpoint, bind=True)
@@ -177,7 +182,7 @@ class FakeTokenizer:
             kind = req.WhichOneof("kind")
             if kind == "list_models":
                 for m in self.models:
-                    resp.models.models.add(model=m, vocab_size=1000)
+                    resp.models.models.add(model=m, vocab_size=1000, vision=m in self.vision)
             elif kind == "encode" and req.encode.model not in self.models:
                 resp.error.code = common_pb2.ERROR_CODE_NOT_FOUND
                 resp.error.message = f"unknown model {req.encode.model}"
@@ -186,6 +191,12 @@ class FakeTokenizer:
                 text = " ".join(f"<{m.role}> {m.content}" for m in req.encode.chat.messages) + " <assistant>"
                 resp.encoded.token_ids.extend(self.ids(text))
                 resp.encoded.rendered = text
+                for m in req.encode.chat.messages:   # images after the text, IMAGE_TOKENS each
+                    for p in m.parts:
+                        if p.WhichOneof("part") == "image":
+                            start = len(resp.encoded.token_ids)
+                            resp.encoded.token_ids.extend([IMAGE_TOKEN] * IMAGE_TOKENS)
+                            resp.encoded.images.add(start=start, end=start + IMAGE_TOKENS, placeholders=IMAGE_TOKENS)
             elif kind == "encode":
                 resp.encoded.token_ids.extend(self.ids(req.encode.text))
             elif kind == "decode":

@@ -152,14 +152,6 @@ def test_parsed_turn_keeps_text_and_images_in_order():
     assert t.parts[0].data == PNG and t.content == ""
 
 
-def test_valid_image_part_passes_parsing_on_the_gateway(stack):
-    """A well-formed image request is not refused by parsing (what follows depends on the model)."""
-    st, _, b = stack.request("POST", "/tokenize", {"model": MODEL, "messages": third_part(img(data_url()))})
-    assert st < 500, b
-    if st == 400:    # refused later, for the model (no vision), never as a parse error
-        assert b["error"]["code"] == "images_not_supported" and b["error"]["param"] == P, b
-
-
 # -- gRPC ------------------------------------------------------------------------------------------
 
 def _grpc_chat(*turns: gs.ChatTurn, **kw) -> gs.ChatRequest:
@@ -527,3 +519,81 @@ def test_image_settings_load_and_are_checked(tmp_path):
             load_settings(env=env)
         assert "server." in str(e.value), env
 
+
+
+# -- resolving, through the real gateway ----------------------------------------------------------
+
+def test_image_to_a_text_only_model(stack):
+    """The fake peers of `stack` say nothing of images: its model is text-only."""
+    body = {"model": MODEL, "messages": third_part(img(data_url()))}
+    for path in (CHAT, "/tokenize"):
+        e = _err(stack, body, path)
+        assert (e["param"], e["code"]) == (P, "images_not_supported") and "does not accept images" in e["message"], e
+    st, _, b = stack.request("GET", f"/v1/models/{MODEL}")
+    assert st == 200 and b["input_modalities"] == ["text"], b
+    front = GrpcFront(stack)
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            front.chat(model=MODEL, messages=[gs.ChatTurn(role="user", parts=[_image()])])
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert dict(e.value.trailing_metadata()) == {CODE_KEY: "images_not_supported", PARAM_KEY: "messages[0].parts[0]"}
+    finally:
+        front.close()
+
+
+@pytest.fixture
+def vstack(make_stack):
+    """A gateway whose fake peers say the model takes images, with small image limits."""
+    return make_stack(vision=True, max_images_per_request=3, max_image_pixels=64 * 48, max_image_bytes=3000)
+
+
+def test_bad_images_to_a_vision_model(vstack):
+    cut, big_file = noisy_png()[:1800], noisy_png((40, 40))
+    assert len(big_file) > 3000
+    cases = [
+        (img(data_url(b"GIF89a no image here", "image/gif")), P, "invalid_image_format", "not an image"),
+        (img(data_url(cut)), P, "invalid_image_format", "truncated"),
+        (img(data_url(image_bytes("PNG", (70, 50)))), P, "image_too_large", "70 x 50 pixels"),
+        (img(data_url(big_file)), P, "image_too_large", "limit of 3000"),
+        (img("https://images.example.com/a.png"), P, "unsupported_image_url", "server.fetch_image_urls is off"),
+    ]
+    for part, param, code, needle in cases:
+        for path in (CHAT, "/tokenize"):
+            e = _err(vstack, {"model": MODEL, "messages": third_part(part)}, path)
+            assert (e["param"], e["code"]) == (param, code) and needle in e["message"], e
+    four = [{"role": "user", "content": [{"type": "text", "text": "a"}, img(data_url()), img(data_url())]},
+            {"role": "user", "content": [img(data_url()), {"type": "text", "text": "b"}, img(data_url())]}]
+    e = _err(vstack, {"model": MODEL, "messages": four})
+    assert (e["param"], e["code"]) == ("messages[1].content[2]", "too_many_images") and "at most 3" in e["message"]
+    assert vstack.worker.requests == []          # nothing reached the worker
+
+
+def test_good_image_to_a_vision_model(vstack):
+    from gw_fakes import IMAGE_TOKENS
+    st, _, b = vstack.request("POST", CHAT, {"model": MODEL, "messages": third_part(img(data_url(), detail="low")),
+                                             "max_tokens": 2})
+    assert st == 200, b
+    [g] = vstack.worker.requests
+    [im] = g.images
+    assert (im.data, im.detail, im.param, im.end - im.start) == (PNG, "low", P, IMAGE_TOKENS)
+    assert b["usage"]["prompt_tokens"] == len(g.prompt_token_ids) >= IMAGE_TOKENS
+    [chat] = vstack.tokenizer.chats[-1:]
+    ref = [p.image for p in chat.messages[1].parts if p.WhichOneof("part") == "image"]
+    assert [(r.width, r.height, r.detail) for r in ref] == [(6, 4, "low")]
+
+
+def test_grpc_bad_images_to_a_vision_model(vstack):
+    front = GrpcFront(vstack)
+    try:
+        for parts, param, code in (([_image(data=b"not an image", mime="")], "messages[0].parts[0]",
+                                    "invalid_image_format"),
+                                   ([_image()] * 4, "messages[0].parts[3]", "too_many_images")):
+            with pytest.raises(grpc.RpcError) as e:
+                front.chat(model=MODEL, messages=[gs.ChatTurn(role="user", parts=parts)])
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert dict(e.value.trailing_metadata()) == {CODE_KEY: code, PARAM_KEY: param}, e.value.details()
+        msgs = front.chat(model=MODEL, messages=[gs.ChatTurn(role="user", parts=[gs.ChatTurn.Part(text="x"), _image()])],
+                          sampling=dict(max_tokens=2))
+        assert msgs and vstack.worker.requests[-1].images[0].param == "messages[0].parts[1]"
+    finally:
+        front.close()
