@@ -3,6 +3,7 @@
 Unset or null optional fields stay unset in SamplingParams so the worker applies the model's
 defaults. Unknown fields are ignored, as OpenAI does. Integers are range-checked against the
 protobuf fields they travel in (`proto_range`), so no value makes the conversion fail later.
+Image content parts are read here into ImageParts (images.py decodes data: URLs and checks them).
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from npuflow.gateway import images
 from npuflow.gateway.client import ChatTurn, ImagePart
-
 from npuflow.gateway.errors import ApiError, bad_param, one_line
 from npuflow.gateway.json_checks import check_tree
 from npuflow.gateway.state import STATE
