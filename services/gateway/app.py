@@ -10,6 +10,7 @@ from npuflow.config import Settings
 from npuflow.gateway.auth import auth_middleware
 from npuflow.gateway.client import Clients
 from npuflow.gateway.errors import error_middleware
+from npuflow.gateway.image_fetch import ImageFetcher
 from npuflow.gateway.metrics import Metrics
 from npuflow.gateway.models_routes import get_model, health, list_models, metrics
 from npuflow.gateway.openai_chat import chat_completions
@@ -61,12 +62,14 @@ def create_app(settings: Settings, clients: Clients | None = None) -> web.Applic
     app = web.Application(client_max_size=settings.server.max_body_bytes,
                           middlewares=[_metrics_middleware(metrics_), error_middleware,
                                        auth_middleware(settings.server.api_keys)])
-    app[STATE] = GatewayState(settings=settings, clients=clients, metrics=metrics_)
+    app[STATE] = GatewayState(settings=settings, clients=clients, metrics=metrics_,
+                              image_fetcher=ImageFetcher(settings.server))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await clients.start()
         yield
         await clients.stop()
+        await app[STATE].image_fetcher.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/v1/models", list_models)

@@ -98,7 +98,8 @@ async def chat_prompt(st: GatewayState, model: str, turns: Sequence[ChatTurn],
                       tools_json: str = "") -> tuple[list[int], tuple[ImageInput, ...]]:
     """A conversation's prompt token ids and its images for the worker: images resolved and
     checked (images.resolve_images), the conversation encoded with their spans."""
-    turns = await resolve_images(turns, st.settings, vision=model_takes_images(st, model), model=model)
+    turns = await resolve_images(turns, st.settings, vision=model_takes_images(st, model), model=model,
+                                 fetcher=st.image_fetcher)
     enc = await st.tokenizer.encode_chat(model, turns, tools_json)
     parts = [p for t in turns for p in t.parts if isinstance(p, ImagePart)]
     if len(parts) != len(enc.images):

@@ -54,14 +54,14 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
 
     async def Chat(self, request: gs.ChatRequest, context: Context) -> None:
         arrived, now = time.perf_counter(), time.time()
-        req = convert.chat_request(request)
+        req = convert.chat_request(request, self.st.settings.server.max_image_bytes)
         check_model(self.st, req.model)
         deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
         ids, images = await chat_prompt(self.st, req.model, req.messages, req.tools_json)
         await self._stream(context, req, req.structured, ids, "messages", "chat-", deadline_ms, arrived, images)
 
     async def Tokenize(self, request: gs.TokenizeRequest, context: Context) -> gs.TokenizeResponse:
-        model, what, add_special, tools = convert.tokenize_request(request)
+        model, what, add_special, tools = convert.tokenize_request(request, self.st.settings.server.max_image_bytes)
         check_model(self.st, model)
         tok = self.st.tokenizer
         if isinstance(what, str):

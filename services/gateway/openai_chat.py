@@ -37,7 +37,7 @@ def usage(prompt: int, completion: int, cached: int = 0) -> dict:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     arrived, now = time.perf_counter(), time.time()
-    req = parse_chat(await read_json(request))
+    req = parse_chat(await read_json(request), st.settings.server.max_image_bytes)
     check_model(st, req.model)
     deadline_ms = deadline_unix_ms(st, now)
     prompt, images = await chat_prompt(st, req.model, req.messages, req.tools_json)

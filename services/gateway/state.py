@@ -8,6 +8,7 @@ from aiohttp import web
 from npuflow.config import Settings
 from npuflow.gateway.admission import Admission
 from npuflow.gateway.client import Clients, ModelClient, TokenizerClient
+from npuflow.gateway.image_fetch import ImageFetcher
 from npuflow.gateway.metrics import Metrics
 
 
@@ -17,6 +18,7 @@ class GatewayState:
     clients: Clients
     metrics: Metrics
     admission: Admission = field(default_factory=Admission)   # queue room per model
+    image_fetcher: ImageFetcher | None = None                  # http(s) image URLs (one client session)
 
     @property
     def models(self) -> ModelClient:

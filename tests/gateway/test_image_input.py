@@ -597,3 +597,15 @@ def test_grpc_bad_images_to_a_vision_model(vstack):
         assert msgs and vstack.worker.requests[-1].images[0].param == "messages[0].parts[1]"
     finally:
         front.close()
+
+
+def test_gateway_bounds_a_data_url_before_decoding_and_keeps_one_fetcher(vstack):
+    """The app's settings reach parsing (a too-long data: URL is refused by its length) and the
+    app keeps one ImageFetcher for its requests."""
+    from npuflow.gateway.state import STATE
+    too_long = "data:image/png;base64," + "A" * 4004 + "!"     # 3003 bytes > 3000, and not even base64
+    for path in (CHAT, "/tokenize"):
+        e = _err(vstack, {"model": MODEL, "messages": third_part(img(too_long))}, path)
+        assert (e["param"], e["code"]) == (P, "image_too_large"), e
+    fetcher = vstack.app[STATE].image_fetcher
+    assert isinstance(fetcher, ImageFetcher) and fetcher.max_bytes == 3000 and not fetcher.enabled
