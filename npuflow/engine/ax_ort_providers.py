@@ -48,6 +48,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
+from .ort_options import session_options
+
 SHAPE_GROUPS_KEY = "npuflow.ax.shape_groups"
 CAUSAL_MASK_KEY = "npuflow.ax.causal_mask"
 MASK_FLOOR = -1e4    # an entry at or below this masks its column (the vendor loop uses -65536)
@@ -105,11 +107,7 @@ class _OrtProviderSession:
         if isinstance(sess_options, ort.SessionOptions):
             opts = sess_options
         else:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            opts.log_severity_level = 3
+            opts = session_options(threads)
         self._ort = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
     # -- the base session's API ----------------------------------------------------------------

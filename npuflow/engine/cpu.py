@@ -21,6 +21,7 @@ from ..logs import get_logger
 from ..models.package import ModelPackage
 from .base import EngineError, check_embeds, check_slot, check_token_ids, check_truncate
 from .embedding import EmbeddingTable
+from .ort_options import session_options
 
 log = get_logger("engine.cpu")
 
@@ -52,12 +53,7 @@ class CpuEngine:
         self.prefill_align = 1
         self._hidden = d.hidden
         gi = package.extra.get("graph", {})
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        opts.log_severity_level = 3
+        opts = session_options(threads, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
         opts.enable_cpu_mem_arena = True
         self._sess = ort.InferenceSession(str(package.file("model")), opts, providers=["CPUExecutionProvider"])
         emb = gi.get("embedding", {})

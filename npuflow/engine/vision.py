@@ -17,6 +17,7 @@ import onnxruntime as ort
 from ..logs import get_logger
 from ..models.package import ModelPackage, PackageError
 from .base import EngineError
+from .ort_options import session_options
 
 log = get_logger("engine.vision")
 
@@ -40,12 +41,7 @@ class VisionEncoder:
         started = time.monotonic()
         self.spec = VisionSpec.from_manifest(package.extra.get("vision"))
         path = package.file("vision_model")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        opts = session_options(threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         try:
             self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for a bad file
