@@ -24,7 +24,11 @@ from .tokenizer import CHAT_STOP_TOKENS
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 _DIGEST_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                  "chat_template.jinja", "preprocessor_config.json", "processor_config.json")
-VISION_FAMILIES = {"idefics3": "model.text_model.", "internvl": "model.language_model."}
+# where each family keeps its text model: transformers 5's names, then the older hub layout
+# (llava-style checkpoints saved before the rename: language_model.model.*, language_model.lm_head)
+VISION_FAMILIES = {"idefics3": ("model.text_model.", "text_model."),
+                   "internvl": ("model.language_model.", "language_model.model.")}
+_HEADS = ("lm_head.weight", "language_model.lm_head.weight")
 
 
 def folder_digest(path: pathlib.Path) -> str:
@@ -91,7 +95,7 @@ def read_hf(folder: pathlib.Path) -> ModelSpec:
         cfg = top.get("text_config")
         if not isinstance(cfg, dict):
             raise ConvertError(f"{folder}: {family} config.json has no text_config")
-        prefix = VISION_FAMILIES[family]
+        prefix = VISION_FAMILIES[family][0]
     arch = cfg.get("model_type")
     if arch not in ARCHITECTURES:
         what = f"{family} text model" if family in VISION_FAMILIES else "architecture"
@@ -102,9 +106,12 @@ def read_hf(folder: pathlib.Path) -> ModelSpec:
     if not (folder / "tokenizer.json").is_file():
         raise ConvertError(f"{folder}: no tokenizer.json")
     st = _SafeTensors(folder)
+    if family in VISION_FAMILIES:
+        prefix = next((p for p in VISION_FAMILIES[family] if st.has(p + "embed_tokens.weight")), prefix)
+    head = next((h for h in _HEADS if st.has(h)), None)
     hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
     head_dim = int(cfg.get("head_dim") or hidden // heads)
-    tied = not st.has("lm_head.weight")
+    tied = head is None
     tok_text = (folder / "tokenizer.json").read_text(encoding="utf-8")
     tok = Tokenizer.from_str(tok_text)
     tcfg = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").is_file() else {}
@@ -160,7 +167,7 @@ def read_hf(folder: pathlib.Path) -> ModelSpec:
         context_length=int(cfg.get("max_position_embeddings", 2048)), rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         rope_theta=_rope_theta(cfg), rotary_interleaved=False,
         embedding=lambda: lin(embed),
-        output=lambda: lin(embed if tied else "lm_head.weight"),
+        output=lambda: lin(embed if tied else head),
         final_norm=lambda: st.get(prefix + "norm.weight"), layer=layer, tokenizer_json=tok_text,
         eos_token_ids=list(dict.fromkeys(eos)), bos_token_id=bos, chat_template=template,
         name=folder.name, tied=tied, extra=extra)

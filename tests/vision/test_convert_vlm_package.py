@@ -52,3 +52,42 @@ def test_unsupported_text_model_is_a_convert_error(tiny_internvl_dir, tmp_path):
     with pytest.raises(ConvertError, match="no text_config"):
         convert(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+LEGACY = {"internvl": [("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+                       ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector.")],
+          "idefics3": [("model.", "")]}
+
+
+@pytest.mark.parametrize("which", ["idefics3", "internvl"])
+def test_hub_tensor_names_convert_to_the_same_package(which, tiny_idefics3_dir, tiny_internvl_dir,
+                                                      tiny_idefics3_pkg, tiny_internvl_pkg, tmp_path):
+    """Checkpoints on the hub may carry the names of older transformers releases (InternVL's
+    -hf repos: language_model.model.*, language_model.lm_head, vision_tower.*); they convert to
+    the same graphs as transformers 5's names."""
+    from safetensors.numpy import load_file, save_file
+
+    from npuflow.engine.cpu import CpuEngine
+    from npuflow.engine.vision import open_vision_encoder
+    src = {"idefics3": tiny_idefics3_dir, "internvl": tiny_internvl_dir}[which]
+    ref = {"idefics3": tiny_idefics3_pkg, "internvl": tiny_internvl_pkg}[which]
+    legacy = tmp_path / "legacy"
+    shutil.copytree(src, legacy)
+    w = load_file(str(legacy / "model.safetensors"))
+    renamed = {}
+    for name, t in w.items():
+        for old, new in LEGACY[which]:
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        renamed[name] = t
+    assert set(renamed) != set(w)
+    save_file(renamed, str(legacy / "model.safetensors"))
+    pkg = convert(legacy, tmp_path / "pkg", model_id="legacy")
+    ids = list(range(5, 25))
+    logits = [CpuEngine(p, max_slots=1, threads=1).prefill(0, ids) for p in (ref, pkg)]
+    assert np.array_equal(logits[0], logits[1])
+    S = ref.extra["vision"]["tile_size"]
+    pixels = np.random.default_rng(0).standard_normal((1, 3, S, S)).astype(np.float32)
+    a, b = (open_vision_encoder(p, threads=1).encode(pixels) for p in (ref, pkg))
+    assert np.array_equal(a, b)
