@@ -37,6 +37,11 @@ from other processes on the machine falls on both alike:
    Prefill: ax_timing's per-layer-per-token figure (from Qwen2.5-0.5B's published 124 ms TTFT for
    a 128-token chunk on AX650N) x 30 layers x tokens, plus one post graph run.
 
+5. an experiment, not what npuflow ships: the same package with its vision graph's MatMuls
+   dynamically quantized to int8 by onnxruntime (DynamicQuantizeLinear + MatMulInteger; VNNI/AMX
+   int8 on this CPU), timed bare and served as a second model of the same stack, to show what
+   an int8 encoder option of the converter would give (accuracy on real weights not checked).
+
 Targets (issue 11): transformers TTFT / npuflow TTFT >= 2; npuflow encoder serving time / bare
 onnxruntime encoder <= 1.5.
 """
@@ -110,13 +115,13 @@ def med(xs: list[float]) -> float:
 
 # ---- 1. npuflow's stack ----------------------------------------------------------------------
 
-def start_stack(tmp: pathlib.Path, pkg: pathlib.Path, threads: int) -> tuple[subprocess.Popen, str]:
+def start_stack(tmp: pathlib.Path, pkgs: dict[str, pathlib.Path], threads: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cfg = tmp / "npuflow.toml"
     cfg.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\nrun_dir = "{tmp}/run"\ngrpc_port = 0\n'
                    f'log_level = "warning"\nrequest_timeout_s = 900\n'
-                   f'[[models]]\nid = "{MODEL}"\nsource = "{pkg}"\nthreads = {threads}\nmax_batch = 1\n'
-                   f'context_length = 2048\n')
+                   + "".join(f'[[models]]\nid = "{mid}"\nsource = "{pkg}"\nthreads = {threads}\nmax_batch = 1\n'
+                             f'context_length = 2048\n' for mid, pkg in pkgs.items()))
     out = open(tmp / "stack.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "npuflow.cli", "serve", "--config", str(cfg)],
                             stdout=out, stderr=subprocess.STDOUT)
@@ -150,11 +155,11 @@ def messages(image: bytes, detail: str = "auto") -> list[dict]:
                                          {"type": "text", "text": PROMPT}]}]
 
 
-def npuflow_ttft(client, image: bytes, detail: str = "auto") -> tuple[float, int | None]:
+def npuflow_ttft(client, image: bytes, detail: str = "auto", model: str = MODEL) -> tuple[float, int | None]:
     """Seconds to the first content chunk (or, should the one token be a stop token, to the first
     chunk that ends the choice) and the prompt's token count from the usage chunk."""
     t0 = time.perf_counter()
-    stream = client.chat.completions.create(model=MODEL, messages=messages(image, detail), max_tokens=1,
+    stream = client.chat.completions.create(model=model, messages=messages(image, detail), max_tokens=1,
                                             temperature=0, stream=True, stream_options={"include_usage": True})
     took, fallback, prompt_tokens = None, None, None
     for chunk in stream:
@@ -248,6 +253,42 @@ def int8_encoder(src: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
     return out
 
 
+def int8_package(pkg: pathlib.Path, cache: pathlib.Path) -> pathlib.Path:
+    """A copy of the package (text files hard-linked) whose vision graph is int8_encoder's: the
+    experiment served through the same stack. Its manifest's checksums name the new files."""
+    import hashlib
+    import shutil
+
+    out = cache / f"{MODEL}-pkg-int8-encoder"
+    man = json.loads((pkg / "manifest.json").read_text())
+    stamp = out / "bench-source"
+    want = (pkg / "bench-source").read_text() if (pkg / "bench-source").is_file() else "?"
+    if stamp.is_file() and stamp.read_text() == want:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    vision = {man["files"]["vision_model"], man["files"]["vision_model_data"]}
+    for name in man["checksums"]:
+        if name not in vision:
+            os.link(pkg / name, out / name)
+    q = int8_encoder(pkg / man["files"]["vision_model"], cache)
+    shutil.copyfile(q, out / man["files"]["vision_model"])
+    shutil.copyfile(q.parent / (q.name + ".data"), out / (man["files"]["vision_model"] + ".data"))
+    man["files"]["vision_model_data"] = man["files"]["vision_model"] + ".data"
+    for name in list(man["checksums"]):
+        if name in vision:
+            del man["checksums"][name]
+    for name in (man["files"]["vision_model"], man["files"]["vision_model_data"]):
+        h = hashlib.sha256()
+        with open(out / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        man["checksums"][name] = {"size": (out / name).stat().st_size, "sha256": h.hexdigest()}
+    (out / "manifest.json").write_text(json.dumps(man, indent=2))
+    stamp.write_text(want)
+    return out
+
+
 def ax_simulated(tiles: int, prompt_tokens: int, layers: int) -> dict:
     from npuflow.engine.ax_timing import profile
 
@@ -272,7 +313,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(a.threads)
     hf_dir, pkg_dir = prepare(pathlib.Path(a.cache).expanduser())
-    images = [make_image(1000 + i) for i in range(3 * a.runs + 4)]
+    images = [make_image(1000 + i) for i in range(4 * a.runs + 4)]
     nxt = iter(images)
     res: dict = {"threads": a.threads, "runs": a.runs, "model": "SmolVLM-256M-Instruct dimensions, random weights",
                  "image": f"{SIDE}x{SIDE} JPEG, a different one every run", "prompt": PROMPT,
@@ -284,13 +325,16 @@ def main() -> None:
     hf = HF(hf_dir)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-vision-"))
     log("starting npuflow serve")
-    proc, base = start_stack(tmp, pkg_dir, a.threads)
-    ours, theirs, hf_pre, prompt_tokens, hf_tokens = [], [], [], None, None
+    q8_model = MODEL + "-int8-encoder"
+    q8_pkg = int8_package(pkg_dir, pathlib.Path(a.cache).expanduser())
+    proc, base = start_stack(tmp, {MODEL: pkg_dir, q8_model: q8_pkg}, a.threads)
+    ours, theirs, hf_pre, ours_q8, prompt_tokens, hf_tokens = [], [], [], [], None, None
     try:
         from openai import OpenAI
         client = OpenAI(base_url=base, api_key="none", max_retries=0, timeout=900)
         log("warm-up (detail low / no splitting: one tile)")
         npuflow_ttft(client, next(nxt), "low")
+        npuflow_ttft(client, next(nxt), "low", q8_model)
         hf.ttft(next(nxt), do_image_splitting=False)
         for i in range(a.runs):
             s, prompt_tokens = npuflow_ttft(client, next(nxt))
@@ -298,8 +342,10 @@ def main() -> None:
             s, hf_tokens = hf.ttft(next(nxt))
             theirs.append(s)
             hf_pre.append(hf.preprocess_s)
+            ours_q8.append(npuflow_ttft(client, next(nxt), "auto", q8_model)[0])
             log(f"ttft run {i + 1}: npuflow {ours[-1]:.2f} s ({prompt_tokens} prompt tokens), "
-                f"transformers {theirs[-1]:.2f} s ({hf_tokens} prompt tokens)")
+                f"transformers {theirs[-1]:.2f} s ({hf_tokens} prompt tokens), npuflow with the int8 "
+                f"encoder experiment {ours_q8[-1]:.2f} s")
     finally:
         stop_stack(proc)
     res["npuflow_ttft_s"] = ours
@@ -307,6 +353,7 @@ def main() -> None:
     res["transformers_ttft_s"] = theirs
     res["transformers_prompt_tokens"] = hf_tokens
     res["transformers_processor_s"] = hf_pre
+    res["npuflow_int8_encoder_experiment_ttft_s"] = ours_q8
 
     # 3. the encoder alone, and npuflow's prefill alone
     from npuflow.engine.vision import open_vision_encoder
@@ -413,7 +460,8 @@ def main() -> None:
                 ("encoder transformers get_image_features", feats),
                 (f"npuflow engine prefill ({len(ids)} tokens)", pre_s),
                 (f"  in the worker's {piece}-token pieces", chunked),
-                ("encoder int8 experiment (bare ORT)", q8_s)]
+                ("encoder int8 experiment (bare ORT)", q8_s),
+                ("TTFT npuflow, int8 encoder experiment", ours_q8)]
     for name, xs in rows_out:
         print(f"{name:42} {med(xs):9.2f} {min(xs):8.2f}")
     # the split uses minimums: the runs least disturbed by other load on the machine
@@ -439,7 +487,10 @@ def main() -> None:
     est = t_min - e_min + q
     print(f"int8 encoder experiment: {q:.2f} s min ({med([b / x for x, b in zip(q8_s, bare_s)]):.1f}x faster than "
           f"float32 ORT run by run, output cosine {min(q8_cos):.5f} to float32 on random weights); npuflow TTFT "
-          f"with it would be about {est:.2f} s (minimums), transformers' minimum / that = {min(theirs) / est:.2f}")
+          f"with it would be about {est:.2f} s (minimums), transformers' minimum / that = {min(theirs) / est:.2f}; "
+          f"served (measured): {med(ours_q8):.2f} s, transformers / that = {t_hf / med(ours_q8):.2f} (medians), "
+          f"{med([b / o for o, b in zip(ours_q8, theirs)]):.2f} (per run)")
+    res["ratios"]["transformers_ttft_over_npuflow_int8_encoder_experiment"] = t_hf / med(ours_q8)
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(res, indent=2))
 
