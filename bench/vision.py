@@ -273,8 +273,8 @@ def int8_package(pkg: pathlib.Path, cache: pathlib.Path) -> pathlib.Path:
             os.link(pkg / name, out / name)
     q = int8_encoder(pkg / man["files"]["vision_model"], cache)
     shutil.copyfile(q, out / man["files"]["vision_model"])
-    shutil.copyfile(q.parent / (q.name + ".data"), out / (man["files"]["vision_model"] + ".data"))
-    man["files"]["vision_model_data"] = man["files"]["vision_model"] + ".data"
+    shutil.copyfile(q.parent / (q.name + ".data"), out / (q.name + ".data"))   # the name the graph holds
+    man["files"]["vision_model_data"] = q.name + ".data"
     for name in list(man["checksums"]):
         if name in vision:
             del man["checksums"][name]
