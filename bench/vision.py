@@ -30,10 +30,13 @@ from other processes on the machine falls on both alike:
    with embeds), to split npuflow's TTFT into encoder, prefill and the rest.
 4. simulated AX650N: the vendor's published per-tile encoder time times the tiles plus the
    prefill time npuflow/engine/ax_timing.py's AX650N profile gives for the prompt's tokens.
-   Encoder figure: AXERA-TECH/SmolVLM2-500M-Video-Instruct.axera README (Hugging Face,
-   https://huggingface.co/AXERA-TECH/SmolVLM2-500M-Video-Instruct.axera), image encoder
-   1830 ms for the 17 tiles of a 512x512 image (SigLIP-B/16 at 512 px, the tower SmolVLM-256M
-   shares) = 107.6 ms per tile, as npuflow/engine/ax_vision.py's simulate_timing uses it.
+   Encoder figure: the AXERA-TECH/SmolVLM2-500M-Video-Instruct.axera README
+   (https://github.com/AXERA-TECH/SmolVLM2-500M-Video-Instruct.axera, "ImageEncoder 1830 ms",
+   AX650N; its run prefills 9 chunks of 128, i.e. the ~1100 tokens of 17 tiles), read as 1830 ms
+   for the 17 tiles of a 512x512 image (SigLIP-B/16 at 512 px, the tower SmolVLM-256M shares) =
+   107.6 ms per tile, as npuflow/engine/ax_vision.py's simulate_timing uses it. The same table
+   gives "Prefill TTFT 2892 ms" for that 32-layer, 960-wide text model (a cross-check: larger
+   than SmolLM2-135M's 30 x 576).
    Prefill: ax_timing's per-layer-per-token figure (from Qwen2.5-0.5B's published 124 ms TTFT for
    a 128-token chunk on AX650N) x 30 layers x tokens, plus one post graph run.
 
@@ -73,7 +76,7 @@ from vision_ckpt import build_smolvlm256m  # noqa: E402
 MODEL = "smolvlm-256m-random"
 PROMPT = "Describe this image."
 SIDE = 512
-AX_ENCODER_URL = "https://huggingface.co/AXERA-TECH/SmolVLM2-500M-Video-Instruct.axera"
+AX_ENCODER_URL = "https://github.com/AXERA-TECH/SmolVLM2-500M-Video-Instruct.axera (README)"
 AX_ENCODER_TILE_S = 1.830 / 17
 
 
