@@ -40,10 +40,10 @@ from other processes on the machine falls on both alike:
    Prefill: ax_timing's per-layer-per-token figure (from Qwen2.5-0.5B's published 124 ms TTFT for
    a 128-token chunk on AX650N) x 30 layers x tokens, plus one post graph run.
 
-5. an experiment, not what npuflow ships: the same package with its vision graph's MatMuls
-   dynamically quantized to int8 by onnxruntime (DynamicQuantizeLinear + MatMulInteger; VNNI/AMX
-   int8 on this CPU), timed bare and served as a second model of the same stack, to show what
-   an int8 encoder option of the converter would give (accuracy on real weights not checked).
+5. the same checkpoint converted with `npuflow convert --int8-vision` (the vision graph's MatMuls
+   dynamically quantized to int8 by onnxruntime: DynamicQuantizeLinear + MatMulInteger, on this
+   CPU's VNNI/AMX int8 units), timed bare and served as a second model of the same stack. Its
+   accuracy on real SmolVLM weights is not checked here (random weights: cosine to float32).
 
 Targets (issue 11): transformers TTFT / npuflow TTFT >= 2; npuflow encoder serving time / bare
 onnxruntime encoder <= 1.5.
@@ -96,20 +96,22 @@ def make_image(seed: int, side: int = SIDE) -> bytes:
     return buf.getvalue()
 
 
-def prepare(cache: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+def prepare(cache: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """The checkpoint, its package, and its package with `npuflow convert --int8-vision`."""
     hf = cache / MODEL
-    pkg = cache / f"{MODEL}-pkg"
+    pkg, q8 = cache / f"{MODEL}-pkg", cache / f"{MODEL}-pkg-int8-vision"
     t0 = time.perf_counter()
     build_smolvlm256m(hf)
-    stamp = pkg / "bench-source"
     want = (hf / "bench-version").read_text()
-    if not (stamp.is_file() and stamp.read_text() == want and (pkg / "manifest.json").is_file()):
-        log(f"converting {hf} -> {pkg}")
-        subprocess.run([sys.executable, "-m", "npuflow.cli", "convert", str(hf), str(pkg), "--id", MODEL,
-                        "--force", "--log-level", "warning"], check=True)
-        stamp.write_text(want)
-    log(f"checkpoint and package ready ({time.perf_counter() - t0:.1f} s)")
-    return hf, pkg
+    for out, extra in ((pkg, []), (q8, ["--int8-vision"])):
+        stamp = out / "bench-source"
+        if not (stamp.is_file() and stamp.read_text() == want and (out / "manifest.json").is_file()):
+            log(f"converting {hf} -> {out} {' '.join(extra)}")
+            subprocess.run([sys.executable, "-m", "npuflow.cli", "convert", str(hf), str(out), "--id", MODEL,
+                            "--force", "--log-level", "warning", *extra], check=True)
+            stamp.write_text(want)
+    log(f"checkpoint and packages ready ({time.perf_counter() - t0:.1f} s)")
+    return hf, pkg, q8
 
 
 def med(xs: list[float]) -> float:
@@ -239,59 +241,6 @@ def bare_session(path: pathlib.Path, threads: int):
     return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
 
 
-def int8_encoder(src: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
-    """An experiment, not what npuflow ships: the package's vision graph with its MatMuls
-    dynamically quantized by onnxruntime (int8 weights per channel, activations per tensor at run
-    time: DynamicQuantizeLinear + MatMulInteger, which runs on VNNI/AMX int8 units), to show what
-    an int8 encoder option of the converter would give. Cached next to the package."""
-    out = out_dir / "vision-int8-experiment.onnx"
-    if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:
-        return out
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                     use_external_data_format=True,
-                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
-    return out
-
-
-def int8_package(pkg: pathlib.Path, cache: pathlib.Path) -> pathlib.Path:
-    """A copy of the package (text files hard-linked) whose vision graph is int8_encoder's: the
-    experiment served through the same stack. Its manifest's checksums name the new files."""
-    import hashlib
-    import shutil
-
-    out = cache / f"{MODEL}-pkg-int8-encoder"
-    man = json.loads((pkg / "manifest.json").read_text())
-    stamp = out / "bench-source"
-    want = (pkg / "bench-source").read_text() if (pkg / "bench-source").is_file() else "?"
-    if stamp.is_file() and stamp.read_text() == want:
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    vision = {man["files"]["vision_model"], man["files"]["vision_model_data"]}
-    for name in man["checksums"]:
-        if name not in vision:
-            os.link(pkg / name, out / name)
-    q = int8_encoder(pkg / man["files"]["vision_model"], cache)
-    shutil.copyfile(q, out / man["files"]["vision_model"])
-    shutil.copyfile(q.parent / (q.name + ".data"), out / (q.name + ".data"))   # the name the graph holds
-    man["files"]["vision_model_data"] = q.name + ".data"
-    for name in list(man["checksums"]):
-        if name in vision:
-            del man["checksums"][name]
-    for name in (man["files"]["vision_model"], man["files"]["vision_model_data"]):
-        h = hashlib.sha256()
-        with open(out / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        man["checksums"][name] = {"size": (out / name).stat().st_size, "sha256": h.hexdigest()}
-    (out / "manifest.json").write_text(json.dumps(man, indent=2))
-    stamp.write_text(want)
-    return out
-
-
 def ax_simulated(tiles: int, prompt_tokens: int, layers: int) -> dict:
     from npuflow.engine.ax_timing import profile
 
@@ -315,7 +264,7 @@ def main() -> None:
 
     import torch
     torch.set_num_threads(a.threads)
-    hf_dir, pkg_dir = prepare(pathlib.Path(a.cache).expanduser())
+    hf_dir, pkg_dir, q8_pkg = prepare(pathlib.Path(a.cache).expanduser())
     images = [make_image(1000 + i) for i in range(4 * a.runs + 4)]
     nxt = iter(images)
     res: dict = {"threads": a.threads, "runs": a.runs, "model": "SmolVLM-256M-Instruct dimensions, random weights",
@@ -328,8 +277,7 @@ def main() -> None:
     hf = HF(hf_dir)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-vision-"))
     log("starting npuflow serve")
-    q8_model = MODEL + "-int8-encoder"
-    q8_pkg = int8_package(pkg_dir, pathlib.Path(a.cache).expanduser())
+    q8_model = MODEL + "-int8-vision"
     proc, base = start_stack(tmp, {MODEL: pkg_dir, q8_model: q8_pkg}, a.threads)
     ours, theirs, hf_pre, ours_q8, prompt_tokens, hf_tokens = [], [], [], [], None, None
     try:
@@ -348,7 +296,7 @@ def main() -> None:
             ours_q8.append(npuflow_ttft(client, next(nxt), "auto", q8_model)[0])
             log(f"ttft run {i + 1}: npuflow {ours[-1]:.2f} s ({prompt_tokens} prompt tokens), "
                 f"transformers {theirs[-1]:.2f} s ({hf_tokens} prompt tokens), npuflow with the int8 "
-                f"encoder experiment {ours_q8[-1]:.2f} s")
+                f"encoder option {ours_q8[-1]:.2f} s")
     finally:
         stop_stack(proc)
     res["npuflow_ttft_s"] = ours
@@ -356,7 +304,7 @@ def main() -> None:
     res["transformers_ttft_s"] = theirs
     res["transformers_prompt_tokens"] = hf_tokens
     res["transformers_processor_s"] = hf_pre
-    res["npuflow_int8_encoder_experiment_ttft_s"] = ours_q8
+    res["npuflow_int8_encoder_option_ttft_s"] = ours_q8
 
     # 3. the encoder alone, and npuflow's prefill alone
     from npuflow.engine.vision import open_vision_encoder
@@ -364,7 +312,7 @@ def main() -> None:
     pkg = load_package(pkg_dir)
     encoder = open_vision_encoder(pkg, threads=a.threads)
     bare = bare_session(pkg.file("vision_model"), a.threads)
-    q8 = bare_session(int8_encoder(pkg.file("vision_model"), pathlib.Path(a.cache).expanduser()), a.threads)
+    q8 = bare_session(load_package(q8_pkg).file("vision_model"), a.threads)
     in_name, out_name = encoder.spec.input.get("name", "pixel_values"), encoder.spec.output
     warm = np.zeros((1, 3, encoder.spec.tile_size, encoder.spec.tile_size), np.float32)
     encoder.encode(warm)
@@ -392,11 +340,11 @@ def main() -> None:
         bare_tile.append(time.perf_counter() - t0)
         feats.append(hf.image_features(hf.inputs(image)))
         log(f"encoder run {i + 1} ({len(pixels)} tiles): npuflow serving {total:.2f} s (decode+preprocess {pre:.3f}), "
-            f"bare ORT {bare_s[-1]:.2f} s, int8 experiment {q8_s[-1]:.2f} s (cosine {q8_cos[-1]:.5f}), transformers get_image_features {feats[-1]:.2f} s")
+            f"bare ORT {bare_s[-1]:.2f} s, int8 option {q8_s[-1]:.2f} s (cosine {q8_cos[-1]:.5f}), transformers get_image_features {feats[-1]:.2f} s")
     tiles = len(pixels)
     res.update(tiles=tiles, encoder_serving_s=serving, encoder_preprocess_s=prep, encoder_bare_ort_s=bare_s,
                encoder_bare_ort_one_tile_s=bare_tile, encoder_transformers_s=feats,
-               encoder_int8_experiment_s=q8_s, encoder_int8_experiment_cosine=q8_cos)
+               encoder_int8_option_s=q8_s, encoder_int8_option_cosine=q8_cos)
 
     ids = hf.inputs(image)["input_ids"][0].tolist()
     del hf
@@ -463,8 +411,8 @@ def main() -> None:
                 ("encoder transformers get_image_features", feats),
                 (f"npuflow engine prefill ({len(ids)} tokens)", pre_s),
                 (f"  in the worker's {piece}-token pieces", chunked),
-                ("encoder int8 experiment (bare ORT)", q8_s),
-                ("TTFT npuflow, int8 encoder experiment", ours_q8)]
+                ("encoder int8 option (bare ORT)", q8_s),
+                ("TTFT npuflow, int8 encoder option", ours_q8)]
     for name, xs in rows_out:
         print(f"{name:42} {med(xs):9.2f} {min(xs):8.2f}")
     # the split uses minimums: the runs least disturbed by other load on the machine
@@ -488,12 +436,12 @@ def main() -> None:
           f"decode+preprocess {e_pre:.3f} s")
     q = min(q8_s)
     est = t_min - e_min + q
-    print(f"int8 encoder experiment: {q:.2f} s min ({med([b / x for x, b in zip(q8_s, bare_s)]):.1f}x faster than "
+    print(f"int8 encoder option: {q:.2f} s min ({med([b / x for x, b in zip(q8_s, bare_s)]):.1f}x faster than "
           f"float32 ORT run by run, output cosine {min(q8_cos):.5f} to float32 on random weights); npuflow TTFT "
           f"with it would be about {est:.2f} s (minimums), transformers' minimum / that = {min(theirs) / est:.2f}; "
           f"served (measured): {med(ours_q8):.2f} s, transformers / that = {t_hf / med(ours_q8):.2f} (medians), "
           f"{med([b / o for o, b in zip(ours_q8, theirs)]):.2f} (per run)")
-    res["ratios"]["transformers_ttft_over_npuflow_int8_encoder_experiment"] = t_hf / med(ours_q8)
+    res["ratios"]["transformers_ttft_over_npuflow_int8_encoder_option"] = t_hf / med(ours_q8)
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(res, indent=2))
 

@@ -52,7 +52,8 @@ def _default_id(source: pathlib.Path) -> str:
 
 def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str | None = None,
             overwrite: bool = False, float_activations: bool = False, layout: str = "cpu",
-            prefill_len: int = 128, kv_cache_len: int = 1024, bf16_boundaries: bool = False) -> ModelPackage:
+            prefill_len: int = 128, kv_cache_len: int = 1024, bf16_boundaries: bool = False,
+            int8_vision: bool = False) -> ModelPackage:
     """Convert SOURCE into a package at OUT and return it. Raises ConvertError (one line) for an
     unsupported architecture / tensor type / tokenizer, or when OUT exists (unless overwrite).
     Quantized projections quantize their activations to int8 per block of 32 (as llama.cpp does)
@@ -60,7 +61,10 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str 
     layout "ax" writes the pulsar2 directory layout instead (per-layer ONNX graphs with the AX
     signature, see ax_export.py) with the given prefill and KV cache lengths.
     bf16_boundaries (layout "cpu"): round to bf16 where the AX graphs do (graph.build_graph), so
-    the CPU engine computes what the AX export of the same source computes."""
+    the CPU engine computes what the AX export of the same source computes.
+    int8_vision (layout "cpu", vision-language sources): quantize the vision encoder's MatMuls to
+    int8 (about 2.3x faster on a CPU with int8 units; the image embeddings are then no longer
+    transformers' to 1e-4)."""
     src = pathlib.Path(source).expanduser().resolve()
     out = pathlib.Path(out).expanduser().resolve()
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
@@ -89,7 +93,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str 
         else:
             from .package_writer import write_package
             write_package(spec, tmp, model_id=mid, source=source_info, progress=progress,
-                          accuracy_level=0 if float_activations else 4, bf16_boundaries=bf16_boundaries)
+                          accuracy_level=0 if float_activations else 4, bf16_boundaries=bf16_boundaries,
+                          int8_vision=int8_vision)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -123,13 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-cache-len", type=int, default=1024, help="--layout ax: KV cache positions (context length)")
     p.add_argument("--bf16-boundaries", action="store_true",
                    help="--layout cpu: round to bf16 where the AX NPU graphs do (the CPU twin of an --layout ax export)")
+    p.add_argument("--int8-vision", action="store_true",
+                   help="--layout cpu, vision-language sources: int8 vision encoder (faster; embeddings no longer exact)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     try:
         convert(args.source, args.out, model_id=args.model_id, overwrite=args.force,
                 float_activations=args.float_activations, layout=args.layout, prefill_len=args.prefill_len,
-                kv_cache_len=args.kv_cache_len, bf16_boundaries=args.bf16_boundaries)
+                kv_cache_len=args.kv_cache_len, bf16_boundaries=args.bf16_boundaries, int8_vision=args.int8_vision)
     except ConvertError as e:
         print(f"npuflow convert: error: {e}", file=sys.stderr)
         return 2

@@ -22,8 +22,10 @@ VISION_DATA_FILE = "vision.onnx.data"
 
 def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source: dict[str, Any],
                   progress: Callable[[str, int], None], accuracy_level: int = 4,
-                  bf16_boundaries: bool = False) -> None:
-    """Fill the (empty) directory root; the manifest goes last."""
+                  bf16_boundaries: bool = False, int8_vision: bool = False) -> None:
+    """Fill the (empty) directory root; the manifest goes last. int8_vision: the vision encoder's
+    MatMuls take int8 weights (per output channel) and int8 activations (per tensor, scaled at
+    run time), which onnxruntime runs on the CPU's int8 units (see _quantize_vision)."""
     files: dict[str, str] = {"model": MODEL_FILE, "model_data": DATA_FILE, "tokenizer": "tokenizer.json"}
     (root / "tokenizer.json").write_text(spec.tokenizer_json, encoding="utf-8")
 
@@ -47,7 +49,7 @@ def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source:
     onnx.save(model, str(root / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
               location=DATA_FILE, size_threshold=1024)
     del model
-    vision = _write_vision(spec, root, progress, files)
+    vision = _write_vision(spec, root, progress, files, int8_vision)
 
     root.chmod(0o755)
     for f in root.iterdir():
@@ -76,7 +78,7 @@ def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source:
 
 
 def _write_vision(spec: ModelSpec, root: pathlib.Path, progress: Callable[[str, int], None],
-                  files: dict[str, str]) -> dict[str, Any] | None:
+                  files: dict[str, str], int8: bool = False) -> dict[str, Any] | None:
     """A VLM source's vision encoder (+ projector) as its own graph, vision.onnx with external
     data vision.onnx.data; returns the manifest's "vision" section (None for a text model)."""
     v = spec.extra.get("vision")
@@ -92,5 +94,28 @@ def _write_vision(spec: ModelSpec, root: pathlib.Path, progress: Callable[[str, 
     if not (root / VISION_DATA_FILE).exists():      # every initializer was small enough to stay inline
         (root / VISION_DATA_FILE).write_bytes(b"")
     files["vision_model"], files["vision_model_data"] = VISION_FILE, VISION_DATA_FILE
-    return dict(v["section"])
+    section = dict(v["section"])
+    if int8:
+        progress("quantizing vision graph", 100)
+        _quantize_vision(root, files)
+    section["weights"] = "int8" if int8 else "float32"
+    return section
+
+
+def _quantize_vision(root: pathlib.Path, files: dict[str, str]) -> None:
+    """Replace vision.onnx by onnxruntime's dynamic int8 quantization of its MatMuls (weights
+    int8 per channel; activations quantized per tensor at run time: DynamicQuantizeLinear +
+    MatMulInteger). Attention and the norms stay float32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, out = root / VISION_FILE, root / ("int8." + VISION_FILE)
+    quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul"], use_external_data_format=True,
+                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    src.unlink()
+    (root / VISION_DATA_FILE).unlink()
+    data = out.name + ".data"                 # the external data file name the quantized graph holds
+    if not (root / data).exists():
+        (root / data).write_bytes(b"")
+    files["vision_model"], files["vision_model_data"] = out.name, data
 

@@ -91,3 +91,27 @@ def test_hub_tensor_names_convert_to_the_same_package(which, tiny_idefics3_dir, 
     pixels = np.random.default_rng(0).standard_normal((1, 3, S, S)).astype(np.float32)
     a, b = (open_vision_encoder(p, threads=1).encode(pixels) for p in (ref, pkg))
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("which", ["idefics3", "internvl"])
+def test_int8_vision_encoder(which, tiny_idefics3_dir, tiny_internvl_dir, tiny_idefics3_pkg, tiny_internvl_pkg,
+                             tmp_path):
+    """--int8-vision: the package's vision graph has int8 MatMuls, its files are checksummed, and
+    its embeddings stay close to the float encoder's."""
+    import onnx
+
+    from npuflow.engine.vision import open_vision_encoder
+    src = {"idefics3": tiny_idefics3_dir, "internvl": tiny_internvl_dir}[which]
+    ref = {"idefics3": tiny_idefics3_pkg, "internvl": tiny_internvl_pkg}[which]
+    pkg = convert(src, tmp_path / "int8", model_id="q", int8_vision=True)
+    assert pkg.extra["vision"]["weights"] == "int8" and ref.extra["vision"]["weights"] == "float32"
+    m = json.loads((pkg.path / "manifest.json").read_text())
+    assert set(m["checksums"]) >= {pkg.files["vision_model"], pkg.files["vision_model_data"]}
+    assert not (pkg.path / "vision.onnx").exists()
+    ops = {n.op_type for n in onnx.load(str(pkg.file("vision_model")), load_external_data=False).graph.node}
+    assert "MatMulInteger" in ops
+    S = ref.extra["vision"]["tile_size"]
+    pixels = np.random.default_rng(1).standard_normal((2, 3, S, S)).astype(np.float32)
+    a, b = (open_vision_encoder(p, threads=1).encode(pixels) for p in (ref, pkg))
+    cos = float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+    assert not np.array_equal(a, b) and cos > 0.99, cos
