@@ -1,5 +1,5 @@
 """Start and stop an `npuflow serve` of the bench scripts: a free loopback port, its own run
-directory under the given temporary folder, gRPC off, one model."""
+directory under the given temporary folder, gRPC off; the default model, or the models given."""
 from __future__ import annotations
 
 import os
@@ -22,13 +22,20 @@ def free_port() -> int:
 
 def start_stack(tmp: pathlib.Path, *, max_batch: int, max_queue: int, request_timeout: float,
                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """Start `npuflow serve` (its output in tmp/stack.log, `env` added to the environment) and
-    wait up to 900 s for /health to answer 200; returns the process and the /v1 base URL."""
+    """Start `npuflow serve` of the default model (its output in tmp/stack.log, `env` added to
+    the environment) and wait up to 900 s for /health to answer 200; returns the process and the
+    /v1 base URL."""
+    models = f'[[models]]\nid = "{MODEL}"\nmax_batch = {max_batch}\nmax_queue = {max_queue}\n'
+    return serve(tmp, models, request_timeout=request_timeout, env=env)
+
+
+def serve(tmp: pathlib.Path, models: str, *, request_timeout: float,
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`npuflow serve` of the given [[models]] TOML text, as start_stack runs it."""
     port = free_port()
     cfg = tmp / "npuflow.toml"
     cfg.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\nrun_dir = "{tmp}/run"\ngrpc_port = 0\n'
-                   f'log_level = "warning"\nrequest_timeout_s = {request_timeout}\n'
-                   f'[[models]]\nid = "{MODEL}"\nmax_batch = {max_batch}\nmax_queue = {max_queue}\n')
+                   f'log_level = "warning"\nrequest_timeout_s = {request_timeout}\n' + models)
     log = open(tmp / "stack.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "npuflow.cli", "serve", "--config", str(cfg)],
                             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))

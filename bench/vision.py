@@ -56,13 +56,11 @@ import io
 import json
 import os
 import pathlib
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import numpy as np
 
@@ -70,7 +68,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from stack import free_port  # noqa: E402
+from stack import serve, stop_stack  # noqa: E402
 from vision_ckpt import build_smolvlm256m  # noqa: E402
 
 MODEL = "smolvlm-256m-random"
@@ -121,37 +119,8 @@ def med(xs: list[float]) -> float:
 # ---- 1. npuflow's stack ----------------------------------------------------------------------
 
 def start_stack(tmp: pathlib.Path, pkgs: dict[str, pathlib.Path], threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cfg = tmp / "npuflow.toml"
-    cfg.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\nrun_dir = "{tmp}/run"\ngrpc_port = 0\n'
-                   f'log_level = "warning"\nrequest_timeout_s = 900\n'
-                   + "".join(f'[[models]]\nid = "{mid}"\nsource = "{pkg}"\nthreads = {threads}\nmax_batch = 1\n'
-                             f'context_length = 2048\n' for mid, pkg in pkgs.items()))
-    out = open(tmp / "stack.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "npuflow.cli", "serve", "--config", str(cfg)],
-                            stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 900
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"npuflow serve exited: see {tmp / 'stack.log'}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, base + "/v1"
-        except OSError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("the stack did not become healthy")
-
-
-def stop_stack(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return serve(tmp, "".join(f'[[models]]\nid = "{mid}"\nsource = "{pkg}"\nthreads = {threads}\nmax_batch = 1\n'
+                              f'context_length = 2048\n' for mid, pkg in pkgs.items()), request_timeout=900)
 
 
 def messages(image: bytes, detail: str = "auto") -> list[dict]:
@@ -394,7 +363,6 @@ def main() -> None:
 
     t_ours, t_hf = med(ours), med(theirs)
     e_srv, e_bare, e_hf, e_pre = med(serving), med(bare_s), med(feats), med(prep)
-    p = med(pre_s)
     res["ratios"] = {"transformers_ttft_over_npuflow": t_hf / t_ours,
                      "per_run_median": med([b / o for o, b in zip(ours, theirs)]), "target_ttft": 2.0,
                      "serving_encoder_over_bare_ort": e_srv / e_bare,
