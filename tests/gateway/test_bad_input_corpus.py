@@ -2,6 +2,7 @@
 is a 5xx, every error is OpenAI-shaped JSON, and the gateway still answers afterwards."""
 import collections
 import logging
+import time
 
 import pytest
 
@@ -14,7 +15,7 @@ from npuflow.gateway.http_protocol import use_gateway_connections
 def stack(make_stack):
     """A stack of its own, whose connections are the ones run_gateway's runner makes (JSON
     answers to requests aiohttp's parser refuses)."""
-    s = make_stack()
+    s = make_stack(body_timeout_s=5.0)
     use_gateway_connections(s.runner.server)
     return s
 
@@ -24,11 +25,17 @@ def test_corpus_gets_no_5xx_and_openai_errors(stack, caplog):
     assert len(corpus) > 300
     statuses = collections.Counter()
     bad = []
+    slow = []
     for case in corpus:
+        t0 = time.monotonic()
         status, headers, body = send("127.0.0.1", stack.port, case, stack.key, timeout=20)
         statuses[status] += 1
         bad += [f"{case.name}: {p}" for p in problems(case, status, headers, body)]
-    print(dict(sorted(statuses.items())))
+        if time.monotonic() - t0 > 2:
+            slow.append(f"{case.name}: {status} after {time.monotonic() - t0:.1f} s")
+    # every case is answered at once; one whose body read ever stalls (seen once, in a CI run,
+    # not reproduced) is ended by the body timeout with a 408, and is named here
+    print(dict(sorted(statuses.items())), "slow:", slow)
     assert not bad, "\n".join(bad[:50])
     assert statuses[400] > len(corpus) / 2
     errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
