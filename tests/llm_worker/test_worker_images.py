@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 from PIL import Image
 from tokenizers import Tokenizer
+from worker_helpers import WorkerPeer
 
 from npuflow.config import ModelSettings
 from npuflow.llm_worker import build_link
@@ -205,28 +205,21 @@ def closing():
 
 
 # ---- the tests -------------------------------------------------------------------------------
-class Gateway:
-    def __init__(self, endpoint):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.connect(endpoint)
+class Gateway(WorkerPeer):
+    recv_timeout = 30.0
 
-    def send(self, msg: worker_pb2.GenerateRequest):
-        self.sock.send(worker_pb2.ToWorker(generate=msg).SerializeToString())
+    def generate(self, msg: worker_pb2.GenerateRequest):
+        self.send(generate=msg)
 
     def hello(self):
         """Ping: the worker greets a new peer with its Hello before the first answer."""
-        self.sock.send(worker_pb2.ToWorker(ping=worker_pb2.Ping(sent_unix_ms=1)).SerializeToString())
+        self.send(ping=worker_pb2.Ping(sent_unix_ms=1))
         hello = self.recv()
         assert self.recv().WhichOneof("kind") == "heartbeat"
         return hello.hello
 
     def abort(self, rid):
-        self.sock.send(worker_pb2.ToWorker(abort=worker_pb2.Abort(request_id=rid)).SerializeToString())
-
-    def recv(self, timeout=30.0) -> worker_pb2.FromWorker:
-        assert self.sock.poll(int(timeout * 1000)), "no answer from the worker"
-        return worker_pb2.FromWorker.FromString(self.sock.recv())
+        self.send(abort=worker_pb2.Abort(request_id=rid))
 
     def events(self, timeout=30.0):
         """(arrival time, event) of every TokenEvent of the next message that has some."""
@@ -245,10 +238,6 @@ class Gateway:
                     if ev.finish_reason:
                         return evs
         raise AssertionError("no final event")
-
-    def close(self):
-        self.sock.close(0)
-        self.ctx.term()
 
 
 @pytest.fixture
@@ -289,7 +278,7 @@ def test_image_answer_over_the_socket_equals_the_direct_computation(vlm, worker)
     link, gw, _, _ = worker(vlm)
     prompt, images = prompt_with_images(vlm, [image_bytes(1)])
     want = direct_greedy(vlm, prompt, images, 24)
-    gw.send(gen("img", prompt, images, max_tokens=24, ignore_eos=True))
+    gw.generate(gen("img", prompt, images, max_tokens=24, ignore_eos=True))
     hello = gw.recv()
     assert hello.WhichOneof("kind") == "hello" and hello.hello.vision
     evs = gw.until_final("img")
@@ -419,7 +408,7 @@ def test_abort_deadline_and_stop_while_encoding(idefics3, worker):
     prompt, images = prompt_with_images(idefics3, [big])
     enc = link.scheduler.vision
     assert gw.hello().vision
-    gw.send(gen("abort-me", prompt, images))
+    gw.generate(gen("abort-me", prompt, images))
     time.sleep(0.5)
     t0 = time.monotonic()
     gw.abort("abort-me")
@@ -428,10 +417,10 @@ def test_abort_deadline_and_stop_while_encoding(idefics3, worker):
     time.sleep(0.5)
     assert enc.calls < 8                            # the encode stopped between tiles
     assert link.scheduler.n_encoding == 0
-    gw.send(gen("late", prompt, images, deadline=int(time.time() * 1000) + 400))
+    gw.generate(gen("late", prompt, images, deadline=int(time.time() * 1000) + 400))
     evs = gw.until_final("late")
     assert evs[-1].error.code == FR.ERROR_CODE_DEADLINE_EXCEEDED
-    gw.send(gen("stopped", prompt, images))
+    gw.generate(gen("stopped", prompt, images))
     time.sleep(0.3)
     t0 = time.monotonic()
     stop.set()
@@ -472,10 +461,10 @@ def test_running_stream_keeps_decoding_while_an_image_is_encoded(idefics3, worke
     rounds = []
 
     def measure(name, msg):
-        gw.send(gen(f"run-{name}", [5, 6, 7], max_tokens=0, ignore_eos=True))   # a fresh stream
+        gw.generate(gen(f"run-{name}", [5, 6, 7], max_tokens=0, ignore_eos=True))   # a fresh stream
         for _ in range(10):                                                      # is decoding
             gw.events()
-        gw.send(msg)
+        gw.generate(msg)
         gap, ttft, done = _largest_gap(gw, f"run-{name}", msg.request_id)
         if not done:
             gw.until_final(msg.request_id)
@@ -515,11 +504,11 @@ def test_worker_process_serves_images(idefics3, tmp_path):
         hello = gw.hello()
         assert hello.vision and hello.model == "tiny"
         prompt, images = prompt_with_images(idefics3, [image_bytes(21), image_bytes(22, size=(40, 90))])
-        gw.send(gen("p", prompt, images, max_tokens=16, ignore_eos=True))
+        gw.generate(gen("p", prompt, images, max_tokens=16, ignore_eos=True))
         got = [t for e in gw.until_final("p") for t in e.token_ids]
         assert got == direct_greedy(idefics3, prompt, images, 16)
         images[1].data = b"GIF89a broken"
-        gw.send(gen("bad", prompt, images))
+        gw.generate(gen("bad", prompt, images))
         last = gw.until_final("bad")[-1]
         assert (last.error.code, last.error.param) == (FR.ERROR_CODE_INVALID_ARGUMENT, "messages[1].content[1]")
         proc.send_signal(signal.SIGTERM)

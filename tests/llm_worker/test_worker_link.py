@@ -8,28 +8,19 @@ import time
 from pathlib import Path
 
 import pytest
-import zmq
 
 from npuflow.config import ModelSettings
 from npuflow.llm_worker import build_link
 from npuflow.v1 import common_pb2, worker_pb2
 
-from worker_helpers import FakeEngine
+from worker_helpers import FakeEngine, WorkerPeer
 
 FR = common_pb2
 HERE = Path(__file__).parent
 
 
-class Gateway:
+class Gateway(WorkerPeer):
     """The gateway's side: one DEALER, protobuf frames."""
-
-    def __init__(self, endpoint):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.connect(endpoint)
-
-    def send(self, **kind):
-        self.sock.send(worker_pb2.ToWorker(**kind).SerializeToString())
 
     def ping(self):
         self.send(ping=worker_pb2.Ping(sent_unix_ms=int(time.time() * 1000)))
@@ -37,10 +28,6 @@ class Gateway:
     def generate(self, rid, prompt, **sampling):
         self.send(generate=worker_pb2.GenerateRequest(request_id=rid, model="tiny", prompt_token_ids=prompt,
                                                       sampling=common_pb2.SamplingParams(**sampling)))
-
-    def recv(self, timeout=5.0) -> worker_pb2.FromWorker:
-        assert self.sock.poll(int(timeout * 1000)), "no answer from the worker"
-        return worker_pb2.FromWorker.FromString(self.sock.recv())
 
     def events_until_final(self, rid, timeout=10.0):
         evs, end = [], time.monotonic() + timeout
@@ -54,9 +41,6 @@ class Gateway:
                         return evs
         raise AssertionError("no final event")
 
-    def close(self):
-        self.sock.close(0)
-        self.ctx.term()
 
 
 @pytest.fixture

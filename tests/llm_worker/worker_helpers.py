@@ -6,11 +6,13 @@ import time
 from typing import Sequence
 
 import numpy as np
+import zmq
 from tokenizers import Tokenizer
 
 from bpe_tokenizer import build_bpe_tokenizer
 from npuflow.engine.base import EngineError
 from npuflow.models.package import Dims, ModelPackage
+from npuflow.v1 import worker_pb2
 
 EOS = 2
 CORPUS = ["Hello, world! How are you?", "The quick brown fox jumps over the lazy dog.",
@@ -93,3 +95,25 @@ class FakeEngine:
 
     def close(self) -> None:
         self.closed = True
+
+
+class WorkerPeer:
+    """The gateway's side of a worker socket in tests: one DEALER, protobuf frames."""
+    recv_timeout = 5.0
+
+    def __init__(self, endpoint):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.connect(endpoint)
+
+    def send(self, **kind):
+        self.sock.send(worker_pb2.ToWorker(**kind).SerializeToString())
+
+    def recv(self, timeout: float | None = None) -> worker_pb2.FromWorker:
+        wait = self.recv_timeout if timeout is None else timeout
+        assert self.sock.poll(int(wait * 1000)), "no answer from the worker"
+        return worker_pb2.FromWorker.FromString(self.sock.recv())
+
+    def close(self):
+        self.sock.close(0)
+        self.ctx.term()
