@@ -33,21 +33,6 @@ import tinyvlm  # noqa: E402
 VLM, TEXT = "tiny-vlm", "tiny-text"
 
 
-class VisionWorker(FakeWorker):
-    """A fake worker whose Hello says the model takes images (GenerateRequest.images)."""
-
-    async def _send(self, peer: bytes, msg: worker_pb2.FromWorker) -> None:
-        if peer not in self._peers:
-            self._peers.add(peer)
-            hello = worker_pb2.FromWorker()
-            h = hello.hello
-            h.model, h.worker_id, h.context_length, h.max_batch = self.model, self.worker_id, self.context_length, 2
-            h.vocab_size, h.engine, h.pid, h.created_unix, h.vision = 1000, "cpu", os.getpid(), 1700000000, True
-            h.eos_token_ids.append(2)
-            await self.sock.send_multipart([peer, hello.SerializeToString()])
-        await self.sock.send_multipart([peer, msg.SerializeToString()])
-
-
 def png(width: int, height: int, seed: int = 0) -> bytes:
     from PIL import Image
     rng = np.random.default_rng(seed)
@@ -102,7 +87,7 @@ def gw(tmp_path_factory):
 
     async def start():
         ctx = zmq.asyncio.Context()
-        return ctx, {VLM: VisionWorker(ctx, f"ipc://{tmp}/worker-{VLM}.sock", VLM, 4096),
+        return ctx, {VLM: FakeWorker(ctx, f"ipc://{tmp}/worker-{VLM}.sock", VLM, 4096, vision=True),
                      TEXT: FakeWorker(ctx, f"ipc://{tmp}/worker-{TEXT}.sock", TEXT, 4096)}
 
     ctx, workers = asyncio.run_coroutine_threadsafe(start(), loop).result(5)
