@@ -193,10 +193,22 @@ class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class LoadModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class UnloadModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
     class Model(_message.Message):
-        __slots__ = ("id", "ready", "context_length", "max_batch", "created", "state", "state_reason", "vision")
+        __slots__ = ("id", "ready", "context_length", "max_batch", "created", "state", "state_reason", "vision", "footprint_bytes", "memory_pool")
         ID_FIELD_NUMBER: _ClassVar[int]
         READY_FIELD_NUMBER: _ClassVar[int]
         CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +217,8 @@ class ListModelsResponse(_message.Message):
         STATE_FIELD_NUMBER: _ClassVar[int]
         STATE_REASON_FIELD_NUMBER: _ClassVar[int]
         VISION_FIELD_NUMBER: _ClassVar[int]
+        FOOTPRINT_BYTES_FIELD_NUMBER: _ClassVar[int]
+        MEMORY_POOL_FIELD_NUMBER: _ClassVar[int]
         id: str
         ready: bool
         context_length: int
@@ -213,7 +227,9 @@ class ListModelsResponse(_message.Message):
         state: _common_pb2.ModelState
         state_reason: str
         vision: bool
-        def __init__(self, id: _Optional[str] = ..., ready: _Optional[bool] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., created: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ..., vision: _Optional[bool] = ...) -> None: ...
+        footprint_bytes: int
+        memory_pool: str
+        def __init__(self, id: _Optional[str] = ..., ready: _Optional[bool] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., created: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ..., vision: _Optional[bool] = ..., footprint_bytes: _Optional[int] = ..., memory_pool: _Optional[str] = ...) -> None: ...
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ListModelsResponse.Model]
     def __init__(self, models: _Optional[_Iterable[_Union[ListModelsResponse.Model, _Mapping]]] = ...) -> None: ...

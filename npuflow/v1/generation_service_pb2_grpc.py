@@ -54,6 +54,16 @@ class GenerationServiceStub:
                 request_serializer=npuflow_dot_v1_dot_generation__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=npuflow_dot_v1_dot_generation__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/npuflow.v1.GenerationService/LoadModel',
+                request_serializer=npuflow_dot_v1_dot_generation__service__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=npuflow_dot_v1_dot_generation__service__pb2.ListModelsResponse.Model.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/npuflow.v1.GenerationService/UnloadModel',
+                request_serializer=npuflow_dot_v1_dot_generation__service__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=npuflow_dot_v1_dot_generation__service__pb2.ListModelsResponse.Model.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -88,6 +98,20 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """Load a model now (waits until it is loaded; evicts idle models when the memory budget needs room).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Unload a model (waits for its running requests to finish first; new ones wait for the reload).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +134,16 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=npuflow_dot_v1_dot_generation__service__pb2.ListModelsRequest.FromString,
                     response_serializer=npuflow_dot_v1_dot_generation__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=npuflow_dot_v1_dot_generation__service__pb2.LoadModelRequest.FromString,
+                    response_serializer=npuflow_dot_v1_dot_generation__service__pb2.ListModelsResponse.Model.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=npuflow_dot_v1_dot_generation__service__pb2.UnloadModelRequest.FromString,
+                    response_serializer=npuflow_dot_v1_dot_generation__service__pb2.ListModelsResponse.Model.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +254,60 @@ class GenerationService:
             '/npuflow.v1.GenerationService/ListModels',
             npuflow_dot_v1_dot_generation__service__pb2.ListModelsRequest.SerializeToString,
             npuflow_dot_v1_dot_generation__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/npuflow.v1.GenerationService/LoadModel',
+            npuflow_dot_v1_dot_generation__service__pb2.LoadModelRequest.SerializeToString,
+            npuflow_dot_v1_dot_generation__service__pb2.ListModelsResponse.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/npuflow.v1.GenerationService/UnloadModel',
+            npuflow_dot_v1_dot_generation__service__pb2.UnloadModelRequest.SerializeToString,
+            npuflow_dot_v1_dot_generation__service__pb2.ListModelsResponse.Model.FromString,
             options,
             channel_credentials,
             insecure,

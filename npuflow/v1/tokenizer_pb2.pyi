@@ -127,6 +127,12 @@ class ListTokenizerModels(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class LoadTokenizerModel(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
 class TokenizerModels(_message.Message):
     __slots__ = ("models",)
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -134,27 +140,31 @@ class TokenizerModels(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[TokenizerModel, _Mapping]]] = ...) -> None: ...
 
 class TokenizerRequest(_message.Message):
-    __slots__ = ("request_id", "encode", "decode", "list_models")
+    __slots__ = ("request_id", "encode", "decode", "list_models", "load_model")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENCODE_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
     LIST_MODELS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MODEL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     encode: EncodeRequest
     decode: DecodeRequest
     list_models: ListTokenizerModels
-    def __init__(self, request_id: _Optional[str] = ..., encode: _Optional[_Union[EncodeRequest, _Mapping]] = ..., decode: _Optional[_Union[DecodeRequest, _Mapping]] = ..., list_models: _Optional[_Union[ListTokenizerModels, _Mapping]] = ...) -> None: ...
+    load_model: LoadTokenizerModel
+    def __init__(self, request_id: _Optional[str] = ..., encode: _Optional[_Union[EncodeRequest, _Mapping]] = ..., decode: _Optional[_Union[DecodeRequest, _Mapping]] = ..., list_models: _Optional[_Union[ListTokenizerModels, _Mapping]] = ..., load_model: _Optional[_Union[LoadTokenizerModel, _Mapping]] = ...) -> None: ...
 
 class TokenizerResponse(_message.Message):
-    __slots__ = ("request_id", "encoded", "decoded", "error", "models")
+    __slots__ = ("request_id", "encoded", "decoded", "error", "models", "loaded")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENCODED_FIELD_NUMBER: _ClassVar[int]
     DECODED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     encoded: EncodeResult
     decoded: DecodeResult
     error: _common_pb2.Error
     models: TokenizerModels
-    def __init__(self, request_id: _Optional[str] = ..., encoded: _Optional[_Union[EncodeResult, _Mapping]] = ..., decoded: _Optional[_Union[DecodeResult, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., models: _Optional[_Union[TokenizerModels, _Mapping]] = ...) -> None: ...
+    loaded: TokenizerModel
+    def __init__(self, request_id: _Optional[str] = ..., encoded: _Optional[_Union[EncodeResult, _Mapping]] = ..., decoded: _Optional[_Union[DecodeResult, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., models: _Optional[_Union[TokenizerModels, _Mapping]] = ..., loaded: _Optional[_Union[TokenizerModel, _Mapping]] = ...) -> None: ...
