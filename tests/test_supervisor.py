@@ -1,10 +1,11 @@
-"""The supervisor restarts a crashed child but not one that refused its configuration, and waits
-drain_timeout_s plus a margin for the gateway."""
+"""The supervisor restarts a crashed service but not one that refused its configuration, waits
+drain_timeout_s plus a margin for the gateway, and preloads the preload models. (Workers and the
+control socket: test_supervisor_control.py.)"""
 import sys
 import time
 
 from npuflow.config import DRAIN_MARGIN_S, load_settings
-from npuflow.supervisor import EX_CONFIG, Child, Supervisor
+from npuflow.supervisor import EX_CONFIG, Child, Supervisor, preload_plan
 
 
 def _exited(tmp_path, code: int) -> tuple[Supervisor, Child]:
@@ -33,9 +34,22 @@ def test_a_child_that_refused_its_configuration_is_not_restarted(tmp_path):
 def test_the_gateway_is_given_its_drain_budget_and_a_margin(tmp_path, monkeypatch):
     sup = Supervisor(load_settings(env={"NPUFLOW_RUN_DIR": str(tmp_path), "NPUFLOW_DRAIN_TIMEOUT_S": "7"}))
     waited = []
-    monkeypatch.setattr(Supervisor, "_stop", staticmethod(lambda children, timeout: waited.append(timeout)))
+    monkeypatch.setattr(Supervisor, "_stop", staticmethod(lambda children, timeout, serve=None: waited.append(timeout)))
     sup.shutdown()
     assert waited[0] == 7 + DRAIN_MARGIN_S
+
+
+def test_without_a_budget_every_preload_model_starts_and_no_budget_is_handed_on(tmp_path):
+    cfg = tmp_path / "npuflow.toml"
+    cfg.write_text('[[models]]\nid = "one"\nsource = "/nowhere/one.gguf"\n[[models]]\nid = "two"\n'
+                   'source = "/nowhere/two.gguf"\n')
+    settings = load_settings(cfg, env={"NPUFLOW_RUN_DIR": str(tmp_path)})
+    assert preload_plan(settings) == (["one", "two"], "")
+
+
+def test_children_are_told_where_the_control_socket_is(tmp_path):
+    sup = Supervisor(load_settings(env={"NPUFLOW_RUN_DIR": str(tmp_path)}))
+    assert sup.env["NPUFLOW_CONTROL_ENDPOINT"] == f"ipc://{tmp_path}/supervisor.sock"
 
 
 def test_the_gateway_unit_waits_as_long_as_the_supervisor():
