@@ -61,3 +61,27 @@ def test_the_gateway_unit_waits_as_long_as_the_supervisor():
     for name in ("npuflow-gateway.service", "npuflow-tokenizer.service", "npuflow-worker@.service"):
         text = (pathlib.Path(__file__).resolve().parents[1] / "deploy/systemd" / name).read_text()
         assert f"RestartPreventExitStatus={EX_CONFIG}" in text, name
+
+
+def test_only_the_preload_models_that_fit_start_and_the_children_get_the_resolved_budget(tmp_path, monkeypatch):
+    """The budget and footprint modules are stand-ins here: what is tested is how the plan is used
+    (which models start, a model whose footprint cannot be read starts too, the env form)."""
+    import types
+    from dataclasses import replace
+    cfg = tmp_path / "npuflow.toml"
+    cfg.write_text("".join(f'[[models]]\nid = "{m}"\nsource = "/nowhere/{m}.gguf"\n' for m in ("big", "small", "odd")))
+    settings = load_settings(cfg, env={"NPUFLOW_RUN_DIR": str(tmp_path)})
+    settings = replace(settings, server=types.SimpleNamespace(**{**vars(settings.server), "memory_budget": "auto"}))
+    size = {"big": 10, "small": 1}
+
+    def footprint(m, cache_dir):
+        if m.id not in size:
+            raise FileNotFoundError(m.source)
+        return types.SimpleNamespace(bytes=size[m.id], pool="ram")
+
+    budget = types.SimpleNamespace(describe=lambda: "ram 2 B")
+    monkeypatch.setitem(sys.modules, "npuflow.models.footprint", types.SimpleNamespace(footprint=footprint))
+    monkeypatch.setitem(sys.modules, "npuflow.models.budget", types.SimpleNamespace(
+        resolve_budget=lambda text: budget if text == "auto" else None, budget_env=lambda b: "ram=2",
+        format_bytes=str, plan_preload=lambda models, fps, b: [m.id for m in models if fps[m.id].bytes <= 2]))
+    assert preload_plan(settings) == (["small", "odd"], "ram=2")
