@@ -39,11 +39,21 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
                                 # addresses that are not public (loopback, private, link-local, multicast,
                                 # reserved) are never fetched from, nor redirected to (at most 3 redirects)
     image_fetch_timeout_s = 10  # NPUFLOW_IMAGE_FETCH_TIMEOUT_S: one image's whole fetch, redirects included
+    memory_budget = ""          # NPUFLOW_MEMORY_BUDGET: what the loaded models may hold together; loading one
+                                # that does not fit unloads idle ones first. "" = no limit; "auto" = what is free
+                                # at start (the NPU's free memory, 3/4 of the available RAM); a size for each pool
+                                # ("3GiB", "1.5G", "512MB", bytes; binary units); or "ram=2GiB,cmm=3GiB"
+                                # (npuflow/models/budget.py)
+    keep_alive = "300"          # NPUFLOW_KEEP_ALIVE: how long a model that is not preloaded stays loaded once
+                                # idle: seconds, "30s", "5m", "1h", "forever" (or "-1"), "0" (unload when idle)
+    models_dir = ""             # NPUFLOW_MODELS_DIR (`npuflow serve --models-dir DIR`): every model found in it
+                                # (npuflow packages, pulsar2 / StackFlow directories, HF checkpoint folders,
+                                # .gguf files; npuflow/models/catalog.py) is served, loaded on first use
 
     [tokenizer]
     endpoint = "ipc://{run_dir}/tokenizer.sock"   # NPUFLOW_TOKENIZER_ENDPOINT
 
-    [[models]]                  # none listed = the default model
+    [[models]]                  # none listed = the default model (none at all when models_dir is set)
     id = "smollm2-135m-instruct"
     source = "default"          # "default", a .gguf file, a safetensors folder or a package folder
     engine = "cpu"              # cpu | ax
@@ -52,6 +62,8 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     threads = 2                 # onnxruntime intra-op threads
     max_queue = 64              # sequences waiting beyond max_batch before 429 (n per prompt of a request)
     prefix_cache = true         # a new prompt reuses the KV of a finished one it starts like
+    preload = true              # load at start; false = on the first request (models found in models_dir: false)
+    keep_alive = ""             # as server.keep_alive; "" = "forever" when preloaded, else server.keep_alive
     endpoint = "ipc://{run_dir}/worker-{id}.sock"
     device_id = -1              # engine "ax": the AXCL card (-1 = default)
     ax_provider = ""            # engine "ax": AxEngineExecutionProvider (on-board) | AXCLRTExecutionProvider (card)
@@ -59,10 +71,16 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
                                 # (also "ax650", "ax8850" = ax650n; "ax620e" = ax630c)
     [models.sampling]           # defaults for requests that leave a value out
     temperature = 0.7
+
+A [[models]] entry whose id is that of a model found in models_dir changes only the settings it
+names: source, engine and preload (false) stay those of the model found unless it sets them.
+`Settings.rescan()` lists models_dir again (the gateway does on GET /v1/models), so packages
+copied there are served without a restart.
 """
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import pathlib
 import re
@@ -114,6 +132,9 @@ class ServerSettings:
     fetch_image_urls: bool = False
     image_url_hosts: tuple[str, ...] = ()
     image_fetch_timeout_s: float = 10.0
+    memory_budget: str = ""        # npuflow.models.budget.parse_budget reads it
+    keep_alive: str = "300"        # parse_duration; what a model that is not preloaded keeps when idle
+    models_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,6 +157,15 @@ class ModelSettings:
     ax_provider: str = ""        # engine "ax": AxEngineExecutionProvider | AXCLRTExecutionProvider
     simulate_timing: str = ""    # engine "ax": ax650n | ax630c adds the boards' per-graph latency
     sampling: Mapping[str, Any] = field(default_factory=dict)
+    preload: bool = True         # loaded at start (else on its first request)
+    keep_alive: str = ""         # idle time before unload; "" = forever when preloaded, else server.keep_alive
+    discovered: bool = False     # found in server.models_dir, no [[models]] entry for it
+    # the keys its [[models]] entry set (what a model found in models_dir under the same id takes from it)
+    explicit_keys: frozenset = field(default=frozenset(), compare=False, repr=False)
+
+
+INTERNAL_MODEL_KEYS = ("discovered", "explicit_keys")   # not settable in the configuration
+DISCOVERY_KEYS = ("source", "engine", "preload")        # what a model found in models_dir brings
 
 
 @dataclass(frozen=True)
@@ -146,20 +176,69 @@ class Settings:
     config_path: str = ""
 
     def model(self, model_id: str) -> ModelSettings:
+        """The model of that id; one that is not listed yet is looked for in models_dir again."""
         for m in self.models:
             if m.id == model_id:
                 return m
+        if self.server.models_dir:
+            for m in self.rescan().models:
+                if m.id == model_id:
+                    return m
+            raise ConfigError(f"no model '{model_id}' in the configuration or in {self.server.models_dir}")
         raise ConfigError(f"no model '{model_id}' in the configuration")
 
+    def rescan(self) -> "Settings":
+        """The same settings with models_dir listed again: the [[models]] entries first in their
+        order, then the models found there without an entry, by id. Cheap: a directory listing and
+        small json reads (no hashing, no conversion)."""
+        if not self.server.models_dir:
+            return self
+        return replace(self, models=_with_discovered([m for m in self.models if not m.discovered], self.server))
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+def parse_duration(text: str, where: str) -> float:
+    """Seconds of "300", "2.5", "30s", "5m", "1h", "1h30m", "500ms"; math.inf for "forever" or
+    "-1"; "0" is 0. Raises ConfigError naming `where`."""
+    t = str(text).strip().lower()
+    if t == "forever":
+        return math.inf
+    try:
+        v = float(t)
+    except ValueError:
+        parts = _DURATION_PART.findall(t)
+        if not t or "".join(n + u for n, u in parts) != t:
+            raise ConfigError(f"{where}: {text!r} is not a duration (seconds, \"30s\", \"5m\", \"1h\", "
+                              f"\"forever\" or \"-1\", \"0\")") from None
+        return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if v == -1:
+        return math.inf
+    if not (math.isfinite(v) and v >= 0):
+        raise ConfigError(f"{where}: {text!r} must be 0 or more seconds, or \"forever\" (\"-1\")")
+    return v
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def keep_alive_s(model: ModelSettings, server: ServerSettings) -> float:
+    """How long the model stays loaded once idle (math.inf = until stopped): its keep_alive, else
+    forever for a preloaded model, else the server's."""
+    if model.keep_alive:
+        return parse_duration(model.keep_alive, f"model {model.id} keep_alive")
+    if model.preload:
+        return math.inf
+    return parse_duration(server.keep_alive, "server.keep_alive")
+
+
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 def _coerce(cls, values: Mapping[str, Any], where: str):
     known = {f.name: f for f in fields(cls)}
     out = {}
     for key, val in values.items():
-        if key not in known:
+        if key not in known or (cls is ModelSettings and key in INTERNAL_MODEL_KEYS):
             raise ConfigError(f"{where}: unknown setting '{key}'")
         default = getattr(cls(), key) if key != "sampling" else {}
         try:
@@ -226,6 +305,7 @@ def load_settings(config_path: str | os.PathLike | None = None, env: Mapping[str
     if not server.stream_write_timeout_s > 0:
         raise ConfigError(f"server.stream_write_timeout_s: {server.stream_write_timeout_s} must be more than 0 seconds")
     server = _check_images(server)
+    server = _check_lifecycle(server)
 
     tok_vals = dict(data.get("tokenizer", {}))
     tok_vals.update(_env_overrides(env, TokenizerSettings, "NPUFLOW_TOKENIZER_"))
@@ -233,13 +313,13 @@ def load_settings(config_path: str | os.PathLike | None = None, env: Mapping[str
     tokenizer = replace(tokenizer, endpoint=(tokenizer.endpoint or "ipc://{run_dir}/tokenizer.sock")
                         .format(run_dir=server.run_dir))
 
-    raw_models = data.get("models") or [{}]
+    raw_models = data.get("models") or ([] if server.models_dir else [{}])
     if not isinstance(raw_models, list):
         raise ConfigError(f"{path}: 'models' must be an array of tables ([[models]])")
     models = []
     for i, mv in enumerate(raw_models):
         m = _coerce(ModelSettings, mv, f"models[{i}]")
-        if not _ID_RE.match(m.id):
+        if not MODEL_ID_RE.match(m.id):
             raise ConfigError(f"models[{i}].id {m.id!r}: use letters, digits and . _ : -")
         if m.context_length < 16 or m.max_batch < 1 or m.threads < 1 or m.max_queue < 1:
             raise ConfigError(f"models[{i}] ({m.id}): context_length, max_batch, threads, max_queue must be positive")
@@ -247,12 +327,50 @@ def load_settings(config_path: str | os.PathLike | None = None, env: Mapping[str
         _one_of(f"{where}.engine", m.engine, ENGINES)
         _one_of(f"{where}.ax_provider", m.ax_provider, AX_PROVIDERS)
         m = replace(m, simulate_timing=_one_of(f"{where}.simulate_timing", m.simulate_timing.lower(), SIMULATE_TIMING))
-        endpoint = (m.endpoint or "ipc://{run_dir}/worker-{id}.sock").format(run_dir=server.run_dir, id=m.id)
-        models.append(replace(m, endpoint=endpoint, sampling=dict(m.sampling)))
+        if m.keep_alive:
+            parse_duration(m.keep_alive, f"{where}.keep_alive")
+        models.append(replace(m, endpoint=_endpoint(m, server), sampling=dict(m.sampling),
+                              explicit_keys=frozenset(mv)))
     ids = [m.id for m in models]
     if len(set(ids)) != len(ids):
         raise ConfigError("model ids must be unique")
-    return Settings(server=server, tokenizer=tokenizer, models=tuple(models), config_path=str(path))
+    return Settings(server=server, tokenizer=tokenizer, models=_with_discovered(models, server),
+                    config_path=str(path))
+
+
+def _endpoint(m: ModelSettings, server: ServerSettings) -> str:
+    return (m.endpoint or "ipc://{run_dir}/worker-{id}.sock").format(run_dir=server.run_dir, id=m.id)
+
+
+def _with_discovered(entries: list[ModelSettings], server: ServerSettings) -> tuple[ModelSettings, ...]:
+    """The [[models]] entries (source, engine, preload of a model found in models_dir under the same
+    id, unless the entry sets them), then the other models found there, by id."""
+    if not server.models_dir:
+        return tuple(entries)
+    from .models.catalog import discover
+    found = {m.id: m for m in discover(server.models_dir)}
+    out = []
+    for e in entries:
+        d = found.pop(e.id, None)
+        if d is not None:
+            e = replace(e, **{k: getattr(d, k) for k in DISCOVERY_KEYS if k not in e.explicit_keys})
+        out.append(e)
+    out += [replace(d, endpoint=_endpoint(d, server)) for d in sorted(found.values(), key=lambda m: m.id)]
+    return tuple(out)
+
+
+def _check_lifecycle(server: ServerSettings) -> ServerSettings:
+    """memory_budget and keep_alive must parse; models_dir must be a directory (made absolute)."""
+    from .models.budget import parse_budget
+    parse_budget(server.memory_budget, "server.memory_budget")
+    parse_duration(server.keep_alive, "server.keep_alive")
+    if server.models_dir:
+        d = pathlib.Path(server.models_dir).expanduser()
+        if not d.is_dir():
+            what = "is not a directory" if d.exists() else "not found"
+            raise ConfigError(f"server.models_dir: {server.models_dir} {what}")
+        server = replace(server, models_dir=str(d.resolve()))
+    return server
 
 
 def _one_of(where: str, value: str, allowed: tuple[str, ...]) -> str:
