@@ -1,6 +1,7 @@
 """The `npuflow` command.
 
     npuflow serve [--config FILE] [--host H] [--port P]   the whole stack, supervised
+                  [--models-dir DIR]                      with every model package found in DIR
     npuflow gateway | tokenizer [--config FILE]           one service (systemd units, containers)
     npuflow worker --model ID [--config FILE]             the worker of one configured model
     npuflow convert SOURCE OUT [...]                      GGUF / safetensors -> model package
@@ -19,7 +20,7 @@ EX_CONFIG = 78
 
 
 def _settings(a: argparse.Namespace) -> Settings:
-    overrides = {k: getattr(a, k, None) for k in ("host", "port")}
+    overrides = {k: getattr(a, k, None) for k in ("host", "port", "models_dir")}
     return load_settings(a.config, **overrides)
 
 
@@ -27,6 +28,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     from npuflow.supervisor import run_supervisor
     s = _settings(a)
     env = {"NPUFLOW_HOST": s.server.host, "NPUFLOW_PORT": str(s.server.port)}
+    if s.server.models_dir:
+        env["NPUFLOW_MODELS_DIR"] = s.server.models_dir
     return run_supervisor(s, env)
 
 
@@ -77,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("serve", "gateway"):
             p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
             p.add_argument("--port", type=int, help="port to listen on (default 8000)")
+        if name == "serve":
+            p.add_argument("--models-dir", help="serve every model package found in this directory "
+                                                "(server.models_dir, NPUFLOW_MODELS_DIR)")
         if name == "worker":
             p.add_argument("--model", required=True, help="id of a configured model")
     sub.add_parser("convert", help="convert a GGUF or safetensors model (see npuflow convert -h)")

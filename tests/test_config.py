@@ -252,3 +252,17 @@ def test_rescan_finds_new_packages_and_forgets_removed_ones(tmp_path):
     plain = load_settings(env={})
     assert plain.rescan() is plain
 
+
+def test_serve_passes_models_dir_to_its_children(tmp_path, monkeypatch):
+    import npuflow.supervisor
+    from npuflow import cli
+    seen = {}
+    monkeypatch.setattr(npuflow.supervisor, "run_supervisor", lambda s, env: seen.update(s=s, env=env) or 0)
+    d = tmp_path / "models"
+    d.mkdir()
+    monkeypatch.delenv("NPUFLOW_MODELS_DIR", raising=False)
+    monkeypatch.delenv("NPUFLOW_CONFIG", raising=False)
+    assert cli.main(["serve", "--models-dir", str(d), "--port", "8123"]) == 0
+    assert seen["s"].server.models_dir == str(d) and seen["s"].models == ()
+    assert seen["env"] == {"NPUFLOW_HOST": "127.0.0.1", "NPUFLOW_PORT": "8123", "NPUFLOW_MODELS_DIR": str(d)}
+    assert cli.main(["serve"]) == 0 and "NPUFLOW_MODELS_DIR" not in seen["env"]
