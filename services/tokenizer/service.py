@@ -1,42 +1,28 @@
-"""The tokenizer service: TokenizerRequest -> TokenizerResponse, and its ROUTER socket loop.
+"""The tokenizer service: TokenizerRequest -> TokenizerResponse.
 
-`TokenizerService.handle` is pure (no sockets) so it is tested directly. `serve` runs the I/O
-loop of the `recv_from_gateway` socket in the calling thread: it answers `list_models` (the
-gateway's liveness probe, every 0.5 s) at once, and hands encode and decode requests to
-ENCODE_THREADS threads, whose answers come back over inproc PUSH/PULL sockets (a ZMQ socket is
-used by one thread only). So a long encode (a few MB of text takes seconds) never looks like a
-hung tokenizer; the encoder releases the GIL for long texts (encoder.py), so the probe is
-answered within milliseconds meanwhile. A request over BIG_BYTES waits for any other big one
-(a 3 MB chat peaks at about 600 MB in the encoder; max_body_bytes bounds one), and the freed heap
-is handed back to the system after it. Every frame is answered to the peer that sent it.
+`TokenizerService.handle` is pure (no sockets) so it is tested directly; `serve` runs the ROUTER
+socket loop (serving.py) around it.
 
 A model whose tokenizer could not be loaded is listed with its `failed_reason`, and its
-requests are answered with MODEL_NOT_AVAILABLE; the other models are served.
+requests are answered with MODEL_NOT_AVAILABLE; the other models are served. With a loader, a
+model not loaded at start is loaded on first use, once (loading.py).
 """
 from __future__ import annotations
 
-import queue
 import threading
-import uuid
 from typing import Mapping
 
 import zmq
 
 from npuflow.logs import get_logger
-from npuflow.memory import trim_heap
-from npuflow.transport import make_socket, recv_waiting, remove_ipc_file, waiting
 from npuflow.v1 import common_pb2, tokenizer_pb2
 
 from .chat_template import ImageIn, MessageIn, ToolCallIn
 from .encoder import ModelTokenizer, TokenizeError
+from .loading import Loader, Tokenizers, not_found
+from .serving import ENCODE_THREADS, LOAD_THREADS, serve
 
 log = get_logger("tokenizer")
-
-POLL_MS = 100       # how often the I/O loop looks at the stop flag when idle
-ENCODE_THREADS = 2  # requests encoded at once (the encoder runs without the GIL on long texts)
-# A request this big (about 200 bytes of the encoder's memory per token: 3 MB of text peaks near
-# 600 MB) is encoded only while no other big one is, and then the freed heap is given back.
-BIG_BYTES = 1 << 20
 
 
 def _part(p: tokenizer_pb2.ContentPart) -> "str | ImageIn":
@@ -54,23 +40,25 @@ def _messages(chat: tokenizer_pb2.ChatInput) -> list[MessageIn]:
 
 
 class TokenizerService:
-    def __init__(self, models: Mapping[str, ModelTokenizer], failed: Mapping[str, str] | None = None):
-        self.models = dict(models)
-        self.failed = dict(failed or {})   # model id -> why its tokenizer could not be loaded
-        self._big = threading.Lock()
+    """Answers TokenizerRequests for the models in `models`, and (with a `loader`) for any model
+    the loader can load, loaded on first use (loading.py)."""
 
-    def _model(self, model_id: str) -> ModelTokenizer:
-        tok = self.models.get(model_id)
-        if tok is None and model_id in self.failed:
-            raise TokenizeError(common_pb2.ERROR_CODE_MODEL_NOT_AVAILABLE,
-                                f"The model '{model_id}' is not available: its tokenizer could not be loaded "
-                                f"({self.failed[model_id]})", "model")
-        if tok is None:
-            raise TokenizeError(common_pb2.ERROR_CODE_NOT_FOUND, f"model '{model_id}' does not exist", "model")
-        return tok
+    def __init__(self, models: Mapping[str, ModelTokenizer], failed: Mapping[str, str] | None = None,
+                 loader: Loader | None = None):
+        self.tokenizers = Tokenizers(models, failed, loader)
 
-    def _encode(self, req: tokenizer_pb2.EncodeRequest) -> tokenizer_pb2.EncodeResult:
-        tok = self._model(req.model)
+    @property
+    def models(self) -> dict[str, ModelTokenizer]:
+        """The loaded tokenizers, by model id (a copy)."""
+        return self.tokenizers.snapshot()[0]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Model id -> why its tokenizer could not be loaded (a copy)."""
+        return self.tokenizers.snapshot()[1]
+
+    def _encode(self, req: tokenizer_pb2.EncodeRequest, load: bool) -> tokenizer_pb2.EncodeResult:
+        tok = self.tokenizers.get(req.model, load)
         kind = req.WhichOneof("input")
         if kind == "chat":
             enc = tok.encode_conversation(_messages(req.chat), add_generation_prompt=req.chat.add_generation_prompt,
@@ -84,21 +72,46 @@ class TokenizerService:
             return tokenizer_pb2.EncodeResult(token_ids=tok.encode_text(req.text, add_special_tokens=req.add_special_tokens))
         raise TokenizeError(common_pb2.ERROR_CODE_INVALID_ARGUMENT, "encode needs chat or text input", "prompt")
 
-    def handle(self, req: tokenizer_pb2.TokenizerRequest) -> tokenizer_pb2.TokenizerResponse:
+    def _state(self, model_id: str) -> tokenizer_pb2.TokenizerModel:
+        """The model as load_model answers it: loaded (vocab_size, vision) or failed (the reason)."""
+        tok = self.tokenizers.loaded(model_id)
+        if tok is not None:
+            return tokenizer_pb2.TokenizerModel(model=model_id, vocab_size=tok.vocab_size, vision=tok.vision is not None)
+        reason = self.tokenizers.failure(model_id)
+        if reason is None:
+            raise not_found(model_id)
+        return tokenizer_pb2.TokenizerModel(model=model_id, failed_reason=reason)
+
+    def _list(self) -> tokenizer_pb2.TokenizerModels:
+        models, failed = self.tokenizers.snapshot()
+        out = tokenizer_pb2.TokenizerModels()
+        out.models.extend(tokenizer_pb2.TokenizerModel(model=m, vocab_size=t.vocab_size, vision=t.vision is not None)
+                          for m, t in models.items())
+        out.models.extend(tokenizer_pb2.TokenizerModel(model=m, failed_reason=why) for m, why in failed.items())
+        return out
+
+    def handle(self, req: tokenizer_pb2.TokenizerRequest, load: bool = True) -> tokenizer_pb2.TokenizerResponse:
+        """The answer to one request; a request for a model not loaded yet loads it first (blocking
+        this thread). `load=False`: answered from the state now, without loading (serve has run
+        the model's load already, or the request needs none)."""
         resp = tokenizer_pb2.TokenizerResponse(request_id=req.request_id)
         kind = req.WhichOneof("kind")
         try:
             if kind == "encode":
-                resp.encoded.CopyFrom(self._encode(req.encode))
+                resp.encoded.CopyFrom(self._encode(req.encode, load))
             elif kind == "decode":
-                tok = self._model(req.decode.model)
+                tok = self.tokenizers.get(req.decode.model, load)
                 resp.decoded.text = tok.decode(req.decode.token_ids, skip_special_tokens=req.decode.skip_special_tokens)
             elif kind == "list_models":
-                resp.models.models.extend(tokenizer_pb2.TokenizerModel(model=m, vocab_size=t.vocab_size,
-                                                                       vision=t.vision is not None)
-                                          for m, t in self.models.items())
-                resp.models.models.extend(tokenizer_pb2.TokenizerModel(model=m, failed_reason=why)
-                                          for m, why in self.failed.items())
+                resp.models.CopyFrom(self._list())
+            elif kind == "load_model":
+                if load:
+                    try:
+                        self.tokenizers.load(req.load_model.model, retry=True)
+                    except TokenizeError as e:
+                        if e.code != common_pb2.ERROR_CODE_MODEL_NOT_AVAILABLE:
+                            raise
+                resp.loaded.CopyFrom(self._state(req.load_model.model))
             else:
                 raise TokenizeError(common_pb2.ERROR_CODE_INVALID_ARGUMENT, "empty tokenizer request")
         except TokenizeError as e:
@@ -110,57 +123,6 @@ class TokenizerService:
         return resp
 
     def serve(self, endpoint: str, stop: threading.Event, ctx: zmq.Context | None = None,
-              threads: int = ENCODE_THREADS) -> None:
-        """Bind a ROUTER at endpoint and answer requests until `stop` is set."""
-        ctx = ctx or zmq.Context.instance()
-        pipe = f"inproc://tokenizer-out-{uuid.uuid4().hex}"
-        recv_from_gateway = make_socket(ctx, zmq.ROUTER, endpoint, bind=True)
-        answers = make_socket(ctx, zmq.PULL, pipe, bind=True)
-        jobs: queue.SimpleQueue = queue.SimpleQueue()
-        workers = [threading.Thread(target=self._work, args=(ctx, pipe, jobs), name=f"tokenizer-encode-{i}",
-                                    daemon=True) for i in range(max(1, threads))]
-        for w in workers:
-            w.start()
-        poller = zmq.Poller()
-        poller.register(recv_from_gateway, zmq.POLLIN)
-        poller.register(answers, zmq.POLLIN)
-        log.info("serving", endpoint=endpoint, models=",".join(self.models), failed=",".join(self.failed))
-        try:
-            while not stop.is_set():
-                ready = dict(poller.poll(POLL_MS))
-                if answers in ready:
-                    for peer, data in waiting(answers, multipart=True):
-                        recv_from_gateway.send_multipart([peer, data])
-                if recv_from_gateway in ready:
-                    for peer, req in recv_waiting(recv_from_gateway, tokenizer_pb2.TokenizerRequest):
-                        if req.WhichOneof("kind") in ("encode", "decode"):
-                            jobs.put((peer, req))
-                        else:   # list_models (the liveness probe) and malformed frames: at once
-                            recv_from_gateway.send_multipart([peer, self.handle(req).SerializeToString()])
-        finally:
-            for _ in workers:
-                jobs.put(None)
-            for w in workers:
-                w.join(1.0)   # an encode still running is dropped with the process
-            answers.close(linger=0)
-            recv_from_gateway.close(linger=0)
-            remove_ipc_file(endpoint)
-
-    def _work(self, ctx: zmq.Context, pipe: str, jobs: queue.SimpleQueue) -> None:
-        """An encode thread: requests from `jobs`, answers to the I/O loop through its own PUSH."""
-        out = make_socket(ctx, zmq.PUSH, pipe, bind=False)
-        try:
-            while True:
-                job = jobs.get()
-                if job is None:
-                    return
-                peer, req = job
-                if req.ByteSize() < BIG_BYTES:
-                    out.send_multipart([peer, self.handle(req).SerializeToString()])
-                    continue
-                with self._big:   # one big text at a time: a few hundred MB each
-                    out.send_multipart([peer, self.handle(req).SerializeToString()])
-                    del req, job
-                    trim_heap()   # a few hundred MB glibc would otherwise keep
-        finally:
-            out.close(linger=0)
+              threads: int = ENCODE_THREADS, load_threads: int = LOAD_THREADS) -> None:
+        """Bind a ROUTER at endpoint and answer requests until `stop` is set (serving.py)."""
+        serve(self, endpoint, stop, ctx, threads, load_threads)
