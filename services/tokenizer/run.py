@@ -1,4 +1,9 @@
-"""`run_tokenizer(settings)`: the tokenizer service process."""
+"""`run_tokenizer(settings)`: the tokenizer service process.
+
+At start it loads the tokenizers of the preload models only (what the supervisor starts workers
+for); any other model's tokenizer is loaded on first use by `loader(settings)`, which looks the
+model up in freshly rescanned settings, so a package added to models_dir since the start is found.
+"""
 from __future__ import annotations
 
 import signal
@@ -11,6 +16,7 @@ from npuflow.models.package import ModelPackage
 from npuflow.process import start_process
 
 from .encoder import ModelTokenizer
+from .loading import Loader, UnknownModel, failure_reason
 from .service import TokenizerService
 
 log = get_logger("tokenizer")
@@ -24,20 +30,39 @@ def load_package(settings: Settings, model: ModelSettings) -> ModelPackage:
                                   sampling_defaults=dict(model.sampling))
 
 
+def preloaded(settings: Settings) -> list[ModelSettings]:
+    """The models loaded at start. (`preload` defaults to true: a config without it, or settings
+    from before it existed, keep today's behaviour of loading every model.)"""
+    return [m for m in settings.models if getattr(m, "preload", True)]
+
+
+def loader(settings: Settings) -> Loader:
+    """model id -> its ModelTokenizer, for a model not loaded at start; UnknownModel for an id the
+    settings, rescanned now (cheap: a directory listing and small json reads), do not have."""
+    def load(model_id: str) -> ModelTokenizer:
+        rescan = getattr(settings, "rescan", None)
+        current = rescan() if rescan is not None else settings
+        model = next((m for m in current.models if m.id == model_id), None)
+        if model is None:
+            raise UnknownModel(model_id)
+        return ModelTokenizer.from_package(load_package(current, model))
+    return load
+
+
 def load_tokenizers(settings: Settings) -> tuple[dict[str, ModelTokenizer], dict[str, str]]:
-    """Each model's tokenizer, and the models whose tokenizer cannot be loaded with the reason (one
-    log line each; they are reported, not retried, and the others are served). A failed download
-    may heal: it exits (status 1) so that the tokenizer is started again."""
+    """Each preload model's tokenizer, and the ones that cannot be loaded with the reason (one log
+    line each; they are reported, retried only on an explicit load_model, and the others are
+    served). A failed download may heal: it exits (status 1) so that the tokenizer is started again."""
     from npuflow.models.default import DownloadError
     models, failed = {}, {}
-    for m in settings.models:
+    for m in preloaded(settings):
         try:
             models[m.id] = ModelTokenizer.from_package(load_package(settings, m))
         except DownloadError as e:
             log.error("cannot load tokenizers", model=m.id, error=f"{type(e).__name__}: {e}")
             sys.exit(1)
         except Exception as e:
-            failed[m.id] = " ".join(str(e).split()) or type(e).__name__
+            failed[m.id] = failure_reason(e)
             log.error("tokenizer of a model failed to load; serving the others", model=m.id, reason=failed[m.id])
     return models, failed
 
@@ -53,5 +78,5 @@ def run_tokenizer(settings: Settings) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    TokenizerService(models, failed).serve(settings.tokenizer.endpoint, stop)
+    TokenizerService(models, failed, loader(settings)).serve(settings.tokenizer.endpoint, stop)
     log.info("stopped")
