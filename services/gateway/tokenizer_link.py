@@ -4,6 +4,11 @@ Requests and answers are matched by request_id. The tokenizer is down when its c
 drops (its process died) or, for a hung one, when the liveness probe (`list_models` every
 500 ms) has no answer for 1.5 s: pending calls fail with 503 and new calls wait (bounded) for it
 to come back.
+
+The model lists (`models`, `failed`, `vision`) are the tokenizer's word: each probe answer
+replaces them, and a `load_model` answer (the tokenizer loads models not preloaded on demand)
+updates its model at once, so that the gateway sees a model loaded (or failed) as soon as its
+load returns, not a probe later.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import zmq
 
 from npuflow.config import Settings
 from npuflow.gateway.client import ChatTokens, ChatTurn, ImagePart, ImageSpan
-from npuflow.gateway.errors import ApiError
+from npuflow.gateway.errors import ApiError, model_not_available
 from npuflow.gateway.peer_watch import Dealer, watch_disconnects
 from npuflow.logs import get_logger
 from npuflow.transport import make_socket
@@ -85,6 +90,8 @@ class TokenizerLink:
                 if resp.WhichOneof("kind") == "models":
                     self._on_models(resp.models.models)
                     continue
+                if resp.WhichOneof("kind") == "loaded":   # also a late one, its call timed out
+                    self._on_loaded(resp.loaded)
                 fut = self._pending.pop(resp.request_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(resp)
@@ -97,6 +104,21 @@ class TokenizerLink:
         self.failed = failed
         self.models = {m.model: m.vocab_size for m in models if not m.failed_reason}
         self.vision = {m.model for m in models if m.vision and not m.failed_reason}
+
+    def _on_loaded(self, m: tokenizer_pb2.TokenizerModel) -> None:
+        """One model's state from a load_model answer (new dicts: readers may hold the old ones)."""
+        failed, models, vision = dict(self.failed), dict(self.models), set(self.vision)
+        if m.failed_reason:
+            if failed.get(m.model) != m.failed_reason:
+                log.warning("model failed in the tokenizer", model=m.model, reason=m.failed_reason)
+            failed[m.model] = m.failed_reason
+            models.pop(m.model, None)
+            vision.discard(m.model)
+        else:
+            failed.pop(m.model, None)
+            models[m.model] = m.vocab_size
+            (vision.add if m.vision else vision.discard)(m.model)
+        self.failed, self.models, self.vision = failed, models, vision
 
     async def _probe_loop(self) -> None:
         while True:
@@ -177,3 +199,18 @@ class TokenizerLink:
         req.decode.model = model
         req.decode.token_ids.extend(token_ids)
         return (await self._call(req)).decoded.text
+
+    async def load_model(self, model: str, timeout: float) -> None:
+        """Have the tokenizer load the model's tokenizer (at once when it has it; a model that
+        failed is tried again) and wait for it. Raises ApiError: 503 model_not_available with the
+        reason when it cannot load, 404 model_not_found for an id the tokenizer does not know,
+        503 tokenizer_unavailable when the tokenizer is down, 504 timeout after `timeout` s."""
+        req = tokenizer_pb2.TokenizerRequest()
+        req.load_model.model = model
+        try:
+            resp = await asyncio.wait_for(self._call(req), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise ApiError(504, f"The tokenizer did not load the model '{model}' within {timeout:g} s.",
+                           code="timeout") from None
+        if resp.loaded.failed_reason:
+            raise model_not_available(model, f"its tokenizer could not be loaded ({resp.loaded.failed_reason})")
