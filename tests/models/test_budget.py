@@ -5,7 +5,8 @@ import pytest
 
 from npuflow.config import ConfigError, ModelSettings
 from npuflow.models import budget as B
-from npuflow.models.budget import Budget, budget_env, format_bytes, parse_budget, parse_size, plan_preload, resolve_budget
+from npuflow.models.budget import (Budget, budget_env, format_bytes, parse_budget, parse_size, plan_preload,
+                                   resolve_budget)
 
 GiB, MiB = 1 << 30, 1 << 20
 
@@ -88,10 +89,9 @@ def test_auto_on_a_board_reads_free_cmm(tmp_path):
 
 def test_auto_with_an_axcl_card(tmp_path, monkeypatch):
     smi = tmp_path / "axcl-smi"
-    smi.write_text("#!/bin/sh\ncat <<'EOF'\n"
-                   "|    0  AX650N                    V2.18.0 | 0001:81:00.0 |                181 MiB /      954 MiB |\n"
-                   "|   --   52C                      -- / -- | 3%        0% |                 22 MiB /     3072 MiB |\n"
-                   "EOF\n")
+    rows = ("|    0  AX650N               V2.18.0 | 0001:81:00.0 |      181 MiB /      954 MiB |\n"
+            "|   --   52C                 -- / -- | 3%        0% |       22 MiB /     3072 MiB |\n")
+    smi.write_text(f"#!/bin/sh\ncat <<'EOF'\n{rows}EOF\n")
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     b = resolve_budget("auto", meminfo=_meminfo(tmp_path, 1024 * 1024), cmm_info=str(tmp_path / "none"),
