@@ -2,7 +2,6 @@
 model_not_available with the reason, a retry loads it once its package is there, the link's
 model lists follow the answer at once (not a probe later), and an unknown id is a 404."""
 import asyncio
-import os
 import signal
 import subprocess
 import sys
