@@ -40,7 +40,7 @@ def discover(models_dir: str | pathlib.Path) -> list[ModelSettings]:
     try:
         entries = sorted(root.iterdir(), key=lambda p: p.name)
     except OSError as e:
-        log.warning("cannot list the models directory", path=str(root), error=str(e))
+        _warn_once(root, "", "cannot list the models directory", error=str(e))
         return []
     found: dict[str, ModelSettings] = {}
     for path in entries:
