@@ -31,17 +31,16 @@ def load_package(settings: Settings, model: ModelSettings) -> ModelPackage:
 
 
 def preloaded(settings: Settings) -> list[ModelSettings]:
-    """The models loaded at start. (`preload` defaults to true: a config without it, or settings
-    from before it existed, keep today's behaviour of loading every model.)"""
-    return [m for m in settings.models if getattr(m, "preload", True)]
+    """The models loaded at start (`preload` defaults to true for [[models]] entries, so a config
+    without it keeps today's behaviour; models found in models_dir are not preloaded)."""
+    return [m for m in settings.models if m.preload]
 
 
 def loader(settings: Settings) -> Loader:
     """model id -> its ModelTokenizer, for a model not loaded at start; UnknownModel for an id the
     settings, rescanned now (cheap: a directory listing and small json reads), do not have."""
     def load(model_id: str) -> ModelTokenizer:
-        rescan = getattr(settings, "rescan", None)
-        current = rescan() if rescan is not None else settings
+        current = settings.rescan()
         model = next((m for m in current.models if m.id == model_id), None)
         if model is None:
             raise UnknownModel(model_id)

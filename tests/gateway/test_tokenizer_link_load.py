@@ -11,27 +11,26 @@ import pytest
 import zmq
 
 from bpe_tokenizer import build_bpe_tokenizer
-from npuflow.config import ModelSettings, load_settings
+from npuflow.config import load_settings
 from npuflow.gateway import tokenizer_link
 from npuflow.gateway.errors import ApiError
 from npuflow.gateway.tokenizer_link import TokenizerLink
 from tiny_package import tiny_package
 
 TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
-HAS_PRELOAD = hasattr(ModelSettings(), "preload")
 
 
 @pytest.fixture
 def stack(tmp_path, monkeypatch):
-    """The tokenizer process on "tiny" (its package), "late" (no package yet, at tmp/late/pkg) and,
-    with ModelSettings.preload, "lazy" (not preloaded); yields the settings."""
+    """The tokenizer process on "tiny" (its package), "late" (no package yet, at tmp/late/pkg) and
+    "lazy" (not preloaded); yields the settings."""
     build_bpe_tokenizer(tmp_path / "tokenizer.json", ["Hello, world! How are you?"] * 20, vocab_size=300)
     pkg = tiny_package(tmp_path, tmp_path / "tokenizer.json", TEMPLATE)
-    lazy = f'[[models]]\nid = "lazy"\nsource = "{pkg}"\npreload = false\n' if HAS_PRELOAD else ""
     cfg = tmp_path / "npuflow.toml"
     cfg.write_text(f'[server]\nrun_dir = "{tmp_path}/run"\ncache_dir = "{tmp_path}/cache"\n'
                    f'[[models]]\nid = "tiny"\nsource = "{pkg}"\n'
-                   f'[[models]]\nid = "late"\nsource = "{tmp_path}/late/pkg"\n' + lazy)
+                   f'[[models]]\nid = "late"\nsource = "{tmp_path}/late/pkg"\n'
+                   f'[[models]]\nid = "lazy"\nsource = "{pkg}"\npreload = false\n')
     monkeypatch.setenv("NPUFLOW_CONFIG", str(cfg))
     # probes answered once at the start only: the lists must follow load_model's own answer
     monkeypatch.setattr(tokenizer_link, "PROBE_INTERVAL_S", 60.0)
@@ -76,10 +75,9 @@ async def test_load_model_reports_failure_retries_and_updates_the_lists(stack, t
         with pytest.raises(ApiError) as e:
             await link.load_model("nope", 0)
         assert e.value.status == 504 and e.value.code == "timeout"
-        if HAS_PRELOAD:
-            assert "lazy" not in link.models
-            await link.load_model("lazy", 10)
-            assert link.models["lazy"] == link.models["tiny"]
+        assert "lazy" not in link.models
+        await link.load_model("lazy", 10)
+        assert link.models["lazy"] == link.models["tiny"]
     finally:
         await link.stop()
         ctx.term()

@@ -5,18 +5,12 @@ import signal
 import subprocess
 import sys
 
-import pytest
 import zmq
 
-from npuflow.config import ModelSettings, Settings
 from npuflow.v1 import common_pb2, tokenizer_pb2
 
 from tiny_package import tiny_package
 from tok_helpers import CHATML
-
-needs_preload = pytest.mark.skipif(not hasattr(ModelSettings(), "preload"), reason="no ModelSettings.preload yet")
-needs_rescan = pytest.mark.skipif(not hasattr(Settings, "rescan"), reason="no Settings.rescan yet")
-
 
 class Tokenizer:
     """`npuflow tokenizer` on a config, and a DEALER to it."""
@@ -58,7 +52,6 @@ class Tokenizer:
             self.ctx.term()
 
 
-@needs_preload
 def test_a_model_not_preloaded_is_loaded_on_first_use(tokenizer_json, tmp_path):
     pkg = tiny_package(tmp_path, tokenizer_json, CHATML)
     tok = Tokenizer(tmp_path, f'[[models]]\nid = "tiny"\nsource = "{pkg}"\n'
@@ -91,7 +84,6 @@ def test_load_model_retries_a_model_that_failed_at_start(tokenizer_json, tmp_pat
         tok.close()
 
 
-@needs_rescan
 def test_a_package_put_into_models_dir_after_the_start_is_found(tokenizer_json, tmp_path):
     models_dir = tmp_path / "models"
     models_dir.mkdir()
