@@ -1,6 +1,7 @@
 """The gateway's aiohttp application: routes, middlewares, and the clients' start/stop."""
 from __future__ import annotations
 
+import os
 from typing import AsyncIterator
 
 import zmq
@@ -11,6 +12,8 @@ from npuflow.gateway.auth import auth_middleware
 from npuflow.gateway.client import Clients
 from npuflow.gateway.errors import error_middleware
 from npuflow.gateway.image_fetch import ImageFetcher
+from npuflow.gateway.lifecycle import ModelManager, supervised
+from npuflow.gateway.lifecycle_routes import load_model, unload_model
 from npuflow.gateway.metrics import Metrics
 from npuflow.gateway.models_routes import get_model, health, list_models, metrics
 from npuflow.gateway.openai_chat import chat_completions
@@ -22,12 +25,20 @@ from npuflow.gateway.worker_link import WorkerPool
 
 
 class ZmqClients:
-    """The real clients: a DEALER per worker and one to the tokenizer, on one ZMQ context."""
+    """The real clients: a DEALER per worker and one to the tokenizer, on one ZMQ context, and
+    under `npuflow serve` one to the supervisor, which starts and stops the workers the model
+    manager asks for (lifecycle.py)."""
 
     def __init__(self, settings: Settings):
         self._ctx = zmq.Context()
-        self.models = WorkerPool(settings, self._ctx)
         self.tokenizer = TokenizerLink(settings, self._ctx)
+        supervisor = None
+        if supervised():
+            from npuflow.gateway.supervisor_link import SupervisorLink
+            supervisor = SupervisorLink(os.environ["NPUFLOW_CONTROL_ENDPOINT"], self._ctx,
+                                        on_exit=lambda model, code: self.models.on_exit(model, code))
+        pool = WorkerPool(settings, self._ctx, all_models=supervisor is None)
+        self.models = ModelManager(settings, pool, supervisor=supervisor, tokenizer=self.tokenizer)
 
     async def start(self) -> None:
         await self.tokenizer.start()
@@ -58,12 +69,15 @@ def _metrics_middleware(m: Metrics):
 def create_app(settings: Settings, clients: Clients | None = None) -> web.Application:
     """The gateway app. `clients` defaults to the ZMQ links of `settings`; tests pass fakes."""
     clients = clients if clients is not None else ZmqClients(settings)
-    metrics_ = Metrics(lambda: clients.models.stats())
+    lifecycle_metrics = getattr(clients.models, "metrics", None)
+    metrics_ = Metrics(lambda: clients.models.stats(), collectors=(lifecycle_metrics,) if lifecycle_metrics else ())
     app = web.Application(client_max_size=settings.server.max_body_bytes,
                           middlewares=[_metrics_middleware(metrics_), error_middleware,
                                        auth_middleware(settings.server.api_keys)])
     app[STATE] = GatewayState(settings=settings, clients=clients, metrics=metrics_,
                               image_fetcher=ImageFetcher(settings.server))
+    if hasattr(clients.models, "attach"):   # busy = admitted sequences: never evicted, drained first
+        clients.models.attach(app[STATE].admission.held)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await clients.start()
@@ -80,4 +94,6 @@ def create_app(settings: Settings, clients: Clients | None = None) -> web.Applic
     app.router.add_post("/detokenize", detokenize)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/models/load", load_model)
+    app.router.add_post("/models/unload", unload_model)
     return app

@@ -40,10 +40,16 @@ class ModelInfo:
     state: str = ""     # "loaded", "loading" (starting, restarting) or "failed" ("" = by `ready`)
     reason: str = ""    # with "failed": why the model cannot start
     vision: bool = False   # the model takes images (its worker's Hello says it has a vision encoder)
+    footprint_bytes: int = 0          # the memory it holds when loaded (its memory budget share)
+    memory_pool: str = ""             # the budget it counts against: "ram" or "cmm" (NPU memory)
+    footprint_estimated: bool = False
+    keep_alive_s: float | None = None  # idle seconds before it is unloaded; None = never
+    required: bool = True             # it should be loaded now (preloaded, not unloaded on purpose):
+                                      # /health is 503 while it is not
 
     @property
     def status(self) -> str:
-        """loaded, loading or failed (the states a future load-on-demand adds "unloaded" to)."""
+        """loaded, loading, unloaded or failed."""
         return self.state or ("loaded" if self.ready else "loading")
 
 
@@ -117,8 +123,9 @@ class ModelClient(Protocol):
     def models(self) -> list[ModelInfo]:
         """Every configured model, ready or not."""
 
-    async def wait_ready(self, model: str, timeout: float) -> ModelInfo:
-        """The model's info once its worker said Hello; ApiError 503 after `timeout` seconds."""
+    async def wait_ready(self, model: str, timeout: float, sequences: int = 1) -> ModelInfo:
+        """The model's info once its worker said Hello (loading it first when it is unloaded);
+        ApiError 503 after `timeout` seconds. `sequences`: the caller's admitted sequences."""
 
     def generate(self, params: GenerateParams) -> AsyncIterator[list[Delta]]:
         """Stream merged deltas until every choice finished. Closing the iterator early (client

@@ -1,9 +1,10 @@
 """What every front door shares (OpenAI chat and completions over HTTP, the gRPC service):
 admission, the deadline, the context check, a metered delta stream.
 
-Order of one request: model known (404) -> images resolved (chat: images.py, 400 naming the part)
--> tokenize -> queue room (429, admission.py) -> worker ready (bounded wait, 503) -> prompt +
-max_tokens within the context (400) -> generate.
+Order of one request: model known (404; an unloaded model starts loading now, lifecycle.py) ->
+images resolved (chat: images.py, 400 naming the part) -> tokenize -> queue room (429,
+admission.py) -> worker ready (bounded wait for its load, 503) -> prompt + max_tokens within the
+context (400) -> generate.
 
 A chat's images (`chat_prompt`): the tokenizer gets each one's size and detail and places its
 tokens (prompt_token_ids hold every image token, so the context check and usage.prompt_tokens
@@ -81,8 +82,13 @@ class Collected(Tally):
         return "".join(self.texts[c])
 
 
-def check_model(st: GatewayState, model: str) -> None:
-    """404 for an unknown model; 503 model_not_available at once for one that failed to start."""
+def check_model(st: GatewayState, model: str, load: bool = True) -> None:
+    """404 for an unknown model; 503 model_not_available at once for one that failed to start.
+    With `load`, a model that is not loaded starts loading now (while its request is tokenized),
+    or is refused at once when it can never fit the memory budget (model_too_large_for_budget)."""
+    touch = getattr(st.models, "touch", None) if load else None
+    if touch is not None:
+        touch(model)
     info = next((m for m in model_states(st) if m.id == model), None)
     if info is None:
         raise model_not_found(model)
@@ -127,14 +133,17 @@ async def admit(st: GatewayState, req: GenRequest, prompt_lens: Sequence[int], d
     """Queue room (admission.py: one sequence per choice of each prompt), worker readiness and
     the context check; raises ApiError (QueueFull with its Retry-After). The caller holds the
     returned Ticket until it is done with the request (`with ticket:`)."""
-    ms = st.settings.model(req.model)
+    ms = getattr(st.models, "model_settings", st.settings.model)(req.model)
     info = next((m for m in st.models.models() if m.id == req.model), None)
-    ticket = st.admission.take(req.model, len(prompt_lens) * max(1, req.n),
+    sequences = len(prompt_lens) * max(1, req.n)
+    ticket = st.admission.take(req.model, sequences,
                                info.max_batch if info and info.max_batch else ms.max_batch, ms.max_queue,
                                requests=len(prompt_lens))
     try:
         wait = min(READY_WAIT_MAX_S, deadline_ms / 1000.0 - time.time())
-        info = await st.models.wait_ready(req.model, wait)
+        if info is not None and info.status == "unloaded" or (info and info.status == "loading" and not info.required):
+            wait = deadline_ms / 1000.0 - time.time()   # a load on demand may take its whole deadline
+        info = await st.models.wait_ready(req.model, wait, sequences)
         for plen in prompt_lens:
             check_context(info.context_length, plen, req.max_tokens, what)
     except BaseException:

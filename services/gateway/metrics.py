@@ -33,7 +33,7 @@ class _LinkCollector:
 
 
 class Metrics:
-    def __init__(self, stats: Callable[[], dict[str, dict[str, int]]]):
+    def __init__(self, stats: Callable[[], dict[str, dict[str, int]]], collectors: tuple = ()):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("npuflow_http_requests", "HTTP requests by route and status",
@@ -48,6 +48,8 @@ class Metrics:
                                             "Prompt tokens whose KV a worker slot already held (not computed again)",
                                             ["model"], registry=r)
         r.register(_LinkCollector(stats))
+        for c in collectors:      # e.g. the model lifecycle's (lifecycle_metrics.py)
+            r.register(c)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,12 +1,13 @@
 """Each model's state as clients see it (worker and tokenizer together), and the stack's health.
 
 A model is `loaded` (serving), `loading` (its worker is starting or restarting: requests wait for
-it, bounded) or `failed` (its worker or its tokenizer cannot start for a reason a restart does
-not cure: requests get 503 `model_not_available` at once). A future load-on-demand adds
-`unloaded`.
+it, bounded), `unloaded` (no worker holds it: a request loads it, lifecycle.py) or `failed` (its
+worker or its tokenizer cannot start for a reason a restart does not cure: requests get 503
+`model_not_available` at once).
 
 Health (`GET /health`, the gRPC overall status): the stack is serving (200, SERVING) when the
-tokenizer answers, no model is loading, and at least one model is loaded. A failed model does not
+tokenizer answers, no model that should be loaded (a preloaded one not unloaded on purpose:
+ModelInfo.required) is loading, and at least one model is loaded or can be loaded on demand. A failed model does not
 take the others down: the status is then `degraded` and `failed` names it with its reason, so a
 load balancer keeps sending traffic (the failed model's requests fail fast) while an operator
 sees what to fix. A model that is (re)starting is a 503, as before: it will come back, and a
@@ -63,7 +64,8 @@ class Health:
 
     @property
     def serving(self) -> bool:
-        return self.tokenizer and not self.missing and any(m.status == "loaded" for m in self.models)
+        return self.tokenizer and not self.missing and any(
+            m.status == "loaded" or (m.status in ("unloaded", "loading") and not m.required) for m in self.models)
 
     @property
     def status(self) -> str:
@@ -81,6 +83,6 @@ def health(st: GatewayState) -> Health:
     for m in models:
         if m.status == "failed":
             h.failed[m.id] = m.reason
-        elif m.status != "loaded":
+        elif m.status != "loaded" and m.required:
             h.missing.append(f"worker:{m.id}")
     return h

@@ -23,7 +23,7 @@ async def tokenize(request: web.Request) -> web.Response:
     body = await read_json(request)
     f = Fields(body)
     model = f.str("model", required=True)
-    check_model(st, model)
+    check_model(st, model, load=False)
     if body.get("messages") is not None:
         tools = tools_json(parse_structured({"tools": body.get("tools")}))
         turns = parse_messages(body["messages"], st.settings.server.max_image_bytes)
@@ -39,7 +39,7 @@ async def detokenize(request: web.Request) -> web.Response:
     st = request.app[STATE]
     body = await read_json(request)
     model = Fields(body).str("model", required=True)
-    check_model(st, model)
+    check_model(st, model, load=False)
     ids = body.get("tokens")
     if ids is None:
         raise bad_param("tokens", "Missing required parameter: 'tokens'.", code="missing_required_parameter")

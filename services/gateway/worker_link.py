@@ -219,17 +219,36 @@ class WorkerLink:
 
 
 class WorkerPool:
-    """ModelClient over one WorkerLink per configured model."""
+    """One WorkerLink per model whose worker runs (or is starting). Without a supervisor every
+    configured model has one from the start; with one (lifecycle.py) a link is opened when its
+    model starts loading and closed once its worker stopped, so a model that is not loaded costs
+    no socket and no pings."""
 
-    def __init__(self, settings: Settings, ctx: zmq.Context):
-        self.links = {m.id: WorkerLink(m, ctx) for m in settings.models}
+    def __init__(self, settings: Settings, ctx: zmq.Context, *, all_models: bool = True):
+        self._ctx = ctx
+        self.links = {m.id: WorkerLink(m, ctx) for m in settings.models} if all_models else {}
+        self._started = False
 
     async def start(self) -> None:
+        self._started = True
         for link in self.links.values():
             await link.start()
 
     async def stop(self) -> None:
         await asyncio.gather(*(link.stop() for link in self.links.values()))
+
+    async def open(self, model: ModelSettings) -> WorkerLink:
+        """A fresh link to the model's worker (the old one, if any, is closed first)."""
+        await self.close(model.id)
+        link = self.links[model.id] = WorkerLink(model, self._ctx)
+        await link.start()
+        return link
+
+    async def close(self, model: str) -> None:
+        """Close the model's link; its in-flight requests end with WORKER_LOST."""
+        link = self.links.pop(model, None)
+        if link is not None:
+            await link.stop()
 
     def _link(self, model: str) -> WorkerLink:
         link = self.links.get(model)
@@ -244,13 +263,19 @@ class WorkerPool:
         return await self._link(model).wait_ready(timeout)
 
     def generate(self, params: GenerateParams) -> AsyncIterator[list[Delta]]:
-        return self._link(params.model).generate(params)
+        link = self.links.get(params.model)
+        if link is None:
+            raise ApiError(503, f"The model '{params.model}' is not loaded; try again.", code="model_not_ready")
+        return link.generate(params)
 
     def abort(self, model: str, request_id: str) -> None:
-        self._link(model).send(worker_pb2.ToWorker(abort=worker_pb2.Abort(request_id=request_id)))
+        link = self.links.get(model)
+        if link is not None:
+            link.send(worker_pb2.ToWorker(abort=worker_pb2.Abort(request_id=request_id)))
 
     def in_flight(self, model: str) -> int:
-        return len(self._link(model).requests)
+        link = self.links.get(model)
+        return len(link.requests) if link is not None else 0
 
     def health(self) -> dict[str, bool]:
         return {m: link.ready for m, link in self.links.items()}
