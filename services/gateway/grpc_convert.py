@@ -198,7 +198,8 @@ def model_card(m: ModelInfo) -> gs.ListModelsResponse.Model:
     return gs.ListModelsResponse.Model(id=m.id, ready=m.ready, context_length=m.context_length,
                                        max_batch=m.max_batch, created=m.created,
                                        state=_MODEL_STATES.get(m.status, common_pb2.MODEL_STATE_UNSPECIFIED),
-                                       state_reason=m.reason)
+                                       state_reason=m.reason, footprint_bytes=m.footprint_bytes,
+                                       memory_pool=m.memory_pool)
 
 
 _MODEL_STATES = {"loaded": common_pb2.MODEL_STATE_LOADED, "loading": common_pb2.MODEL_STATE_LOADING,

@@ -37,7 +37,9 @@ _BY_HTTP_STATUS = {
 
 # A model that failed to start stays failed until its configuration or host is fixed: not
 # UNAVAILABLE, which gRPC clients' retry policies take as "try again shortly".
-_BY_ERROR_CODE = {"model_not_available": grpc.StatusCode.FAILED_PRECONDITION}
+_BY_ERROR_CODE = {"model_not_available": grpc.StatusCode.FAILED_PRECONDITION,
+                  "model_too_large_for_budget": grpc.StatusCode.RESOURCE_EXHAUSTED,
+                  "lifecycle_not_managed": grpc.StatusCode.FAILED_PRECONDITION}
 
 
 def grpc_status(e: ApiError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:

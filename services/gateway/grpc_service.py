@@ -21,6 +21,7 @@ import grpc.aio
 
 from npuflow.gateway import grpc_convert as convert
 from npuflow.gateway.client import GenerateParams, ImageInput
+from npuflow.gateway.errors import ApiError, bad_param
 from npuflow.gateway.generation import Tally, admit, chat_prompt, check_model, check_prompt, deadline_unix_ms, metered
 from npuflow.gateway.model_state import model_states
 from npuflow.gateway.sse import write_bound
@@ -34,6 +35,12 @@ from npuflow.v1 import generation_service_pb2_grpc as gs_grpc
 
 Context = grpc.aio.ServicerContext
 log = get_logger("gateway")
+
+
+def _model_id(request) -> str:
+    if not request.model:
+        raise bad_param("model", "Missing required parameter: 'model'.", code="missing_required_parameter")
+    return request.model
 
 
 class GenerationServicer(gs_grpc.GenerationServiceServicer):
@@ -62,7 +69,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
 
     async def Tokenize(self, request: gs.TokenizeRequest, context: Context) -> gs.TokenizeResponse:
         model, what, add_special, tools = convert.tokenize_request(request, self.st.settings.server.max_image_bytes)
-        check_model(self.st, model)
+        check_model(self.st, model, load=False)
         tok = self.st.tokenizer
         if isinstance(what, str):
             ids = await tok.encode_text(model, what, add_special)
@@ -78,6 +85,26 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
             card.vision = m.vision
             cards.append(card)
         return gs.ListModelsResponse(models=cards)
+
+    async def LoadModel(self, request: gs.LoadModelRequest, context: Context) -> gs.ListModelsResponse.Model:
+        timeout = min(self.st.settings.server.request_timeout_s, context.time_remaining() or float("inf"))
+        info = await self.st.models.load(_model_id(request), timeout)
+        return self._card(info.id)
+
+    async def UnloadModel(self, request: gs.UnloadModelRequest, context: Context) -> gs.ListModelsResponse.Model:
+        timeout = min(self.st.settings.server.request_timeout_s, context.time_remaining() or float("inf"))
+        try:
+            info = await self.st.models.unload(_model_id(request), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise ApiError(504, f"The model '{request.model}' is still draining; it unloads once its running "
+                                f"requests finish.", code="timeout") from None
+        return self._card(info.id)
+
+    def _card(self, model: str) -> gs.ListModelsResponse.Model:
+        m = next(m for m in model_states(self.st) if m.id == model)
+        card = convert.model_card(m)
+        card.vision = m.vision
+        return card
 
     async def _stream(self, context: Context, req: GenRequest, structured: Structured, ids: Sequence[int],
                       what: str, prefix: str, deadline_ms: int, arrived: float,

@@ -11,20 +11,39 @@ from npuflow.gateway.state import STATE
 
 
 def _model(m: ModelInfo) -> dict:
-    """OpenAI's model object plus two extensions: `status` and `input_modalities` (["text",
-    "image"] for a model that takes images, else ["text"])."""
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": "npuflow", "status": status_object(m),
-            "input_modalities": ["text", "image"] if m.vision else ["text"]}
+    """OpenAI's model object plus extensions: `status` ({"state": loaded | loading | unloaded |
+    failed, "reason"}), `input_modalities` (["text", "image"] for a model that takes images, else
+    ["text"]), `memory` (its footprint when loaded: bytes, the budget pool it counts against,
+    whether it is an estimate) and `keep_alive` (idle seconds before it is unloaded; null = never)."""
+    out = {"id": m.id, "object": "model", "created": m.created, "owned_by": "npuflow", "status": status_object(m),
+           "input_modalities": ["text", "image"] if m.vision else ["text"]}
+    if m.memory_pool:
+        out["memory"] = {"bytes": m.footprint_bytes, "pool": m.memory_pool, "estimated": m.footprint_estimated}
+        out["keep_alive"] = m.keep_alive_s
+    return out
+
+
+def model_object(st, info: ModelInfo) -> dict:
+    """The model object of `info` as GET /v1/models shows it (tokenizer state merged)."""
+    return next((_model(m) for m in model_states(st) if m.id == info.id), _model(info))
+
+
+def _rescan(st) -> None:
+    rescan = getattr(st.models, "rescan", None)
+    if rescan is not None:        # models_dir: new package folders appear without a restart
+        rescan()
 
 
 async def list_models(request: web.Request) -> web.Response:
     st = request.app[STATE]
+    _rescan(st)
     return web.json_response({"object": "list", "data": [_model(m) for m in model_states(st)]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     st = request.app[STATE]
     model_id = request.match_info["model"]
+    _rescan(st)
     for m in model_states(st):
         if m.id == model_id:
             return web.json_response(_model(m))
