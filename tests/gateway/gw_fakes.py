@@ -27,8 +27,9 @@ REPLY = ["Hello", " world", ",", " this", " is", " a", " test", "."]
 
 class FakeWorker:
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, model: str, context_length: int = 64,
-                 vision: bool = False):
+                 vision: bool = False, failed: str = ""):
         self.ctx, self.endpoint, self.model = ctx, endpoint, model
+        self.failed = failed          # the Hello says the model failed to load, with this reason
         self.context_length = context_length
         self.vision = vision          # the Hello says the model takes images
         self.worker_id = uuid.uuid4().hex
@@ -68,6 +69,8 @@ class FakeWorker:
             h.model, h.worker_id, h.context_length, h.max_batch = self.model, self.worker_id, self.context_length, 2
             h.vocab_size, h.engine, h.pid, h.created_unix = 1000, "cpu", os.getpid(), 1700000000
             h.vision = self.vision
+            if self.failed:
+                h.state, h.state_reason = common_pb2.MODEL_STATE_FAILED, self.failed
             h.eos_token_ids.append(2)
             await self.sock.send_multipart([peer, hello.SerializeToString()])
         await self.sock.send_multipart([peer, msg.SerializeToString()])
@@ -183,6 +186,12 @@ class FakeTokenizer:
             if kind == "list_models":
                 for m in self.models:
                     resp.models.models.add(model=m, vocab_size=1000, vision=m in self.vision)
+            elif kind == "load_model":
+                resp.loaded.model = req.load_model.model
+                if req.load_model.model in self.models:
+                    resp.loaded.vocab_size = 1000
+                else:
+                    resp.loaded.failed_reason = "unknown model"
             elif kind == "encode" and req.encode.model not in self.models:
                 resp.error.code = common_pb2.ERROR_CODE_NOT_FOUND
                 resp.error.message = f"unknown model {req.encode.model}"
