@@ -58,6 +58,8 @@ def test_the_gateway_unit_waits_as_long_as_the_supervisor():
     unit = (pathlib.Path(__file__).resolve().parents[1] / "deploy/systemd/npuflow-gateway.service").read_text()
     stop = int(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.M)[1])
     assert stop >= load_settings(env={}).server.drain_timeout_s + DRAIN_MARGIN_S
+    whole = (pathlib.Path(__file__).resolve().parents[1] / "deploy/systemd/npuflow.service").read_text()
+    assert int(re.search(r"^TimeoutStopSec=(\d+)$", whole, re.M)[1]) >= stop   # `serve` drains the gateway too
     for name in ("npuflow-gateway.service", "npuflow-tokenizer.service", "npuflow-worker@.service"):
         text = (pathlib.Path(__file__).resolve().parents[1] / "deploy/systemd" / name).read_text()
         assert f"RestartPreventExitStatus={EX_CONFIG}" in text, name

@@ -157,6 +157,10 @@ class TokenizerClient(Protocol):
     async def decode(self, model: str, token_ids: Sequence[int]) -> str:
         """Token ids back to text."""
 
+    async def load_model(self, model: str, timeout: float) -> None:
+        """Have the tokenizer load the model's tokenizer now (the model manager asks when it
+        starts loading the model, so both load at once); ApiError 503 with the reason if it cannot."""
+
 
 class Clients(Protocol):
     """What create_app needs: both clients plus their start/stop."""
