@@ -146,15 +146,17 @@ class ModelManager:
         except Exception as e:
             log.warning("cannot list the supervisor's workers", error=str(e))
             running = {}
-        for mid, proc in running.items():
-            slot = self.slots.get(mid)
-            if slot is None:
-                continue
-            if proc.state in (PS.PROCESS_STATE_RUNNING, PS.PROCESS_STATE_STOPPING):
+        for slot in self.slots.values():
+            proc = running.get(slot.id)
+            if proc is not None and proc.state in (PS.PROCESS_STATE_RUNNING, PS.PROCESS_STATE_STOPPING):
                 slot.state, slot.reserved = "loading", True
-                slot.task = asyncio.create_task(self._adopt(slot), name=f"adopt[{mid}]")
-            elif slot.settings.preload and not proc.requested:
+                slot.task = asyncio.create_task(self._adopt(slot), name=f"adopt[{slot.id}]")
+            elif proc is not None and slot.settings.preload and not proc.requested:
                 self._begin_load(slot)     # a preloaded model whose worker exited before we came
+            elif proc is None and slot.settings.preload:
+                slot.expected = False      # the supervisor left it out: it did not fit the budget
+                log.info("preload model not loaded at start (it does not fit the memory budget next to the "
+                         "others); it loads on its first request", model=slot.id)
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="model_lifecycle"))
 
     async def stop(self) -> None:

@@ -24,7 +24,8 @@ MODELS = ("model-a", "model-b", "model-c")
 
 class LifeStack(Stack):
     def __init__(self, tmp: pathlib.Path, fits: float = 2.5, keep_alive: str = "forever", preload_a: bool = True,
-                 request_timeout_s: float = 10.0, start_delay: float = 0.0, cache_dir: str = ""):
+                 request_timeout_s: float = 10.0, start_delay: float = 0.0, cache_dir: str = "",
+                 started: bool = True):
         models = tuple(ModelSettings(id=m, endpoint=f"ipc://{tmp}/w-{m}.sock", max_batch=2, max_queue=4,
                                      preload=(m == MODELS[0] and preload_a),
                                      keep_alive="" if m == MODELS[0] else keep_alive)
@@ -40,6 +41,7 @@ class LifeStack(Stack):
         self.control = f"ipc://{tmp}/supervisor.sock"
         self.start_delay = start_delay
         self.preload_a = preload_a
+        self.started = started     # the supervisor started A before the gateway came (it fit the budget)
         self.context_length, self.vision, self.key = 64, False, KEY
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -57,7 +59,7 @@ class LifeStack(Stack):
         self.tokenizer = FakeTokenizer(self.ctx, self.settings.tokenizer.endpoint, list(MODELS))
         self.sup = FakeSupervisor(self.ctx, self.control, {m.id: m.endpoint for m in self.settings.models})
         self.sup.start_delay = self.start_delay
-        if self.preload_a:
+        if self.preload_a and self.started:
             self.sup.preload(MODELS[0])
         self.app = create_app(self.settings)
         self.runner = web.AppRunner(self.app, handler_cancellation=True, shutdown_timeout=2)

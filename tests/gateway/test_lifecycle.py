@@ -50,6 +50,14 @@ def test_every_model_listed_with_its_state_and_memory(life):
     assert status == 200, health      # unloaded on-demand models do not make the stack unhealthy
 
 
+def test_preload_model_left_out_by_the_supervisor_loads_on_demand(life):
+    s = life(started=False)            # A did not fit the budget at start
+    assert s.states()[A] == "unloaded"
+    assert s.request("GET", "/health")[0] == 200
+    assert s.chat(A)[0] == 200
+    assert s.sup.starts == [A]
+
+
 def test_concurrent_first_requests_load_once(life):
     s = life(start_delay=0.5)
     c = client(s)
