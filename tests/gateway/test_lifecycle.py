@@ -69,6 +69,16 @@ def test_concurrent_first_requests_load_once(life):
     assert s.states()[B] == "loaded"
 
 
+def test_queue_limit_applies_while_a_model_loads(life):
+    s = life(start_delay=1.0)          # max_batch 2 + max_queue 4: six sequences at a time
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        t = time.monotonic()
+        futures = [ex.submit(s.chat, B) for _ in range(8)]
+        codes = sorted(f.result()[0] for f in futures)
+    assert codes == [200] * 6 + [429] * 2
+    assert s.sup.starts == [B] and time.monotonic() - t >= 1.0
+
+
 def test_streamed_request_waits_for_the_load(life):
     s = life(start_delay=0.3)
     chunks = list(client(s).chat.completions.create(model=C, messages=[{"role": "user", "content": "hi"}],
