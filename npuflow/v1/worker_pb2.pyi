@@ -66,7 +66,7 @@ class ToWorker(_message.Message):
     def __init__(self, generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("model", "worker_id", "context_length", "max_batch", "vocab_size", "engine", "pid", "eos_token_ids", "created_unix", "state", "state_reason", "vision")
+    __slots__ = ("model", "worker_id", "context_length", "max_batch", "vocab_size", "engine", "pid", "eos_token_ids", "created_unix", "state", "state_reason", "vision", "start_seconds", "load_seconds")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,8 @@ class Hello(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     VISION_FIELD_NUMBER: _ClassVar[int]
+    START_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     worker_id: str
     context_length: int
@@ -91,7 +93,9 @@ class Hello(_message.Message):
     state: _common_pb2.ModelState
     state_reason: str
     vision: bool
-    def __init__(self, model: _Optional[str] = ..., worker_id: _Optional[str] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., pid: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., created_unix: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ..., vision: _Optional[bool] = ...) -> None: ...
+    start_seconds: float
+    load_seconds: float
+    def __init__(self, model: _Optional[str] = ..., worker_id: _Optional[str] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., pid: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., created_unix: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ..., vision: _Optional[bool] = ..., start_seconds: _Optional[float] = ..., load_seconds: _Optional[float] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("worker_id", "running", "waiting", "sent_unix_ms")
