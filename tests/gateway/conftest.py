@@ -61,11 +61,14 @@ class Stack:
         self.worker = FakeWorker(self.ctx, self.settings.models[0].endpoint, MODEL, self.context_length, self.vision)
         return self.worker
 
+    async def _stop_peers(self) -> None:
+        await self.worker.close()
+        await self.tokenizer.close()
+
     def close(self) -> None:
         async def stop():
             await self.runner.cleanup()
-            await self.worker.close()
-            await self.tokenizer.close()
+            await self._stop_peers()
             self.ctx.term()
         self.call(stop())
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -68,15 +68,9 @@ class LifeStack(Stack):
         await self.site.start()
         self.port = self.runner.addresses[0][1]
 
-    def close(self) -> None:
-        async def stop():
-            await self.runner.cleanup()
-            await self.sup.close()
-            await self.tokenizer.close()
-            self.ctx.term()
-        self.call(stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+    async def _stop_peers(self) -> None:
+        await self.sup.close()
+        await self.tokenizer.close()
 
     def app_manager(self):
         from npuflow.gateway.state import STATE
