@@ -31,7 +31,7 @@ def model_object(st, info: ModelInfo) -> dict:
 def _rescan(st) -> None:
     rescan = getattr(st.models, "rescan", None)
     if rescan is not None:        # models_dir: new package folders appear without a restart
-        rescan()
+        rescan(force=True)
 
 
 async def list_models(request: web.Request) -> web.Response:
