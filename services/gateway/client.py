@@ -44,6 +44,8 @@ class ModelInfo:
     memory_pool: str = ""             # the budget it counts against: "ram" or "cmm" (NPU memory)
     footprint_estimated: bool = False
     keep_alive_s: float | None = None  # idle seconds before it is unloaded; None = never
+    last_load: tuple[float, float, float] | None = None   # its last load on demand: seconds in all (request to
+                                      # Hello), of them the worker's process start and its model's load
     required: bool = True             # it should be loaded now (preloaded, not unloaded on purpose):
                                       # /health is 503 while it is not
 

@@ -334,8 +334,11 @@ class ModelManager:
             slot.state, slot.loaded_at, slot.failures, slot.expected = "loaded", time.monotonic(), 0, True
             slot.load_seconds = slot.loaded_at - t0
             slot.last_used = slot.loaded_at
+            h = link.hello
+            slot.worker_seconds = (h.start_seconds, h.load_seconds) if h is not None else (0.0, 0.0)
             self.metrics.loaded(slot, slot.load_seconds)
-            log.info("model loaded", model=slot.id, seconds=round(slot.load_seconds, 2))
+            log.info("model loaded", model=slot.id, seconds=round(slot.load_seconds, 2),
+                     process_start_s=round(slot.worker_seconds[0], 2), model_load_s=round(slot.worker_seconds[1], 2))
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -496,7 +499,8 @@ def _with_memory(m: ModelInfo, slot: ModelSlot) -> ModelInfo:
     import dataclasses
     f = slot.footprint
     return dataclasses.replace(m, footprint_bytes=f.bytes, memory_pool=f.pool, footprint_estimated=f.estimated,
-                               keep_alive_s=slot.keep_alive_public(), required=slot.expected)
+                               keep_alive_s=slot.keep_alive_public(), required=slot.expected,
+                               last_load=(slot.load_seconds, *slot.worker_seconds) if slot.load_seconds else None)
 
 
 def supervised() -> bool:

@@ -39,6 +39,7 @@ class ModelSlot:
     waiters: int = 0                    # callers inside ensure() (waiting for the model)
     explicit: int = 0                   # POST /models/load callers waiting
     load_seconds: float = 0.0           # the last load, start to Hello
+    worker_seconds: tuple[float, float] = (0.0, 0.0)   # its Hello's start_seconds, load_seconds
     vision: bool = False                # takes images (the package says, until its worker does)
     expected: bool = False              # should be loaded now: preloaded and not unloaded on purpose
                                         # (health is 503 while such a model is not loaded)

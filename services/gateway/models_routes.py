@@ -14,12 +14,18 @@ def _model(m: ModelInfo) -> dict:
     """OpenAI's model object plus extensions: `status` ({"state": loaded | loading | unloaded |
     failed, "reason"}), `input_modalities` (["text", "image"] for a model that takes images, else
     ["text"]), `memory` (its footprint when loaded: bytes, the budget pool it counts against,
-    whether it is an estimate) and `keep_alive` (idle seconds before it is unloaded; null = never)."""
+    whether it is an estimate), `keep_alive` (idle seconds before it is unloaded; null = never) and,
+    once it was loaded on demand, `last_load` (seconds from the request to its worker's Hello, and
+    of them the worker's process start and model load, as its Hello reports them)."""
     out = {"id": m.id, "object": "model", "created": m.created, "owned_by": "npuflow", "status": status_object(m),
            "input_modalities": ["text", "image"] if m.vision else ["text"]}
     if m.memory_pool:
         out["memory"] = {"bytes": m.footprint_bytes, "pool": m.memory_pool, "estimated": m.footprint_estimated}
         out["keep_alive"] = m.keep_alive_s
+    if m.last_load:
+        total, start, load = m.last_load
+        out["last_load"] = {"seconds": round(total, 3), "process_start_seconds": round(start, 3),
+                            "model_load_seconds": round(load, 3)}
     return out
 
 

@@ -67,6 +67,8 @@ def test_concurrent_first_requests_load_once(life):
     assert all(a.choices[0].message.content for a in answers)
     assert s.sup.starts.count(B) == 1
     assert s.states()[B] == "loaded"
+    _, _, m = s.request("GET", f"/v1/models/{B}")
+    assert m["last_load"]["seconds"] >= 0.5      # the fake worker's start delay
 
 
 def test_queue_limit_applies_while_a_model_loads(life):
