@@ -100,11 +100,27 @@ def stack_rss(s: Stack) -> int:
 
 
 def has_worker(s: Stack, model: str) -> bool:
-    try:
-        s.worker(model)
-        return True
-    except LookupError:
-        return False
+    """Whether a worker of `model` runs: one of this stack's processes, or an orphan anywhere on
+    this machine (a worker its supervisor lost is adopted by init, out of the stack's tree); a
+    worker under another stack's supervisor (a parallel run of these tests) is not ours. Found by
+    its title ("npuflow-worker ID") or, before it set one, its `npuflow.cli worker --model ID`."""
+    ours = {p.pid for p in s.children()}
+    for p in psutil.process_iter(["cmdline"]):
+        words = " ".join(p.info["cmdline"] or []).split()
+        if words[:2] != ["npuflow-worker", model] and words[-3:] != ["worker", "--model", model]:
+            continue
+        try:
+            if p.pid in ours or not any(_is_supervisor(a) for a in p.parents()):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+def _is_supervisor(p: psutil.Process) -> bool:
+    """`npuflow serve`, by its title or, before it set one, its command line."""
+    words = " ".join(p.cmdline()).split()
+    return words[:1] == ["npuflow-supervisor"] or ("npuflow.cli" in words and "serve" in words)
 
 
 def test_load_on_demand_and_lru_eviction(budget_stack):
@@ -138,6 +154,7 @@ def test_a_model_larger_than_the_budget_is_refused_at_once(budget_stack):
 def test_explicit_load_and_unload_need_the_key(budget_stack):
     s = budget_stack
     assert _post(s, "/models/load", {"model": M2}, key=None)[0] == 401
+    assert _post(s, "/models/unload", {"model": M1}, key=None)[0] == 401
     status, body = _post(s, "/models/load", {"model": M2})
     assert status == 200 and body["status"]["state"] == "loaded" and body["memory"]["bytes"] > 0, body
     status, body = _post(s, "/models/unload", {"model": M2})
