@@ -48,6 +48,8 @@ class WorkerInfo:
     eos_token_ids: tuple[int, ...]
     created: int
     vision: bool = False           # the package has a vision encoder: requests may carry images
+    start_seconds: float = 0.0     # process start -> worker entry (interpreter, imports)
+    load_seconds: float = 0.0      # worker entry -> model loaded and ready to serve
 
 
 class _IoThread(threading.Thread):
@@ -111,7 +113,8 @@ class WorkerLink:
         return worker_pb2.FromWorker(hello=worker_pb2.Hello(
             model=i.model, worker_id=self.worker_id, context_length=i.context_length, max_batch=i.max_batch,
             vocab_size=i.vocab_size, engine=i.engine, pid=os.getpid(), eos_token_ids=i.eos_token_ids,
-            created_unix=i.created, state=common_pb2.MODEL_STATE_LOADED, vision=i.vision))
+            created_unix=i.created, state=common_pb2.MODEL_STATE_LOADED, vision=i.vision,
+            start_seconds=i.start_seconds, load_seconds=i.load_seconds))
 
     def heartbeat(self, sent_unix_ms: int) -> worker_pb2.FromWorker:
         return worker_pb2.FromWorker(heartbeat=worker_pb2.Heartbeat(
