@@ -1,9 +1,18 @@
-"""`run_worker(settings, model)`: one model's worker process."""
+"""`run_worker(settings, model)`: one model's worker process.
+
+The model loads at low CPU priority (priority.py), so that the workers already serving keep
+their speed; every thread gets its priority back once the model is loaded. How long the start
+took (process start to this entry, then the load) goes into the "model loaded" log line and
+into Hello (start_seconds, load_seconds).
+"""
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
 import sys
 import threading
+import time
 
 from npuflow.config import ModelSettings, Settings
 from npuflow.engine.base import Engine
@@ -16,6 +25,7 @@ from .grammar import GrammarVocab
 from .grammar import available as grammar_available
 from .link import WorkerInfo, WorkerLink, serve_failed
 from npuflow.memory import limit_arenas
+from .priority import lower_priority, restore_priority
 from .request import ModelLimits
 from .scheduler import Scheduler
 from .vision import MAX_IMAGE_PIXELS
@@ -118,10 +128,24 @@ def _exit_on_signal(*_) -> None:
     raise SystemExit(0)  # while loading: stop at once (cleanup in finally blocks still runs)
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux: /proc/self/stat's start time, in clock ticks
+    since boot, so to 10 ms at the usual 100 Hz); 0.0 where that cannot be read."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
 def run_worker(settings: Settings, model: ModelSettings) -> None:
+    entered = time.monotonic()
+    start_s = process_age()
     start_process("worker", settings.server.log_level, detail=model.id)
     limit_arenas()   # before onnxruntime's threads exist
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    lowered = lower_priority()
     try:
         package = load_package(settings, model)
         engine = build_engine(package, model)
@@ -131,6 +155,7 @@ def run_worker(settings: Settings, model: ModelSettings) -> None:
             engine.close()
             raise
     except Exception as e:
+        restore_priority(lowered)
         reason = permanent_start_error(model, e)
         if reason is None:
             log.error("cannot start the worker", model=model.id, error=f"{type(e).__name__}: {e}")
@@ -143,8 +168,14 @@ def run_worker(settings: Settings, model: ModelSettings) -> None:
         log.info("stopped", model=model.id)
         return
     try:
-        serve_until_signalled(build_link(engine, package, model, vision=vision,
-                                         max_image_pixels=getattr(settings.server, "max_image_pixels", MAX_IMAGE_PIXELS)))
+        link = build_link(engine, package, model, vision=vision,
+                          max_image_pixels=getattr(settings.server, "max_image_pixels", MAX_IMAGE_PIXELS))
+        load_s = time.monotonic() - entered
+        link.info = dataclasses.replace(link.info, start_seconds=round(start_s, 3), load_seconds=round(load_s, 3))
+        restored = restore_priority(lowered)
+        log.info("model loaded", model=model.id, engine=model.engine, start_s=round(start_s, 3),
+                 load_s=round(load_s, 3), low_priority=lowered is not None, threads_restored=restored)
+        serve_until_signalled(link)
     finally:
         if vision is not None:
             vision.close()
