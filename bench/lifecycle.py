@@ -42,8 +42,12 @@ def in_process_load(model_toml: dict, cache: str) -> tuple[float, float]:
     PROMPT_IDS once, and (b) that plus what else the worker builds before its Hello (the token
     table for detokenizing, llguidance's vocabulary, the vision encoder)."""
     from npuflow.config import ModelSettings, load_settings
+    from npuflow.llm_worker import run as worker_run
     from npuflow.llm_worker.detok import load_token_table
-    from npuflow.llm_worker.run import _grammar_vocab, build_engine, build_vision, load_package
+    from npuflow.llm_worker.run import build_engine, build_vision, load_package
+    # llguidance's vocabulary as the worker in this tree makes it before its Hello: built at once
+    # (_grammar_vocab), or only wrapped, to be built once the worker is idle (grammar_vocab)
+    grammar_vocab = getattr(worker_run, "grammar_vocab", None) or worker_run._grammar_vocab
     settings = load_settings(env={"NPUFLOW_CACHE_DIR": cache})
     m = ModelSettings(**{k: v for k, v in model_toml.items() if k != "preload"})
     t = time.perf_counter()
@@ -52,7 +56,7 @@ def in_process_load(model_toml: dict, cache: str) -> tuple[float, float]:
     engine.prefill(0, PROMPT_IDS)
     engine_s = time.perf_counter() - t
     load_token_table(package.tokenizer_path, engine.vocab_size)
-    _grammar_vocab(package, engine.vocab_size)
+    grammar_vocab(package, engine.vocab_size)
     vision = build_vision(package, m)
     worker_s = time.perf_counter() - t
     if vision is not None:
