@@ -77,12 +77,13 @@ def _prepare_bind(endpoint: str) -> None:
 
 
 def make_socket(ctx: zmq.Context | zmq.asyncio.Context, kind: int, endpoint: str, *, bind: bool,
-                identity: bytes | None = None) -> zmq.Socket:
+                identity: bytes | None = None, reconnect_max_ms: int = 500) -> zmq.Socket:
     """Create, configure and bind/connect a socket.
 
     linger 0 (never block shutdown on unsent frames); IMMEDIATE on connecting sockets so frames
     are not queued for a peer that is not there (a restarted worker must not receive the
-    previous one's requests); reconnect quickly.
+    previous one's requests); reconnect quickly (`reconnect_max_ms` 0: every RECONNECT_IVL, no
+    back-off, for a peer that is about to appear, such as a worker being started).
     """
     check_endpoint(endpoint)
     sock = ctx.socket(kind)
@@ -99,7 +100,7 @@ def make_socket(ctx: zmq.Context | zmq.asyncio.Context, kind: int, endpoint: str
     else:
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_max_ms)
         sock.connect(endpoint)
     return sock
 

@@ -55,7 +55,9 @@ class WorkerLink:
 
     # lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        self.sock = make_socket(self._ctx, zmq.DEALER, self.model.endpoint, bind=False)
+        # no reconnect back-off: a worker loaded on demand binds a moment after this connects, and
+        # ZMQ's growing interval would add up to its maximum to every cold start
+        self.sock = make_socket(self._ctx, zmq.DEALER, self.model.endpoint, bind=False, reconnect_max_ms=0)
         self.dealer = Dealer(self.sock)
         self._tasks = [asyncio.create_task(self._recv_loop(), name=f"recv_from_worker[{self.model.id}]"),
                        asyncio.create_task(self._ping_loop(), name=f"ping_worker[{self.model.id}]"),
