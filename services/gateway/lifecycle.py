@@ -449,7 +449,9 @@ class ModelManager:
             slot.fail(f"its worker exited with status {code} while loading")
             self.metrics.load_failed(slot)
             asyncio.create_task(self.pool.close(model))
-        elif slot.state in ("loaded", "unloading"):
+        elif slot.state == "unloading":
+            pass      # its unload goes on: the stop finds the process gone, the state follows from there
+        elif slot.state == "loaded":
             up = time.monotonic() - slot.loaded_at
             slot.crash_backoff = CRASH_BACKOFF_S if up > HEALTHY_AFTER_S else min(slot.crash_backoff * 2,
                                                                                    CRASH_BACKOFF_MAX_S)

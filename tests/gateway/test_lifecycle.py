@@ -252,3 +252,17 @@ def test_without_a_supervisor_load_and_unload_are_refused(stack):
     assert status == 400 and body["error"]["code"] == "lifecycle_not_managed", body
     status, _, body = stack.request("POST", "/models/unload", {"model": "fake-model"})
     assert status == 400 and body["error"]["code"] == "lifecycle_not_managed", body
+
+
+def test_crash_while_an_unload_drains_still_answers_the_unload(life):
+    s = life()
+    s.call(_slow(s, A, 0.2))
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        running = ex.submit(s.chat, A)
+        wait_for(lambda: s.app_manager().pool.in_flight(A) == 1, what="A's request to run")
+        unload = ex.submit(s.request, "POST", "/models/unload", {"model": A})
+        wait_for(lambda: s.app_manager().slots[A].state == "unloading", what="A draining")
+        s.call(s.sup.crash(A))
+        assert running.result()[0] == 503
+        status, _, body = unload.result()
+    assert status == 200 and body["status"]["state"] == "unloaded", body
