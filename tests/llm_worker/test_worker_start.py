@@ -151,11 +151,11 @@ LOWER_AND_RESTORE = textwrap.dedent("""
     stop = threading.Event()
     def park():
         stop.wait()
-    early = threading.Thread(target=park); early.start()          # running before the load
+    early = threading.Thread(target=park, daemon=True); early.start()   # running before the load
     saved = priority.lower_priority()
     during_low = nices()
-    del during_low[saved.timer.native_id]                         # the cap's timer keeps its priority
-    late = threading.Thread(target=park); late.start()            # started during the load
+    during_low.pop(saved.timer.native_id, None)                   # the cap's timer keeps its priority
+    late = threading.Thread(target=park, daemon=True); late.start()     # started during the load
     late_nice = os.getpriority(os.PRIO_PROCESS, late.native_id)
     changed = priority.restore_priority(saved)
     saved.timer.join()
@@ -184,7 +184,7 @@ def test_a_load_longer_than_the_cap_goes_on_at_normal_priority():
     own = os.getpriority(os.PRIO_PROCESS, 0)
     if not (own < priority.LOW_NICE and priority.can_restore(own)):
         pytest.skip("this user could not raise a priority back")
-    run = subprocess.run([sys.executable, "-c", TIME_CAP], capture_output=True, text=True, check=True)
+    run = subprocess.run([sys.executable, "-c", TIME_CAP], capture_output=True, text=True, check=True, timeout=60)
     out = json.loads(run.stdout)
     assert out == {"low": priority.LOW_NICE, "after": own, "again": 0}
     assert run.stderr.count("it goes on at normal priority") == 1, run.stderr
@@ -196,7 +196,7 @@ def test_lower_and_restore_cover_threads_from_before_and_during_the_load():
     if not (own < priority.LOW_NICE and priority.can_restore(own)):
         pytest.skip("this user could not raise a priority back")
     out = json.loads(subprocess.run([sys.executable, "-c", LOWER_AND_RESTORE], capture_output=True, text=True,
-                                    check=True).stdout)
+                                    check=True, timeout=60).stdout)
     assert out["lowered"] and out["during"] == [priority.LOW_NICE] and out["late"] == priority.LOW_NICE
     assert out["after"] == [own] and out["changed"] == out["threads"] == 3
 
