@@ -141,7 +141,7 @@ async def admit(st: GatewayState, req: GenRequest, prompt_lens: Sequence[int], d
                                requests=len(prompt_lens))
     try:
         wait = min(READY_WAIT_MAX_S, deadline_ms / 1000.0 - time.time())
-        if info is not None and info.status == "unloaded" or (info and info.status == "loading" and not info.required):
+        if info is not None and (info.status == "unloaded" or (info.status == "loading" and not info.required)):
             wait = deadline_ms / 1000.0 - time.time()   # a load on demand may take its whole deadline
         info = await st.models.wait_ready(req.model, wait, sequences)
         for plen in prompt_lens:

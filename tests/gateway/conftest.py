@@ -48,6 +48,10 @@ class Stack:
         self.tokenizer = FakeTokenizer(self.ctx, self.settings.tokenizer.endpoint, [MODEL],
                                        (MODEL,) if self.vision else ())
         self.worker = FakeWorker(self.ctx, self.settings.models[0].endpoint, MODEL, self.context_length, self.vision)
+        await self._serve_app()
+
+    async def _serve_app(self) -> None:
+        """The gateway app of self.settings on a free loopback port (self.port)."""
         self.app = create_app(self.settings)
         self.runner = web.AppRunner(self.app, handler_cancellation=True, shutdown_timeout=2)
         await self.runner.setup()

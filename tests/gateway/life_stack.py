@@ -9,10 +9,8 @@ import pathlib
 import threading
 
 import zmq.asyncio
-from aiohttp import web
 
 from npuflow.config import ModelSettings, ServerSettings, Settings, TokenizerSettings
-from npuflow.gateway import create_app
 from npuflow.models.footprint import footprint
 
 from conftest import Stack
@@ -61,12 +59,7 @@ class LifeStack(Stack):
         self.sup.start_delay = self.start_delay
         if self.preload_a and self.started:
             self.sup.preload(MODELS[0])
-        self.app = create_app(self.settings)
-        self.runner = web.AppRunner(self.app, handler_cancellation=True, shutdown_timeout=2)
-        await self.runner.setup()
-        self.site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await self.site.start()
-        self.port = self.runner.addresses[0][1]
+        await self._serve_app()
 
     async def _stop_peers(self) -> None:
         await self.sup.close()
