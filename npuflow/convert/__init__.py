@@ -64,7 +64,9 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str 
     the CPU engine computes what the AX export of the same source computes.
     int8_vision (layout "cpu", vision-language sources): quantize the vision encoder's MatMuls to
     int8 (about 2.3x faster on a CPU with int8 units; the image embeddings are then no longer
-    transformers' to 1e-4)."""
+    transformers' to 1e-4).
+    A "cpu" package also holds the graph with an int8 KV cache (kv_int8.py), unless
+    float_activations or bf16_boundaries, which are there to be exact."""
     src = pathlib.Path(source).expanduser().resolve()
     out = pathlib.Path(out).expanduser().resolve()
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
@@ -94,7 +96,7 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str 
             from .package_writer import write_package
             write_package(spec, tmp, model_id=mid, source=source_info, progress=progress,
                           accuracy_level=0 if float_activations else 4, bf16_boundaries=bf16_boundaries,
-                          int8_vision=int8_vision)
+                          int8_vision=int8_vision, kv_int8=not (float_activations or bf16_boundaries))
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)

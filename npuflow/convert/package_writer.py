@@ -16,16 +16,19 @@ from .weights import CONVERTER_VERSION
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+KV_INT8_FILE = "model.kv_int8.onnx"
 VISION_FILE = "vision.onnx"
 VISION_DATA_FILE = "vision.onnx.data"
 
 
 def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source: dict[str, Any],
                   progress: Callable[[str, int], None], accuracy_level: int = 4,
-                  bf16_boundaries: bool = False, int8_vision: bool = False) -> None:
+                  bf16_boundaries: bool = False, int8_vision: bool = False, kv_int8: bool = True) -> None:
     """Fill the (empty) directory root; the manifest goes last. int8_vision: the vision encoder's
     MatMuls take int8 weights (per output channel) and int8 activations (per tensor, scaled at
-    run time), which onnxruntime runs on the CPU's int8 units (see _quantize_vision)."""
+    run time), which onnxruntime runs on the CPU's int8 units (see _quantize_vision). kv_int8:
+    also write the graph with an int8 KV cache (files["model_kv_int8"], per-channel scales
+    calibrated on the model, kv_int8.py), which reads the same weights file as the float32 one."""
     files: dict[str, str] = {"model": MODEL_FILE, "model_data": DATA_FILE, "tokenizer": "tokenizer.json"}
     (root / "tokenizer.json").write_text(spec.tokenizer_json, encoding="utf-8")
 
@@ -45,9 +48,15 @@ def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source:
     del emb, arrays
 
     model = build_graph(spec, lambda what, pct: progress(what, pct), accuracy_level, bf16_boundaries=bf16_boundaries)
+    scales = _calibrate_kv(spec, model, root, files, emb_bits, progress) if kv_int8 else None
     progress("writing graph", 100)
     onnx.save(model, str(root / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
               location=DATA_FILE, size_threshold=1024)
+    if scales is not None:      # the saved model now refers to DATA_FILE for its weights
+        from .kv_int8 import apply_int8_kv
+        apply_int8_kv(model, scales)
+        onnx.save(model, str(root / KV_INT8_FILE))
+        files["model_kv_int8"] = KV_INT8_FILE
     del model
     vision = _write_vision(spec, root, progress, files, int8_vision)
 
@@ -75,6 +84,20 @@ def write_package(spec: ModelSpec, root: pathlib.Path, *, model_id: str, source:
         "checksums": checksums,
         **({"vision": vision} if vision is not None else {}),
     })
+
+
+def _calibrate_kv(spec: ModelSpec, model, root: pathlib.Path, files: dict[str, str], emb_bits: int,
+                  progress: Callable[[str, int], None]) -> list:
+    """Per-channel K/V scales of every layer, measured on the float32-cache graph."""
+    from ..engine.embedding import EmbeddingTable
+    from .kv_int8 import calibrate, calibration_ids
+    progress("calibrating int8 KV", 100)
+    table = EmbeddingTable({k.removeprefix("embedding."): root / v for k, v in files.items()
+                            if k.startswith("embedding.")}, emb_bits)
+    ids = [i for i in calibration_ids(spec.tokenizer_json, spec.chat_template) if i < spec.vocab]
+    scales = calibrate(model, lambda t: table.lookup(np.asarray(t, np.int64)), ids, kv_heads=spec.kv_heads,
+                       head_dim=spec.head_dim, rope_theta=spec.rope_theta, interleaved=spec.rotary_interleaved)
+    return scales
 
 
 def _write_vision(spec: ModelSpec, root: pathlib.Path, progress: Callable[[str, int], None],

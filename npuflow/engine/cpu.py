@@ -1,7 +1,8 @@
 """The CPU engine: the package's decoder graph on onnxruntime, KV kept in per-layer buffers that
 GroupQueryAttention updates in place.
 
-KV layout: one float32 buffer per layer and kind, [max_slots, kv_heads, context + 1, head_dim],
+KV layout: one buffer per layer and kind, [max_slots, kv_heads, context + 1, head_dim], of the
+graph's KV type (int8 with the graph's per-channel scales, or float32; convert/kv_int8.py),
 allocated zeroed (pages are only touched as positions fill). Row r is slot r. A step over a set
 of slots runs the graph on the contiguous row range that covers them (a view of the buffers, no
 copy); rows in that range that are not part of the step carry a zero embedding and write one
@@ -34,17 +35,29 @@ def rotary_tables(positions: int, head_dim: int, theta: float) -> tuple[np.ndarr
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
 
-def _lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """A zeroed float32 array on its own anonymous mapping: pages cost memory only once written."""
-    buf = mmap.mmap(-1, int(np.prod(shape)) * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return np.frombuffer(buf, np.float32).reshape(shape)
+KV_TYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8}
+KV_GRAPHS = {"float32": "model", "int8": "model_kv_int8"}     # the package file of each KV cache type
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """A zeroed array on its own anonymous mapping: pages cost memory only once written."""
+    dtype = np.dtype(dtype)
+    buf = mmap.mmap(-1, int(np.prod(shape)) * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buf, dtype).reshape(shape)
 
 
 class CpuEngine:
     def __init__(self, package: ModelPackage, *, max_slots: int = 4, context_length: int | None = None,
-                 threads: int = 2):
+                 threads: int = 2, kv_cache: str = "float32"):
         if max_slots < 1:
             raise ValueError("max_slots must be at least 1")
+        graph = KV_GRAPHS.get(kv_cache)
+        if graph is None:
+            raise ValueError(f"kv_cache must be one of {', '.join(KV_GRAPHS)}, not {kv_cache!r}")
+        if graph not in package.files:
+            raise EngineError(f"kv_cache {kv_cache} needs a package with that graph ({graph}); this one "
+                              f"({package.path}) has none: convert it again with this version of npuflow, "
+                              "without --float-activations or --bf16-boundaries")
         self.package = package
         d = package.dims
         self.vocab_size = d.vocab
@@ -55,7 +68,7 @@ class CpuEngine:
         gi = package.extra.get("graph", {})
         opts = session_options(threads, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
         opts.enable_cpu_mem_arena = True
-        self._sess = ort.InferenceSession(str(package.file("model")), opts, providers=["CPUExecutionProvider"])
+        self._sess = ort.InferenceSession(str(package.file(graph)), opts, providers=["CPUExecutionProvider"])
         emb = gi.get("embedding", {})
         files = {k.removeprefix("embedding."): package.file(k) for k in package.files if k.startswith("embedding.")}
         self._embed = EmbeddingTable(files, int(emb.get("bits", 0)))
@@ -64,12 +77,17 @@ class CpuEngine:
         self._cos = ort.OrtValue.ortvalue_from_numpy(cos)
         self._sin = ort.OrtValue.ortvalue_from_numpy(sin)
         shape = (max_slots, d.kv_heads, positions, d.head_dim)
-        self._kv = [(_lazy_zeros(shape), _lazy_zeros(shape)) for _ in range(d.layers)]
+        kv_type = {i.name: i.type for i in self._sess.get_inputs()}.get("past_key.0", "tensor(float)")
+        if kv_type not in KV_TYPES:
+            raise EngineError(f"{package.id}: the graph's KV cache type {kv_type} is not one this engine allocates")
+        self.kv_dtype = np.dtype(KV_TYPES[kv_type])
+        self._kv = [(_lazy_zeros(shape, self.kv_dtype), _lazy_zeros(shape, self.kv_dtype)) for _ in range(d.layers)]
         self._lengths = [0] * max_slots
         self._bindings: dict[tuple[int, int], ort.IOBinding] = {}
         self._closed = False
         log.info("cpu engine ready", model=package.id, slots=max_slots, context=self.context_length,
-                 threads=threads, kv_mib=round(2 * d.layers * np.prod(shape) * 4 / 2**20))
+                 threads=threads, kv=str(self.kv_dtype),
+                 kv_mib=round(2 * d.layers * np.prod(shape) * self.kv_dtype.itemsize / 2**20))
 
     # -- Engine interface -------------------------------------------------------------------
     def prefill(self, slot: int, token_ids: Sequence[int], all_logits: bool = False,

@@ -55,7 +55,7 @@ from .package import MANIFEST, ModelPackage, PackageError, load_package
 
 MiB = 1 << 20
 RUNTIME_BYTES = 192 * MiB      # a worker's own memory beyond its package and KV (measured, above)
-CPU_KV_BYTES = 4               # float32 (engine/cpu.py)
+CPU_KV_BYTES = {"float32": 4, "int8": 1}     # per element, by the model's kv_cache (engine/cpu.py)
 AX_KV_BYTES = 2                # bf16 (engine/ax.py)
 GRAPH_BYTES_PER_LAYER = 4096   # the converted model.onnx (nodes, small constants): 101283 B for 30 layers
 TOKENIZER_BYTES_PER_TOKEN = 36  # the converted tokenizer.json: 1759968 B for 49152 tokens and their merges
@@ -291,7 +291,8 @@ def _safetensors_shapes(folder: pathlib.Path) -> dict[str, list[int]]:
 # -- sums ---------------------------------------------------------------------------------------------
 def _cpu(sizes: _Sizes, model, *, estimated: bool) -> Footprint:
     context = min(model.context_length, sizes.context)
-    kv = sizes.layers * 2 * model.max_batch * sizes.kv_heads * (context + 1) * sizes.head_dim * CPU_KV_BYTES
+    kv = sizes.layers * 2 * model.max_batch * sizes.kv_heads * (context + 1) * sizes.head_dim \
+        * CPU_KV_BYTES[getattr(model, "kv_cache", "float32")]
     return _sum(sizes, kv, estimated)
 
 

@@ -76,9 +76,13 @@ def load_package(settings: Settings, model: ModelSettings) -> ModelPackage:
 
 def build_engine(package: ModelPackage, model: ModelSettings) -> Engine:
     if model.engine == "cpu":
+        from npuflow.engine.base import EngineError
         from npuflow.engine.cpu import CpuEngine
-        return CpuEngine(package, max_slots=model.max_batch, context_length=package.context_length,
-                         threads=model.threads)
+        try:
+            return CpuEngine(package, max_slots=model.max_batch, context_length=package.context_length,
+                             threads=model.threads, kv_cache=model.kv_cache)
+        except EngineError as e:
+            raise WorkerStartError(f"model '{model.id}': {e}") from None
     if model.engine == "ax":
         from npuflow.engine.ax_build import AX_START_ERRORS, build_ax_engine
         try:

@@ -1,4 +1,5 @@
-"""CpuEngine behaviour on a tiny model: errors, slot isolation, batching, incremental prefill."""
+"""CpuEngine behaviour on a tiny model: errors, slot isolation, batching, incremental prefill,
+with either KV cache type (every test that takes `engine` or `kv` runs on both)."""
 import numpy as np
 import pytest
 
@@ -9,9 +10,14 @@ from npuflow.engine.cpu import CpuEngine
 PROMPT = list(range(5, 45))
 
 
+@pytest.fixture(params=["float32", "int8"])
+def kv(request):
+    return request.param
+
+
 @pytest.fixture
-def engine(tiny_package):
-    eng = CpuEngine(tiny_package, max_slots=4, context_length=64)
+def engine(tiny_package, kv):
+    eng = CpuEngine(tiny_package, max_slots=4, context_length=64, kv_cache=kv)
     yield eng
     eng.close()
 
@@ -92,14 +98,14 @@ def _greedy(engine, slot, prompt, n):
     return out
 
 
-def test_batched_decode_equals_alone_and_slots_are_isolated(tiny_package):
+def test_batched_decode_equals_alone_and_slots_are_isolated(tiny_package, kv):
     prompts = {0: PROMPT[:12], 1: PROMPT[3:30], 3: PROMPT[20:25]}     # slot 2 idle: a gap row
     alone = {}
     for s, p in prompts.items():
-        eng = CpuEngine(tiny_package, max_slots=4, context_length=64)
+        eng = CpuEngine(tiny_package, max_slots=4, context_length=64, kv_cache=kv)
         alone[s] = _greedy(eng, s, p, 12)
         eng.close()
-    eng = CpuEngine(tiny_package, max_slots=4, context_length=64)
+    eng = CpuEngine(tiny_package, max_slots=4, context_length=64, kv_cache=kv)
     eng.prefill(2, [9] * 50)                 # a live slot that sits out of the decode steps
     toks = {s: int(eng.prefill(s, p).argmax()) for s, p in prompts.items()}
     got = {s: [t] for s, t in toks.items()}
@@ -112,7 +118,7 @@ def test_batched_decode_equals_alone_and_slots_are_isolated(tiny_package):
     assert got == alone
     assert eng.length(2) == 50
     # the skipped slot still continues exactly as it would have alone
-    ref = CpuEngine(tiny_package, max_slots=1, context_length=64)
+    ref = CpuEngine(tiny_package, max_slots=1, context_length=64, kv_cache=kv)
     assert close(eng.decode([2], [9])[0], (ref.prefill(0, [9] * 50), ref.decode([0], [9])[0])[1])
 
 
@@ -122,6 +128,22 @@ def test_release_reuses_slot_without_leakage(engine):
     engine.prefill(0, PROMPT[20:])
     engine.release(0)
     assert close(engine.prefill(0, PROMPT[:20]), first)
+
+
+def test_kv_cache_types(tiny_package, tmp_path):
+    """int8 KV takes a quarter of float32's buffers; an unknown type or a package without the
+    int8 graph is a clear error."""
+    f32 = CpuEngine(tiny_package, max_slots=2, context_length=64)
+    i8 = CpuEngine(tiny_package, max_slots=2, context_length=64, kv_cache="int8")
+    assert (f32.kv_dtype, i8.kv_dtype) == (np.float32, np.int8)
+    assert f32._kv[0][0].nbytes == 4 * i8._kv[0][0].nbytes
+    with pytest.raises(ValueError, match="kv_cache must be one of float32, int8"):
+        CpuEngine(tiny_package, kv_cache="float16")
+    from npuflow.convert import convert
+    exact = convert(tiny_package.extra["source"]["path"], tmp_path / "exact", float_activations=True)
+    assert "model_kv_int8" not in exact.files
+    with pytest.raises(EngineError, match="kv_cache int8 needs a package with that graph"):
+        CpuEngine(exact, kv_cache="int8")
 
 
 def test_close_twice(tiny_package):

@@ -38,8 +38,21 @@ def test_manifest(default_package):
     assert tok.encode("Hello, world! How are you?").ids == [19556, 28, 905, 17, 1073, 359, 346, 47]
 
 
+@pytest.fixture(scope="module")
+def engine_int8(default_package):
+    eng = CpuEngine(default_package, max_slots=4, context_length=2048, threads=2, kv_cache="int8")
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(params=["float32", "int8"])
+def any_engine(request, engine, engine_int8):
+    return engine if request.param == "float32" else engine_int8
+
+
 @pytest.mark.ort_kernels
-def test_greedy_test_vector(engine):
+def test_greedy_test_vector(any_engine):
+    engine = any_engine
     engine.release(0)
     logits = engine.prefill(0, PROMPT)
     out = []
@@ -52,7 +65,8 @@ def test_greedy_test_vector(engine):
 
 
 @pytest.mark.ort_kernels
-def test_batched_slots_equal_alone(engine):
+def test_batched_slots_equal_alone(any_engine):
+    engine = any_engine
     prompts = {0: PROMPT, 1: PROMPT[:11], 3: PROMPT[3:]}
     alone = {}
     for s, p in prompts.items():
@@ -115,6 +129,21 @@ def test_teacher_forced_logprobs_near_float_reference(engine, teacher_forced):
     diff, agree = _next_token_diff(ids, engine.prefill(0, ids, all_logits=True), want)
     engine.release(0)
     assert diff.mean() < 0.08 and np.percentile(diff, 95) < 0.22 and diff.max() < 0.25, (diff.max(), diff.mean())
+    assert agree > 0.9
+
+
+@pytest.mark.ort_kernels
+def test_int8_kv_logprobs_near_float_reference(engine_int8, teacher_forced):
+    """The int8 KV cache (kv_cache = "int8") adds its rounding to that of the int8 activations:
+    on this text up to 0.62 from the float reference (mean 0.087, 95th percentile 0.29), past
+    the float32 cache's bounds above (on three other texts, against the float32 cache: mean
+    0.069-0.084, maximum 0.45-0.63). Greedy output stays the same (the tests above), but this is
+    why float32 stays the default. The bounds here keep the int8 cache from getting worse."""
+    ids, want = teacher_forced
+    engine_int8.release(0)
+    diff, agree = _next_token_diff(ids, engine_int8.prefill(0, ids, all_logits=True), want)
+    engine_int8.release(0)
+    assert diff.mean() < 0.1 and np.percentile(diff, 95) < 0.33 and diff.max() < 0.7, (diff.max(), diff.mean())
     assert agree > 0.9
 
 
