@@ -144,10 +144,16 @@ def test_constrained_decoding_works_on_the_first_request_after_hello(tmp_path, t
 
 
 LOWER_AND_RESTORE = textwrap.dedent("""
-    import json, os, threading
+    import json, os, threading, time
     from npuflow.llm_worker import priority
     def nices():
-        return {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")}
+        out = {}
+        for t in os.listdir("/proc/self/task"):
+            try:
+                out[int(t)] = os.getpriority(os.PRIO_PROCESS, int(t))
+            except ProcessLookupError:      # a thread that ended while listed
+                pass
+        return out
     stop = threading.Event()
     def park():
         stop.wait()
@@ -159,6 +165,9 @@ LOWER_AND_RESTORE = textwrap.dedent("""
     late_nice = os.getpriority(os.PRIO_PROCESS, late.native_id)
     changed = priority.restore_priority(saved)
     saved.timer.join()
+    end = time.monotonic() + 5      # join returns before the kernel task is gone
+    while str(saved.timer.native_id) in os.listdir("/proc/self/task") and time.monotonic() < end:
+        time.sleep(0.01)
     after = nices()
     stop.set(); early.join(); late.join()
     print(json.dumps({"lowered": saved is not None, "during": sorted(set(during_low.values())), "late": late_nice,
