@@ -54,7 +54,8 @@ def test_concurrent_streams_are_429_or_complete(small_queue):
     with cf.ThreadPoolExecutor(40) as pool:
         results = list(pool.map(lambda b: _stream(small_queue.port, b), bodies))
     statuses = [r[0] for r in results]
-    assert set(statuses) <= {200, 429} and statuses.count(200) >= 3, statuses
+    # room for 4 sequences: at least two requests (two of n=2) get in, however the 40 arrive
+    assert set(statuses) <= {200, 429} and statuses.count(200) >= 2, statuses
     for status, retry_after, data in results:
         if status == 429:
             assert 1 <= int(retry_after) <= 60 and json.loads(data)["error"]["code"] == "rate_limit_exceeded"
