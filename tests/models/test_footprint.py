@@ -127,11 +127,11 @@ def _default_folder(cache):
 
 def test_default_model_from_its_cache_folder_its_download_or_known_figures(tmp_path):
     cache = tmp_path / "cache"
-    model = ModelSettings()                                  # source "default", context 2048, 4 slots
+    model = ModelSettings()                                  # source "default", context 2048, 8 slots
     known = footprint(model, cache, **NO_NPU)                # nothing downloaded yet
     d = F.DEFAULT_DIMS
     assert known.estimated and known.parts == {"weights": F.DEFAULT_FILES_BYTES, "runtime": RUNTIME_BYTES,
-                                               "kv": _kv(d["layers"], d["kv_heads"], d["head_dim"], 2049, 4, 4)}
+                                               "kv": _kv(d["layers"], d["kv_heads"], d["head_dim"], 2049, 8, 4)}
     (cache / "downloads").mkdir(parents=True)
     shutil.copy(gguf_file(tmp_path / "t.gguf"), cache / "downloads" / os.path.basename(GGUF_MEMBER))
     downloaded = footprint(model, cache, **NO_NPU)
