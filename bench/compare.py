@@ -2,7 +2,7 @@
 """npuflow against llama.cpp's llama-server: the same GGUF, the same streaming client, one run.
 
     LLAMA_SERVER=/path/to/llama-server python bench/compare.py [--rounds 5] [--threads 2]
-        [--slots 8] [--max-batch N] [--only single,load8,load16,long,rss]
+        [--slots 8] [--max-batch N] [--kv-cache int8] [--only single,load8,load16,long,rss]
 
 Both servers are started here: llama-server on the default model's GGUF (the file npuflow
 converts its package from) with --slots slots of 2,048 positions (-c slots*2048 -np slots) and
@@ -17,7 +17,10 @@ prompt beyond its first tokens.
   load8   8 streams at once: aggregate tok/s (all tokens over the round's wall time), p95 TTFT
   load16  16 streams at once: errors, aggregate tok/s
   long    one stream whose prompt fills ~1,440 positions: decode tok/s around 1,500 positions
-  rss     each server's resident memory after the scenarios (npuflow: the model's worker)
+  fill8   8 streams at once whose prompts fill ~1,900 positions: every slot's KV nearly full
+  rss     each server's resident memory once started (after one short request each) and after
+          the scenarios (npuflow: the model's worker); with fill8 run, the latter is the most
+          that 8 slots of 2,048 positions hold
 
 Prints each figure for both and the ratio npuflow / llama-server.
 """
@@ -49,7 +52,7 @@ TEXT = ("The history of the printing press begins in the fifteenth century, when
 ASK = "Write a short essay about its consequences."
 CONTENT = re.compile(rb'"content": ?"(?!")')     # a chunk with text (both servers' JSON spacing)
 USAGE = re.compile(rb'"usage": ?\{')
-SCENARIOS = ("single", "load8", "load16", "long", "rss")
+SCENARIOS = ("single", "load8", "load16", "long", "rss")     # the default --only; also "fill8"
 
 
 class Prompts:
@@ -174,7 +177,7 @@ def rss_mib(pid: int) -> tuple[float, float]:
 
 async def scenarios(a, urls, prompts):
     import aiohttp
-    plan = {"single": (1, 100), "load8": (8, 100), "load16": (16, 100), "long": (1, 1440)}
+    plan = {"single": (1, 100), "load8": (8, 100), "load16": (16, 100), "long": (1, 1440), "fill8": (8, 1900)}
     out = {}
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=64)) as session:
@@ -191,6 +194,13 @@ async def scenarios(a, urls, prompts):
             out[name] = rounds
             print_scenario(name, rounds, streams)
     return out
+
+
+async def warm(urls, prompts):
+    import aiohttp
+    async with aiohttp.ClientSession() as session:
+        for url in urls.values():
+            await Round().run(session, url, [prompts.messages(20)], 8)
 
 
 def row(label, ours, theirs, unit, better="higher"):
@@ -221,6 +231,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--slots", type=int, default=8, help="llama-server's parallel slots (-np)")
     ap.add_argument("--max-batch", type=int, default=0, help="npuflow's max_batch (0 = its default)")
+    ap.add_argument("--kv-cache", default="", help="npuflow's kv_cache (float32 | int8; \"\" = its default)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--only", default=",".join(SCENARIOS))
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the npuflow stack")
@@ -240,6 +251,8 @@ def main():
     models = f'[[models]]\nid = "{MODEL}"\nthreads = {a.threads}\n'
     if a.max_batch:
         models += f"max_batch = {a.max_batch}\n"
+    if a.kv_cache:
+        models += f'kv_cache = "{a.kv_cache}"\n'
     env = dict(kv.split("=", 1) for kv in a.env)
     print(f"npuflow ({models.strip().replace(chr(10), ', ')}{', ' + str(env) if env else ''}) vs llama-server "
           f"(-t {a.threads} -np {a.slots} -c {a.slots * 2048}); {a.max_tokens} tokens per request, "
@@ -249,9 +262,15 @@ def main():
         stack, base = serve(tmp, models, request_timeout=600, env=env)
         llama, lbase = start_llama(binary, gguf, a.threads, a.slots, tmp)
         try:
+            pids = {"npuflow": worker_pid(stack.pid), "llama": llama.pid}
+            if "rss" in a.only:
+                asyncio.run(warm({"npuflow": base, "llama": lbase}, prompts))
+                (nr, _), (lr, _) = rss_mib(pids["npuflow"]), rss_mib(pids["llama"])
+                print("rss: started, one short request each")
+                row("resident", nr, lr, "MiB", "lower")
             asyncio.run(scenarios(a, {"npuflow": base, "llama": lbase}, prompts))
             if "rss" in a.only:
-                (nr, nh), (lr, lh) = rss_mib(worker_pid(stack.pid)), rss_mib(llama.pid)
+                (nr, nh), (lr, lh) = rss_mib(pids["npuflow"]), rss_mib(pids["llama"])
                 print("rss: after the scenarios above")
                 row("resident now", nr, lr, "MiB", "lower")
                 row("resident peak", nh, lh, "MiB", "lower")

@@ -58,7 +58,7 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     source = "default"          # "default", a .gguf file, a safetensors folder or a package folder
     engine = "cpu"              # cpu | ax
     context_length = 2048       # at most the model's own
-    max_batch = 8               # sequences decoded together (chosen from bench/compare.py: README, Performance)
+    max_batch = 8               # sequences decoded together (chosen from bench/compare.py: README, Measured figures)
     threads = 2                 # onnxruntime intra-op threads
     max_queue = 64              # sequences waiting beyond max_batch before 429 (n per prompt of a request)
     prefix_cache = true         # a new prompt reuses the KV of a finished one it starts like
