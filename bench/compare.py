@@ -37,19 +37,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from stack import MODEL, free_port, serve, stop_stack  # noqa: E402
+from serve import PROMPT  # noqa: E402
+from stack import MODEL, free_port, serve, stop_stack, wait_healthy  # noqa: E402
 
-TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
-        "combined movable metal type, oil-based ink and a wooden press adapted from those used for wine. "
-        "His workshop in Mainz produced a Bible whose pages still look clean and even today. Within fifty "
-        "years, printing shops had opened in more than two hundred cities across Europe, and the number of "
-        "books grew from thousands to millions. ")
 ASK = "Write a short essay about its consequences."
+TEXT = PROMPT.removesuffix(ASK)             # bench/serve.py's text, repeated to the length asked
 CONTENT = re.compile(rb'"content": ?"(?!")')     # a chunk with text (both servers' JSON spacing)
 USAGE = re.compile(rb'"usage": ?\{')
 SCENARIOS = ("single", "load8", "load16", "long", "rss")     # the default --only; also "fill8"
@@ -136,19 +132,7 @@ def start_llama(binary, gguf, threads, slots, tmp):
     proc = subprocess.Popen([binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
                              "-t", str(threads), "-c", str(slots * 2048), "-np", str(slots), "--jinja"],
                             stdout=log, stderr=subprocess.STDOUT)
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"llama-server exited ({proc.returncode}): see {log.name}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("llama-server did not become healthy")
+    return proc, wait_healthy(proc, port, 120, "llama-server", tmp / "llama-server.log")
 
 
 def worker_pid(root: int) -> int:

@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import pathlib
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from stack import serve  # noqa: E402
 
 PROMPT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
           "combined movable metal type, oil-based ink and a wooden press adapted from those used for wine. "
@@ -136,27 +135,8 @@ async def measure(direct, base_url, streams, rounds, max_tokens):
 
 
 def start_stack(tmp, threads, max_batch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = pathlib.Path(tmp) / "bench.toml"
-    cfg.write_text(f'[server]\nport = {port}\nrun_dir = "{tmp}/run"\ngrpc_port = 0\nlog_level = "warning"\n\n'
-                   f'[[models]]\nid = "{MODEL}"\nthreads = {threads}\nmax_batch = {max_batch}\n'
-                   f'context_length = 2048\n')
-    log = open(pathlib.Path(tmp) / "stack.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "npuflow.cli", "serve", "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"stack exited: see {log.name}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                if r.status == 200:
-                    return proc, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit("stack did not become healthy")
+    models = f'[[models]]\nid = "{MODEL}"\nthreads = {threads}\nmax_batch = {max_batch}\ncontext_length = 2048\n'
+    return serve(pathlib.Path(tmp), models, request_timeout=600)
 
 
 def main():

@@ -39,20 +39,25 @@ def serve(tmp: pathlib.Path, models: str, *, request_timeout: float,
     log = open(tmp / "stack.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "npuflow.cli", "serve", "--config", str(cfg)],
                             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
+    return proc, wait_healthy(proc, port, 900, "npuflow serve", tmp / "stack.log")
+
+
+def wait_healthy(proc: subprocess.Popen, port: int, seconds: float, name: str, log: pathlib.Path) -> str:
+    """Wait until http://127.0.0.1:port/health answers 200 (else kill proc and exit); the /v1 URL."""
     base = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 900
+    end = time.monotonic() + seconds
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise SystemExit(f"npuflow serve exited: see {tmp / 'stack.log'}")
+            raise SystemExit(f"{name} exited ({proc.returncode}): see {log}")
         try:
             with urllib.request.urlopen(base + "/health", timeout=2) as r:
                 if r.status == 200:
-                    return proc, base + "/v1"
+                    return base + "/v1"
         except OSError:
             pass
         time.sleep(0.3)
     proc.kill()
-    raise SystemExit("the stack did not become healthy")
+    raise SystemExit(f"{name} did not become healthy")
 
 
 def stop_stack(proc: subprocess.Popen) -> None:

@@ -107,6 +107,15 @@ def _next_token_diff(ids, got_logits, want):
     return np.abs(got[rows, nxt] - want[rows, nxt]), (got.argmax(-1) == want.argmax(-1)).mean()
 
 
+def _served_diff(engine, teacher_forced):
+    """_next_token_diff of the teacher-forced text prefilled in slot 0 of the engine."""
+    ids, want = teacher_forced
+    engine.release(0)
+    out = _next_token_diff(ids, engine.prefill(0, ids, all_logits=True), want)
+    engine.release(0)
+    return out
+
+
 def test_graph_is_exact_with_float_activations(default_package, teacher_forced, tmp_path):
     """The graph and weight layout, without int8 activation rounding, equal the reference."""
     from npuflow.convert import convert
@@ -124,10 +133,7 @@ def test_teacher_forced_logprobs_near_float_reference(engine, teacher_forced):
     0.39 (mean 0.06); the maximum is heavy-tailed (another text: ours 0.74, llama.cpp 0.28, both
     at mean 0.06): the issue's bound of 0.25 holds on this text, and the mean and 95th percentile
     guard the typical error."""
-    ids, want = teacher_forced
-    engine.release(0)
-    diff, agree = _next_token_diff(ids, engine.prefill(0, ids, all_logits=True), want)
-    engine.release(0)
+    diff, agree = _served_diff(engine, teacher_forced)
     assert diff.mean() < 0.08 and np.percentile(diff, 95) < 0.22 and diff.max() < 0.25, (diff.max(), diff.mean())
     assert agree > 0.9
 
@@ -139,10 +145,7 @@ def test_int8_kv_logprobs_near_float_reference(engine_int8, teacher_forced):
     the float32 cache's bounds above (on three other texts, against the float32 cache: mean
     0.069-0.084, maximum 0.45-0.63). Greedy output stays the same (the tests above), but this is
     why float32 stays the default. The bounds here keep the int8 cache from getting worse."""
-    ids, want = teacher_forced
-    engine_int8.release(0)
-    diff, agree = _next_token_diff(ids, engine_int8.prefill(0, ids, all_logits=True), want)
-    engine_int8.release(0)
+    diff, agree = _served_diff(engine_int8, teacher_forced)
     assert diff.mean() < 0.1 and np.percentile(diff, 95) < 0.33 and diff.max() < 0.7, (diff.max(), diff.mean())
     assert agree > 0.9
 
