@@ -9,9 +9,9 @@ folder from a package already converted from it in the cache, else estimated fro
 (tensor types and shapes: the bytes the converter will write for them).
 
 CPU engine (pool "ram"): the package's files (graph and weights, embedding table, tokenizer),
-its vision encoder's, the KV cache the engine allocates (engine/cpu.py: float32, per layer K and V
-of [max_batch, kv_heads, context + 1, head_dim], all of it counted, although its pages are only
-touched as positions fill), and RUNTIME_BYTES.
+its vision encoder's, the KV cache the engine allocates (engine/cpu.py: float32, or int8 with
+kv_cache = "int8", per layer K and V of [max_batch, kv_heads, context + 1, head_dim], all of it
+counted, although its pages are only touched as positions fill), and RUNTIME_BYTES.
 
 AX engine: on a host with NPU memory (a board's /proc/ax_proc/mem_cmm_info, or an AXCL card's
 axcl-smi) pool "cmm", the package's cmm_kb (its mode json's cmm_size, else the size of its graph
@@ -20,7 +20,9 @@ pool "ram" with the CPU-style sum (its KV: bf16 [1, kv_cache_len, kv_heads x hea
 kind and slot, engine/ax.py).
 
 RUNTIME_BYTES, measured (VmRSS in /proc/PID/status of `python -m npuflow.cli worker --model ID`,
-x86-64 PC, Python 3.11, onnxruntime 1.32, max_batch 4; each model then given 4 requests that fill
+x86-64 PC, Python 3.11, onnxruntime 1.32, max_batch 4 (the default then; it is 8 now, which
+bench/compare.py's fill8 run measured at 1,087 MiB for the default model against a footprint of
+1,092 MiB; with kv_cache = "int8" 557 MiB at peak against 552); each model then given 4 requests that fill
 its slots to their context, the worst case the footprint stands for):
 - a tiny converted model (tests' tinymodels llama, Q4_0, 2 layers, 85 KiB of files, 0.25 MiB of KV,
   context 256): 80.1 MiB after loading, 85.2 MiB with its slots full: the interpreter and its
