@@ -39,6 +39,14 @@ KV_TYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8}
 KV_GRAPHS = {"float32": "model", "int8": "model_kv_int8"}     # the package file of each KV cache type
 
 
+def int8_kv_supported() -> bool:
+    """Whether this onnxruntime's GroupQueryAttention takes an int8 cache with k_scale / v_scale
+    (1.30 does; 1.23, the last with Python 3.10 wheels, does not)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as C
+    return any(s.name == "GroupQueryAttention" and s.domain == "com.microsoft"
+               and any(i.name == "k_scale" for i in s.inputs) for s in C.get_all_operator_schema())
+
+
 def _lazy_zeros(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     """A zeroed array on its own anonymous mapping: pages cost memory only once written."""
     dtype = np.dtype(dtype)
@@ -54,6 +62,9 @@ class CpuEngine:
         graph = KV_GRAPHS.get(kv_cache)
         if graph is None:
             raise ValueError(f"kv_cache must be one of {', '.join(KV_GRAPHS)}, not {kv_cache!r}")
+        if kv_cache == "int8" and not int8_kv_supported():
+            raise EngineError(f"kv_cache int8 needs an onnxruntime whose GroupQueryAttention takes an int8 cache "
+                              f"(1.30 or later); this one is {ort.__version__}: use kv_cache float32")
         if graph not in package.files:
             raise EngineError(f"kv_cache {kv_cache} needs a package with that graph ({graph}); this one "
                               f"({package.path}) has none: convert it again with this version of npuflow, "
