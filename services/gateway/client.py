@@ -105,10 +105,11 @@ class ImageSpan:
 
 @dataclass(frozen=True)
 class ChatTokens:
-    """An encoded conversation: its token ids (image placeholders expanded) and, per image in
-    order, its span."""
+    """An encoded conversation: its token ids (image placeholders expanded), per image in order
+    its span, and the text the chat template rendered."""
     token_ids: list[int]
     images: tuple[ImageSpan, ...] = ()
+    rendered: str = ""
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, NamedTuple, Sequence
 
 from npuflow.gateway.admission import Ticket
 from npuflow.gateway.client import ChatTurn, Delta, GenerateParams, ImageInput, ImagePart
 from npuflow.gateway.errors import ApiError, model_not_available, model_not_found
 from npuflow.gateway.images import resolve_images
 from npuflow.gateway.model_state import model_states
+from npuflow.gateway.reasoning import opens_reasoning
 from npuflow.gateway.state import GatewayState
 from npuflow.gateway.validation import GenRequest
 from npuflow.v1 import common_pb2
@@ -100,8 +101,13 @@ def model_takes_images(st: GatewayState, model: str) -> bool:
     return any(m.vision for m in model_states(st) if m.id == model)
 
 
-async def chat_prompt(st: GatewayState, model: str, turns: Sequence[ChatTurn],
-                      tools_json: str = "") -> tuple[list[int], tuple[ImageInput, ...]]:
+class ChatPrompt(NamedTuple):
+    token_ids: list[int]
+    images: tuple[ImageInput, ...]
+    opens_reasoning: bool = False    # the template's generation prompt opened a <think> block
+
+
+async def chat_prompt(st: GatewayState, model: str, turns: Sequence[ChatTurn], tools_json: str = "") -> ChatPrompt:
     """A conversation's prompt token ids and its images for the worker: images resolved and
     checked (images.resolve_images), the conversation encoded with their spans."""
     turns = await resolve_images(turns, st.settings, vision=model_takes_images(st, model), model=model,
@@ -110,8 +116,9 @@ async def chat_prompt(st: GatewayState, model: str, turns: Sequence[ChatTurn],
     parts = [p for t in turns for p in t.parts if isinstance(p, ImagePart)]
     if len(parts) != len(enc.images):
         raise ApiError(500, f"The tokenizer placed {len(enc.images)} images of {len(parts)}.", code="internal_error")
-    return enc.token_ids, tuple(ImageInput(data=p.data, detail=p.detail, start=s.start, end=s.end, param=p.param)
-                                for p, s in zip(parts, enc.images))
+    return ChatPrompt(enc.token_ids, tuple(ImageInput(data=p.data, detail=p.detail, start=s.start, end=s.end,
+                                                      param=p.param) for p, s in zip(parts, enc.images)),
+                      opens_reasoning(enc.rendered))
 
 
 def deadline_unix_ms(st: GatewayState, arrived: float, remaining_s: float | None = None) -> int:

@@ -64,7 +64,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
         req = convert.chat_request(request, self.st.settings.server.max_image_bytes)
         check_model(self.st, req.model)
         deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
-        ids, images = await chat_prompt(self.st, req.model, req.messages, req.tools_json)
+        ids, images, _ = await chat_prompt(self.st, req.model, req.messages, req.tools_json)
         await self._stream(context, req, req.structured, ids, "messages", "chat-", deadline_ms, arrived, images)
 
     async def Tokenize(self, request: gs.TokenizeRequest, context: Context) -> gs.TokenizeResponse:
@@ -74,7 +74,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
         if isinstance(what, str):
             ids = await tok.encode_text(model, what, add_special)
         else:
-            ids, _ = await chat_prompt(self.st, model, what, tools)
+            ids = (await chat_prompt(self.st, model, what, tools)).token_ids
         info = next(m for m in self.st.models.models() if m.id == model)
         return gs.TokenizeResponse(token_ids=ids, context_length=info.context_length)
 

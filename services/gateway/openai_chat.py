@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import uuid
 
@@ -11,6 +12,7 @@ from npuflow.gateway.client import GenerateParams
 from npuflow.gateway.errors import ApiError
 from npuflow.gateway.generation import (FINISH_NAMES, Collected, Tally, admit, chat_prompt, check_model,
                                         deadline_unix_ms, metered)
+from npuflow.gateway.reasoning import Reasoning
 from npuflow.gateway.sse import ChunkWriter, ClientStalled, open_stream
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.tool_calls import CallStream, parse_tool_calls
@@ -28,10 +30,11 @@ def chat_logprobs(lps: list) -> dict:
             "refusal": None}
 
 
-def usage(prompt: int, completion: int, cached: int = 0) -> dict:
-    """OpenAI's usage object; cached = prompt tokens not computed again (the worker's KV held them)."""
+def usage(prompt: int, completion: int, cached: int = 0, **details) -> dict:
+    """OpenAI's usage object; cached = prompt tokens not computed again (the worker's KV held them);
+    details: completion_tokens_details for a thinking model (Reasoning.usage_details)."""
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+            "prompt_tokens_details": {"cached_tokens": cached}, **details}
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -40,29 +43,38 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = parse_chat(await read_json(request), st.settings.server.max_image_bytes)
     check_model(st, req.model)
     deadline_ms = deadline_unix_ms(st, now)
-    prompt, images = await chat_prompt(st, req.model, req.messages, req.tools_json)
+    prompt, images, opens = await chat_prompt(st, req.model, req.messages, req.tools_json)
     with await admit(st, req, [len(prompt)], deadline_ms, "messages"):
         params = GenerateParams(request_id="chatcmpl-" + uuid.uuid4().hex, model=req.model,
                                 prompt_token_ids=prompt, sampling=req.sampling, n=req.n, deadline_unix_ms=deadline_ms,
                                 grammar=req.structured.grammar, grammar_param=req.structured.grammar_param,
                                 images=images)
+        # a grammar constrains the output from its first token: that output is the answer
+        thinking = Reasoning(req.n, opens and not req.structured.grammar)
         if req.stream:
-            return await _stream(request, st, req, params, arrived, int(now))
-        return await _whole(st, req, params, arrived, int(now))
+            return await _stream(request, st, req, params, arrived, int(now), thinking)
+        return await _whole(st, req, params, arrived, int(now), thinking)
 
 
 async def _whole(st: GatewayState, req: ChatRequest, params: GenerateParams, arrived: float,
-                 created: int) -> web.Response:
+                 created: int, thinking: Reasoning) -> web.Response:
     n = req.n
     got = Collected(n)
+    reasoning: list[list[str]] = [[] for _ in range(n)]
     async with contextlib.aclosing(metered(st, params, arrived)) as it:
         async for batch in it:
             for d in batch:
-                if d.index < n:
-                    got.add(d.index, d)
+                if d.index >= n:
+                    continue
+                i = d.index
+                r, c, lps = thinking.feed(i, d.text, len(d.token_ids), d.logprobs, bool(d.finish))
+                reasoning[i].append(r)
+                got.add(i, dataclasses.replace(d, text=c, logprobs=lps))
     choices = []
     for i in range(n):
         message = {"role": "assistant", "content": got.text(i), "refusal": None}
+        if thinking.seen(i):
+            message["reasoning_content"] = "".join(reasoning[i])
         finish = got.finish[i]
         if req.structured.parse_tool_calls:
             content, calls = parse_tool_calls(message["content"], req.structured.names())
@@ -75,23 +87,24 @@ async def _whole(st: GatewayState, req: ChatRequest, params: GenerateParams, arr
     return web.json_response({"id": params.request_id, "object": "chat.completion", "created": created,
                               "model": req.model, "choices": choices,
                               "usage": usage(len(params.prompt_token_ids), got.completion_tokens(),
-                                             got.cached_prompt_tokens(n))})
+                                             got.cached_prompt_tokens(n), **thinking.usage_details())})
 
 
 async def _stream(request: web.Request, st: GatewayState, req: ChatRequest, params: GenerateParams,
-                  arrived: float, created: int) -> web.StreamResponse:
+                  arrived: float, created: int, thinking: Reasoning) -> web.StreamResponse:
     resp = await open_stream(request)
     w = ChunkWriter(request, resp, params.request_id, "chat.completion.chunk", created, req.model, req.include_usage,
                     deadline_unix_ms=params.deadline_unix_ms,
                     write_timeout_s=st.settings.server.stream_write_timeout_s)
     try:
-        await _send(w, st, req, params, arrived)
+        await _send(w, st, req, params, arrived, thinking)
     except ClientStalled:   # the connection is gone; leaving _send aborted the request
         pass
     return resp
 
 
-async def _send(w: ChunkWriter, st: GatewayState, req: ChatRequest, params: GenerateParams, arrived: float) -> None:
+async def _send(w: ChunkWriter, st: GatewayState, req: ChatRequest, params: GenerateParams, arrived: float,
+                thinking: Reasoning) -> None:
     await w.choices([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None} for i in range(req.n)])
     tally = Tally(req.n)
@@ -105,8 +118,9 @@ async def _send(w: ChunkWriter, st: GatewayState, req: ChatRequest, params: Gene
                     if i >= req.n:
                         continue
                     tally.count(i, d)
-                    text, lps, reason = d.text, list(d.logprobs), FINISH_NAMES.get(d.finish, "stop")
-                    delta: dict = {}
+                    thought, text, lps = thinking.feed(i, d.text, len(d.token_ids), d.logprobs, bool(d.finish))
+                    reason = FINISH_NAMES.get(d.finish, "stop")
+                    delta: dict = {"reasoning_content": thought} if thought else {}
                     if calls is not None:  # text that may be a tool call is held, with its logprobs
                         text, call_deltas, called = calls[i].step(text, bool(d.finish))
                         held_lps[i].extend(lps)
@@ -130,5 +144,6 @@ async def _send(w: ChunkWriter, st: GatewayState, req: ChatRequest, params: Gene
         await w.error_and_done(e)
         return
     if req.include_usage:
-        await w.usage(usage(len(params.prompt_token_ids), tally.completion_tokens(), tally.cached_prompt_tokens(req.n)))
+        await w.usage(usage(len(params.prompt_token_ids), tally.completion_tokens(), tally.cached_prompt_tokens(req.n),
+                            **thinking.usage_details()))
     await w.done()

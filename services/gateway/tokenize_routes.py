@@ -27,7 +27,7 @@ async def tokenize(request: web.Request) -> web.Response:
     if body.get("messages") is not None:
         tools = tools_json(parse_structured({"tools": body.get("tools")}))
         turns = parse_messages(body["messages"], st.settings.server.max_image_bytes)
-        tokens, _ = await chat_prompt(st, model, turns, tools)
+        tokens = (await chat_prompt(st, model, turns, tools)).token_ids
     else:
         prompt = f.str("prompt", required=True)
         tokens = await st.tokenizer.encode_text(model, prompt, f.bool("add_special_tokens", True))

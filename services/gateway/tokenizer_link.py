@@ -185,7 +185,8 @@ class TokenizerLink:
                 else:
                     m.parts.add(text=p)
         out = (await self._call(req)).encoded
-        return ChatTokens(list(out.token_ids), tuple(ImageSpan(s.start, s.end, s.placeholders) for s in out.images))
+        return ChatTokens(list(out.token_ids), tuple(ImageSpan(s.start, s.end, s.placeholders) for s in out.images),
+                          out.rendered)
 
     async def encode_text(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
         req = tokenizer_pb2.TokenizerRequest()

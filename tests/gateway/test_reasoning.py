@@ -1,0 +1,58 @@
+"""A thinking model's answer through the gateway (fake worker, official client): the <think>
+block goes to reasoning_content, whole and streamed, however the tags are cut between tokens; the
+content, its logprobs and tool calls are the answer's only; usage counts the reasoning tokens."""
+import json
+
+from gw_fakes import MODEL, REPLY
+
+HI = [{"role": "user", "content": "hi"}]
+THINKING = ["<th", "ink>", "The user", " greets me.", "</th", "ink>", "\n\n", "Hello", "!"]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def _client(stack):
+    from openai import OpenAI
+    return OpenAI(api_key=stack.key, base_url=stack.base_url, max_retries=0)
+
+
+def test_reasoning_whole_and_streamed(stack):
+    stack.worker.reply = list(THINKING)
+    try:
+        st, _, body = stack.request("POST", "/v1/chat/completions", {"model": MODEL, "messages": HI,
+                                                                     "logprobs": True})
+        assert st == 200, body
+        msg = body["choices"][0]["message"]
+        assert msg["content"] == "Hello!" and msg["reasoning_content"] == "The user greets me."
+        assert "".join(e["token"] for e in body["choices"][0]["logprobs"]["content"]) == "Hello!"
+        assert body["usage"]["completion_tokens"] == 9     # the blank lines after </think> count as reasoning
+        assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 7}
+
+        chunks = list(_client(stack).chat.completions.create(
+            model=MODEL, messages=HI, stream=True, stream_options={"include_usage": True}))
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        thought = "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
+        assert thought == "The user greets me." and "".join(d.content or "" for d in deltas) == "Hello!"
+        assert not any((d.content or "").strip() and getattr(d, "reasoning_content", None) for d in deltas)
+        assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == 7
+    finally:
+        stack.worker.reply = list(REPLY)
+
+
+def test_a_tool_call_after_thinking(stack):
+    stack.worker.reply = ["<think>", "I should call", " the tool.", "</think>", "\n", '<tool_call>\n{"name": ',
+                          '"get_weather", "arguments": {"city": "Paris"}}\n</tool_call>']
+    try:
+        st, _, body = stack.request("POST", "/v1/chat/completions", {"model": MODEL, "messages": HI, "tools": TOOLS})
+        assert st == 200, body
+        ch = body["choices"][0]
+        assert ch["finish_reason"] == "tool_calls" and ch["message"]["reasoning_content"] == "I should call the tool."
+        assert json.loads(ch["message"]["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
+    finally:
+        stack.worker.reply = list(REPLY)
+
+
+def test_a_model_that_does_not_think_has_no_reasoning_fields(stack):
+    st, _, body = stack.request("POST", "/v1/chat/completions", {"model": MODEL, "messages": HI})
+    assert st == 200 and "reasoning_content" not in body["choices"][0]["message"]
+    assert "completion_tokens_details" not in body["usage"]
