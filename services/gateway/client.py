@@ -150,9 +150,11 @@ class ModelClient(Protocol):
 class TokenizerClient(Protocol):
     ready: bool
 
-    async def encode_chat(self, model: str, messages: Sequence[ChatTurn], tools_json: str = "") -> ChatTokens:
-        """Render the model's chat template (with the generation prompt) and tokenize it; images
-        (resolved ImageParts) go as their size and detail and come back as spans."""
+    async def encode_chat(self, model: str, messages: Sequence[ChatTurn], tools_json: str = "",
+                          template_kwargs_json: str = "") -> ChatTokens:
+        """Render the model's chat template (with the generation prompt, and the extra template
+        variables of template_kwargs_json) and tokenize it; images (resolved ImageParts) go as
+        their size and detail and come back as spans."""
 
     async def encode_text(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
         """Tokenize plain text."""

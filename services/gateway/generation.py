@@ -107,12 +107,13 @@ class ChatPrompt(NamedTuple):
     opens_reasoning: bool = False    # the template's generation prompt opened a <think> block
 
 
-async def chat_prompt(st: GatewayState, model: str, turns: Sequence[ChatTurn], tools_json: str = "") -> ChatPrompt:
+async def chat_prompt(st: GatewayState, model: str, turns: Sequence[ChatTurn], tools_json: str = "",
+                      template_kwargs_json: str = "") -> ChatPrompt:
     """A conversation's prompt token ids and its images for the worker: images resolved and
     checked (images.resolve_images), the conversation encoded with their spans."""
     turns = await resolve_images(turns, st.settings, vision=model_takes_images(st, model), model=model,
                                  fetcher=st.image_fetcher)
-    enc = await st.tokenizer.encode_chat(model, turns, tools_json)
+    enc = await st.tokenizer.encode_chat(model, turns, tools_json, template_kwargs_json)
     parts = [p for t in turns for p in t.parts if isinstance(p, ImagePart)]
     if len(parts) != len(enc.images):
         raise ApiError(500, f"The tokenizer placed {len(enc.images)} images of {len(parts)}.", code="internal_error")

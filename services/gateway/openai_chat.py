@@ -43,7 +43,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = parse_chat(await read_json(request), st.settings.server.max_image_bytes)
     check_model(st, req.model)
     deadline_ms = deadline_unix_ms(st, now)
-    prompt, images, opens = await chat_prompt(st, req.model, req.messages, req.tools_json)
+    prompt, images, opens = await chat_prompt(st, req.model, req.messages, req.tools_json, req.template_kwargs_json)
     with await admit(st, req, [len(prompt)], deadline_ms, "messages"):
         params = GenerateParams(request_id="chatcmpl-" + uuid.uuid4().hex, model=req.model,
                                 prompt_token_ids=prompt, sampling=req.sampling, n=req.n, deadline_unix_ms=deadline_ms,

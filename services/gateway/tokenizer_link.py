@@ -167,13 +167,15 @@ class TokenizerLink:
             raise ApiError.from_code(resp.error.code, resp.error.message, resp.error.param)
         return resp
 
-    async def encode_chat(self, model: str, messages: Sequence[ChatTurn], tools_json: str = "") -> ChatTokens:
+    async def encode_chat(self, model: str, messages: Sequence[ChatTurn], tools_json: str = "",
+                          template_kwargs_json: str = "") -> ChatTokens:
         req = tokenizer_pb2.TokenizerRequest()
         enc = req.encode
         enc.model = model
         chat = enc.chat
         chat.add_generation_prompt = True
         chat.tools_json = tools_json
+        chat.template_kwargs_json = template_kwargs_json
         for t in messages:
             m = chat.messages.add(role=t.role, content=t.content, name=t.name, tool_call_id=t.tool_call_id)
             for cid, ctype, fname, args in t.tool_calls:

@@ -220,6 +220,7 @@ class ChatRequest(GenRequest):
     messages: list[ChatTurn] = field(default_factory=list)
     tools_json: str = ""
     structured: Structured = field(default_factory=Structured)   # response_format, tools, tool_choice
+    template_kwargs_json: str = ""   # chat_template_kwargs, with reasoning_effort's enable_thinking
 
 
 @dataclass
@@ -328,7 +329,27 @@ def parse_chat(body: dict, max_image_bytes: int | None = None) -> ChatRequest:
     structured = parse_structured(body)
     messages = parse_messages(f.required("messages"), max_image_bytes)
     return ChatRequest(**common, logprobs=logprobs, top_logprobs=top, messages=messages,
-                       tools_json=tools_json(structured), structured=structured)
+                       tools_json=tools_json(structured), structured=structured,
+                       template_kwargs_json=template_kwargs(body))
+
+
+THINKING_OFF = ("none", "minimal")    # reasoning_effort values that turn a template's thinking off
+
+
+def template_kwargs(body: dict) -> str:
+    """chat_template_kwargs (an object) as JSON; reasoning_effort "none" / "minimal" adds
+    enable_thinking false unless the kwargs set it (the other efforts leave thinking as it is)."""
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        raise type_error("chat_template_kwargs", "an object", kwargs)
+    effort = body.get("reasoning_effort")
+    if effort is not None and not isinstance(effort, str):
+        raise type_error("reasoning_effort", "a string", effort)
+    if effort in THINKING_OFF and "enable_thinking" not in kwargs:
+        kwargs = {**kwargs, "enable_thinking": False}
+    return json.dumps(kwargs) if kwargs else ""
 
 
 def check_unsupported_chat(body: dict) -> None:

@@ -123,21 +123,36 @@ class ChatTemplate:
         self.content_lists = takes_content_lists(source)
 
     def render(self, messages: Sequence[MessageIn], *, add_generation_prompt: bool = True,
-               tools: list[Any] | None = None, vision: bool = False, image_token: str = "") -> str:
+               tools: list[Any] | None = None, vision: bool = False, image_token: str = "",
+               extra: dict[str, Any] | None = None) -> str:
         """vision: the model takes images (its messages go in as content lists when the template
-        reads them); image_token: the placeholder a string-content template gets per image."""
+        reads them); image_token: the placeholder a string-content template gets per image;
+        extra: more variables for the template (chat_template_kwargs), under the fixed ones."""
         lists = vision and self.content_lists
         try:
-            return self._template.render(messages=[message_dict(m, content_lists=lists, image_token=image_token)
-                                                   for m in messages],
-                                         add_generation_prompt=add_generation_prompt, tools=tools,
-                                         bos_token=self.bos_token, eos_token=self.eos_token)
+            return self._template.render(**{**(extra or {}), "messages": [
+                message_dict(m, content_lists=lists, image_token=image_token) for m in messages],
+                "add_generation_prompt": add_generation_prompt, "tools": tools,
+                "bos_token": self.bos_token, "eos_token": self.eos_token})
         except TemplateError:
             raise
         except jinja2.TemplateError as e:
             raise TemplateError(f"chat template failed: {e}") from None
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
             raise TemplateError(f"chat template failed: {type(e).__name__}: {e}") from None
+
+
+def parse_template_kwargs(kwargs_json: str) -> dict[str, Any]:
+    """The chat_template_kwargs object ({} when empty); ValueError when it is not a JSON object."""
+    if not kwargs_json:
+        return {}
+    try:
+        kwargs = json.loads(kwargs_json)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"chat_template_kwargs is not valid JSON: {e}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError("chat_template_kwargs must be an object")
+    return kwargs
 
 
 def parse_tools(tools_json: str) -> list[Any] | None:

@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from npuflow.models.package import ModelPackage
 from npuflow.v1 import common_pb2
 
-from .chat_template import ChatTemplate, ImageIn, MessageIn, TemplateError, parse_tools
+from .chat_template import ChatTemplate, ImageIn, MessageIn, TemplateError, parse_template_kwargs, parse_tools
 from .images import ImageText, ImageTextError, Span
 from .tool_prompt import template_takes_tools, with_tools_in_prompt
 
@@ -89,7 +89,7 @@ class ModelTokenizer:
         return self._template is not None
 
     def render_chat(self, messages: Sequence[MessageIn], *, add_generation_prompt: bool = True,
-                    tools: list[Any] | None = None) -> str:
+                    tools: list[Any] | None = None, extra: dict[str, Any] | None = None) -> str:
         """The template's text (with one placeholder per image for a vision model)."""
         if self._template is None:
             raise _invalid(f"model '{self.model_id}' cannot render chat: {self._template_error}", "messages")
@@ -97,7 +97,7 @@ class ModelTokenizer:
             raise _invalid("messages must not be empty", "messages")
         try:
             return self._template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools,
-                                         vision=self.vision is not None,
+                                         vision=self.vision is not None, extra=extra,
                                          image_token=self.vision.image_token if self.vision is not None else "")
         except TemplateError as e:
             raise _invalid(str(e), "messages") from None
@@ -109,7 +109,7 @@ class ModelTokenizer:
         return enc.ids, enc.rendered
 
     def encode_conversation(self, messages: Sequence[MessageIn], *, add_generation_prompt: bool = True,
-                            tools_json: str = "") -> Encoded:
+                            tools_json: str = "", template_kwargs_json: str = "") -> Encoded:
         """The template places BOS and other special tokens itself, so the rendered text is
         encoded without adding any; special tokens the template wrote become their ids (for a
         vision model, those in the client's text stay text: images.py). Templates without tool
@@ -118,16 +118,21 @@ class ModelTokenizer:
             tools = parse_tools(tools_json)
         except ValueError as e:
             raise _invalid(str(e), "tools") from None
+        try:
+            extra = parse_template_kwargs(template_kwargs_json)
+        except ValueError as e:
+            raise _invalid(str(e), "chat_template_kwargs") from None
         images = self._check_images(messages)
         if not template_takes_tools(self._template_source) and (
                 tools or any(m.role == "tool" or m.tool_calls for m in messages)):
             messages, tools = with_tools_in_prompt(messages, tools), None
         if self._images is None:
-            rendered = self.render_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+            rendered = self.render_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                        extra=extra)
             return Encoded(self._ids(rendered), rendered)
         marked = [self._images.mark_message(m) for m in messages]
         rendered = self.render_chat(marked, add_generation_prompt=add_generation_prompt,
-                                    tools=self._images.mark(tools) if tools else tools)
+                                    tools=self._images.mark(tools) if tools else tools, extra=extra)
         try:
             ids, rendered, spans = self._images.encode(rendered, images)
         except ImageTextError as e:

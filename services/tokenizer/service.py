@@ -62,7 +62,8 @@ class TokenizerService:
         kind = req.WhichOneof("input")
         if kind == "chat":
             enc = tok.encode_conversation(_messages(req.chat), add_generation_prompt=req.chat.add_generation_prompt,
-                                          tools_json=req.chat.tools_json)
+                                          tools_json=req.chat.tools_json,
+                                          template_kwargs_json=req.chat.template_kwargs_json)
             out = tokenizer_pb2.EncodeResult(rendered=enc.rendered)
             out.token_ids.extend(enc.ids)
             for sp in enc.images:

@@ -56,3 +56,23 @@ def test_a_model_that_does_not_think_has_no_reasoning_fields(stack):
     st, _, body = stack.request("POST", "/v1/chat/completions", {"model": MODEL, "messages": HI})
     assert st == 200 and "reasoning_content" not in body["choices"][0]["message"]
     assert "completion_tokens_details" not in body["usage"]
+
+
+def test_template_kwargs_and_reasoning_effort():
+    """chat_template_kwargs goes to the template as JSON; reasoning_effort none / minimal turns
+    thinking off unless the kwargs say otherwise; a non-object is a 400 naming it."""
+    import pytest
+
+    from npuflow.gateway.errors import ApiError
+    from npuflow.gateway.validation import template_kwargs
+    assert template_kwargs({}) == ""
+    assert json.loads(template_kwargs({"chat_template_kwargs": {"x": 1}})) == {"x": 1}
+    for effort in ("none", "minimal"):
+        assert json.loads(template_kwargs({"reasoning_effort": effort})) == {"enable_thinking": False}
+    assert template_kwargs({"reasoning_effort": "high"}) == ""
+    assert json.loads(template_kwargs({"reasoning_effort": "none", "chat_template_kwargs": {"enable_thinking": True}})) \
+        == {"enable_thinking": True}
+    for body, param in (({"chat_template_kwargs": [1]}, "chat_template_kwargs"), ({"reasoning_effort": 3}, "reasoning_effort")):
+        with pytest.raises(ApiError) as e:
+            template_kwargs(body)
+        assert e.value.status == 400 and e.value.param == param

@@ -49,3 +49,25 @@ def test_no_template_still_encodes_text(tokenizer_json):
     assert tok.encode_text("ok")
     with pytest.raises(TokenizeError, match="no chat template"):
         tok.encode_chat([MessageIn("user", "x")])
+
+
+THINKING_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                     "{% if add_generation_prompt %}<|im_start|>assistant\n"
+                     "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+                     "{% else %}<think>\n{% endif %}{% endif %}")
+
+
+def test_template_kwargs_reach_the_template(tokenizer_json):
+    """chat_template_kwargs become template variables (Qwen3's enable_thinking), under the fixed
+    ones (messages cannot be replaced); a value that is not a JSON object is a clear error."""
+    tok = ModelTokenizer.from_package(make_package(tokenizer_json, template=THINKING_TEMPLATE))
+    hi = [MessageIn("user", "hi")]
+    assert tok.encode_conversation(hi).rendered.endswith("<|im_start|>assistant\n<think>\n")
+    off = tok.encode_conversation(hi, template_kwargs_json='{"enable_thinking": false}').rendered
+    assert off.endswith("<think>\n\n</think>\n\n")
+    same = tok.encode_conversation(hi, template_kwargs_json='{"messages": [], "enable_thinking": false}')
+    assert same.rendered == off
+    for bad in ("[1]", "{nope"):
+        with pytest.raises(TokenizeError) as e:
+            tok.encode_conversation(hi, template_kwargs_json=bad)
+        assert e.value.param == "chat_template_kwargs" and e.value.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT
