@@ -104,7 +104,7 @@ async def one_stream(session, url, messages, max_tokens):
 
 class Round:
     def __init__(self):
-        self.ttft, self.decode, self.aggregate, self.errors, self.prompt = [], [], [], [], []
+        self.ttft, self.decode, self.aggregate, self.errors = [], [], [], []
 
     async def run(self, session, url, batch: list[list[dict]], max_tokens: int):
         t0 = time.perf_counter()

@@ -95,9 +95,8 @@ def _calibrate_kv(spec: ModelSpec, model, root: pathlib.Path, files: dict[str, s
     table = EmbeddingTable({k.removeprefix("embedding."): root / v for k, v in files.items()
                             if k.startswith("embedding.")}, emb_bits)
     ids = [i for i in calibration_ids(spec.tokenizer_json, spec.chat_template) if i < spec.vocab]
-    scales = calibrate(model, lambda t: table.lookup(np.asarray(t, np.int64)), ids, kv_heads=spec.kv_heads,
-                       head_dim=spec.head_dim, rope_theta=spec.rope_theta, interleaved=spec.rotary_interleaved)
-    return scales
+    return calibrate(model, lambda t: table.lookup(np.asarray(t, np.int64)), ids, kv_heads=spec.kv_heads,
+                     head_dim=spec.head_dim, rope_theta=spec.rope_theta, interleaved=spec.rotary_interleaved)
 
 
 def _write_vision(spec: ModelSpec, root: pathlib.Path, progress: Callable[[str, int], None],

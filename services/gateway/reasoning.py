@@ -34,6 +34,11 @@ class ReasoningSplit:
         self._after_close = False       # drop the blank lines between </think> and the answer
         self._held = ""
 
+    @property
+    def inside(self) -> bool:
+        """In the block, or in the blank lines right after it (which belong to it)."""
+        return self.in_reasoning or self._after_close
+
     def feed(self, text: str, final: bool = False) -> tuple[str, str]:
         """(reasoning, content) of this piece; final flushes what was held back."""
         buf, reasoning, content = self._held + text, [], []
@@ -85,14 +90,14 @@ class Reasoning:
     def feed(self, c: int, text: str, tokens: int, logprobs: list, final: bool) -> tuple[str, str, list]:
         """(reasoning, content, the content's logprobs) of choice c's next piece."""
         s = self.splits[c]
-        inside = s.in_reasoning or s._after_close
+        inside = s.inside
         reasoning, content = s.feed(text, final)
         held_tokens, held_lps = self._pending[c]
         tokens, logprobs = held_tokens + tokens, held_lps + list(logprobs)
         self._pending[c] = (0, [])
         if content or (final and not (reasoning or inside or s.in_reasoning)):
             return reasoning, content, logprobs
-        if reasoning or inside or s.in_reasoning or s._after_close:
+        if reasoning or inside or s.inside:       # the piece went to the block
             self.tokens[c] += tokens
             return reasoning, "", []
         self._pending[c] = (tokens, logprobs)       # held back whole: decided by what follows
