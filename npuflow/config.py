@@ -49,6 +49,11 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     models_dir = ""             # NPUFLOW_MODELS_DIR (`npuflow serve --models-dir DIR`): every model found in it
                                 # (npuflow packages, pulsar2 / StackFlow directories, HF checkpoint folders,
                                 # .gguf files; npuflow/models/catalog.py) is served, loaded on first use
+    responses_store_max = 1000  # NPUFLOW_RESPONSES_STORE_MAX: responses kept for GET /v1/responses/{id} and
+                                # previous_response_id (requests with store, the default); 0 = none kept
+    responses_store_ttl_s = 3600  # NPUFLOW_RESPONSES_STORE_TTL_S: a stored response is forgotten after this
+    responses_store_max_bytes = 67108864  # NPUFLOW_RESPONSES_STORE_MAX_BYTES: all stored responses together
+                                # (their JSON and conversations, images included); the oldest go first
 
     [tokenizer]
     endpoint = "ipc://{run_dir}/tokenizer.sock"   # NPUFLOW_TOKENIZER_ENDPOINT
@@ -138,6 +143,9 @@ class ServerSettings:
     memory_budget: str = ""        # npuflow.models.budget.parse_budget reads it
     keep_alive: str = "300"        # parse_duration; what a model that is not preloaded keeps when idle
     models_dir: str = ""
+    responses_store_max: int = 1000          # stored Responses API responses (0 = none are kept)
+    responses_store_ttl_s: float = 3600.0    # ... kept at most this long
+    responses_store_max_bytes: int = 64 * 1024 * 1024   # ... holding at most this together
 
 
 @dataclass(frozen=True)
@@ -390,9 +398,12 @@ _HOST_NAME = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z
 
 
 def _check_images(server: ServerSettings) -> ServerSettings:
-    for key, lo in (("max_images_per_request", 0), ("max_image_pixels", 1), ("max_image_bytes", 1)):
+    for key, lo in (("max_images_per_request", 0), ("max_image_pixels", 1), ("max_image_bytes", 1),
+                    ("responses_store_max", 0), ("responses_store_max_bytes", 0)):
         if getattr(server, key) < lo:
             raise ConfigError(f"server.{key}: {getattr(server, key)} must be at least {lo}")
+    if not server.responses_store_ttl_s > 0:
+        raise ConfigError(f"server.responses_store_ttl_s: {server.responses_store_ttl_s} must be more than 0 seconds")
     if not server.image_fetch_timeout_s > 0:
         raise ConfigError(f"server.image_fetch_timeout_s: {server.image_fetch_timeout_s} must be more than 0 seconds")
     hosts = []

@@ -15,6 +15,7 @@ from typing import Any, List, Literal
 import pydantic
 from openai.types import Completion, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response, ResponseStreamEvent
 from openai.types.shared import ErrorObject
 
 
@@ -27,6 +28,10 @@ class _ErrorResponse(pydantic.BaseModel):
     error: ErrorObject
 
 
+class _StreamEvent(pydantic.RootModel):
+    root: ResponseStreamEvent
+
+
 TYPES: dict[str, type[pydantic.BaseModel]] = {
     "ListModelsResponse": _ListModels,
     "Model": Model,
@@ -34,6 +39,8 @@ TYPES: dict[str, type[pydantic.BaseModel]] = {
     "CreateChatCompletionStreamResponse": ChatCompletionChunk,
     "CreateCompletionResponse": Completion,
     "ErrorResponse": _ErrorResponse,
+    "Response": Response,
+    "ResponseStreamEvent": _StreamEvent,
 }
 
 _TOKEN_LOGPROB = ("bytes", "top_logprobs[].bytes")     # under each entry of logprobs.content / .refusal
@@ -53,6 +60,7 @@ KEEP: dict[str, tuple[str, ...]] = {
         *(f"choices[].logprobs.{k}[].{p}" for k in ("content", "refusal") for p in _TOKEN_LOGPROB)),
     "CreateCompletionResponse": ("choices[].logprobs",),
     "ErrorResponse": ("error.code", "error.param"),
+    "Response": ("error", "incomplete_details", "instructions", "metadata", "temperature", "top_p", "usage"),
 }
 # NOT_NULL: keys that may be left out but, when sent, must not be null (the SDK types accept None).
 NOT_NULL: dict[str, tuple[str, ...]] = {

@@ -165,7 +165,11 @@ def check_context(context_length: int, prompt_len: int, max_tokens: int | None, 
     if prompt_len + completion <= context_length and prompt_len < context_length:
         return
     total = prompt_len + completion
-    if what == "messages":
+    if what == "input":     # the Responses API's words
+        msg = (f"Your input exceeds the context window of this model ({context_length} tokens): {prompt_len} "
+               f"input tokens and {completion} output tokens requested. Please adjust your input or "
+               f"max_output_tokens and try again.")
+    elif what == "messages":
         msg = (f"This model's maximum context length is {context_length} tokens. However, you requested {total} "
                f"tokens ({prompt_len} in the messages, {completion} in the completion). Please reduce the length "
                f"of the messages or completion.")

@@ -1,4 +1,5 @@
-"""Server-sent events in the OpenAI flavour: `data: <json>\\n\\n` ... `data: [DONE]\\n\\n`.
+"""Server-sent events: chat and completions send `data: <json>\\n\\n` ... `data: [DONE]\\n\\n`, the
+Responses API typed events (`event: <type>` lines, openai_responses.py).
 
 A client that stops reading must not hold its request (and the model's queue room and KV slot)
 forever. Each stream's transport buffers at most STREAM_BUFFER_BYTES, and its socket
@@ -62,17 +63,13 @@ def event(payload: str) -> bytes:
     return b"data: " + payload.encode() + b"\n\n"
 
 
-class ChunkWriter:
-    """Writes a stream's events with the time bound above. Builds chunk JSON cheaply: the fields
-    every chunk shares are serialized once."""
+class BoundedWriter:
+    """Writes one stream's bytes with the time bound above (every write, and the end of the body)."""
 
-    def __init__(self, request: web.Request, resp: web.StreamResponse, id_: str, object_: str, created: int,
-                 model: str, usage_null: bool, *, deadline_unix_ms: int = 0, write_timeout_s: float = 30.0):
+    def __init__(self, request: web.Request, resp: web.StreamResponse, *, deadline_unix_ms: int = 0,
+                 write_timeout_s: float = 30.0):
         self.request = request
         self.resp = resp
-        self._head = (f'{{"id":{json.dumps(id_)},"object":"{object_}","created":{created},'
-                      f'"model":{json.dumps(model)},"choices":')
-        self._tail = ',"usage":null}' if usage_null else "}"
         self._deadline = deadline_unix_ms / 1000.0 if deadline_unix_ms else 0.0
         self._write_timeout = write_timeout_s
         self._stalled = False
@@ -103,6 +100,22 @@ class ChunkWriter:
     async def write(self, data: bytes) -> None:
         await self._bounded(self.resp.write(data))
 
+    async def end(self) -> None:
+        """The end of the body (its flush is bounded too)."""
+        await self._bounded(self.resp.write_eof())
+
+
+class ChunkWriter(BoundedWriter):
+    """Chat and completion chunks. Builds chunk JSON cheaply: the fields every chunk shares are
+    serialized once."""
+
+    def __init__(self, request: web.Request, resp: web.StreamResponse, id_: str, object_: str, created: int,
+                 model: str, usage_null: bool, *, deadline_unix_ms: int = 0, write_timeout_s: float = 30.0):
+        super().__init__(request, resp, deadline_unix_ms=deadline_unix_ms, write_timeout_s=write_timeout_s)
+        self._head = (f'{{"id":{json.dumps(id_)},"object":"{object_}","created":{created},'
+                      f'"model":{json.dumps(model)},"choices":')
+        self._tail = ',"usage":null}' if usage_null else "}"
+
     async def choices(self, choices: list[dict]) -> None:
         await self.write(event(self._head + json.dumps(choices) + self._tail))
 
@@ -112,7 +125,7 @@ class ChunkWriter:
     async def done(self) -> None:
         """[DONE] and the end of the body (whose flush is bounded too)."""
         await self.write(DONE)
-        await self._bounded(self.resp.write_eof())
+        await self.end()
 
     async def error_and_done(self, err: ApiError) -> None:
         """A failure after the headers went out: an error event, then [DONE]."""

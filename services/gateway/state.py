@@ -10,6 +10,7 @@ from npuflow.gateway.admission import Admission
 from npuflow.gateway.client import Clients, ModelClient, TokenizerClient
 from npuflow.gateway.image_fetch import ImageFetcher
 from npuflow.gateway.metrics import Metrics
+from npuflow.gateway.responses_store import ResponseStore
 
 
 @dataclass
@@ -19,6 +20,12 @@ class GatewayState:
     metrics: Metrics
     admission: Admission = field(default_factory=Admission)   # queue room per model
     image_fetcher: ImageFetcher | None = None                  # http(s) image URLs (one client session)
+    responses: ResponseStore | None = None                     # the Responses API's stored responses
+
+    def __post_init__(self) -> None:
+        if self.responses is None:
+            s = self.settings.server
+            self.responses = ResponseStore(s.responses_store_max, s.responses_store_ttl_s, s.responses_store_max_bytes)
 
     @property
     def models(self) -> ModelClient:

@@ -385,7 +385,7 @@ def parse_messages(v: Any, max_image_bytes: int | None = None) -> list[ChatTurn]
         if role not in ROLES:
             raise bad_param(p + ".role", f"Invalid value: '{role}'. Supported values are: 'system', 'developer', "
                                          "'user', 'assistant', and 'tool'.", code="invalid_value")
-        content, parts = _content(m.get("content"), p + ".content", role, max_image_bytes)
+        content, parts = message_content(m.get("content"), p + ".content", role, max_image_bytes)
         calls = []
         tc = m.get("tool_calls")
         if tc is not None:
@@ -403,7 +403,7 @@ def parse_messages(v: Any, max_image_bytes: int | None = None) -> list[ChatTurn]
     return out
 
 
-def _content(c: Any, p: str, role: str, max_image_bytes: int | None = None
+def message_content(c: Any, p: str, role: str, max_image_bytes: int | None = None
              ) -> tuple[str, tuple[str | ImagePart, ...]]:
     """(text, parts) of a message's content: parts only when it holds an image (images.py)."""
     if c is None:
@@ -420,7 +420,7 @@ def _content(c: Any, p: str, role: str, max_image_bytes: int | None = None
         if not isinstance(part, dict):
             raise type_error(pj, "an object", part)
         kind = part.get("type")
-        if kind in ("text", "input_text", "refusal"):
+        if kind in ("text", "input_text", "output_text", "refusal"):
             t = part.get("text") if kind != "refusal" else part.get("refusal")
             if not isinstance(t, str):
                 raise type_error(f"{pj}.text", "a string", t)

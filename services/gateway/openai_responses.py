@@ -1,0 +1,187 @@
+"""The Responses API: POST /v1/responses (whole, or streamed as typed events), GET and DELETE
+/v1/responses/{id}.
+
+A response is a chat generation underneath: its instructions (a system turn), the conversation
+of its `previous_response_id` (from the store: that response's input and output, not its
+instructions), then its own input, rendered by the model's chat template. So a continuation
+re-sends a prompt that starts the way the previous one did, and the worker's prefix cache
+computes only the new turns. Errors before generation starts are HTTP errors as on every
+endpoint; a failure while streaming ends the stream with `response.failed`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from npuflow.gateway.client import ChatTurn, GenerateParams
+from npuflow.gateway.errors import ApiError
+from npuflow.gateway.generation import FINISH_NAMES, Tally, admit, chat_prompt, check_model, deadline_unix_ms, metered
+from npuflow.gateway.reasoning import Reasoning
+from npuflow.gateway.responses_output import OutputItems, item_id
+from npuflow.gateway.responses_request import ResponsesRequest, parse_responses
+from npuflow.gateway.sse import BoundedWriter, ClientStalled, open_stream
+from npuflow.gateway.state import STATE, GatewayState
+from npuflow.gateway.validation import read_json
+
+
+class EventWriter(BoundedWriter):
+    """`event: <type>` / `data: <json>` pairs, numbered by sequence_number from 0."""
+    seq = 0
+
+    async def send(self, events: list[dict]) -> None:
+        if not events:
+            return
+        chunks = []
+        for ev in events:
+            ev["sequence_number"] = self.seq
+            self.seq += 1
+            chunks.append(f"event: {ev['type']}\ndata: {json.dumps(ev)}\n\n")
+        await self.write("".join(chunks).encode())
+
+
+def _error_code(e: ApiError) -> str:
+    """A Responses error code (the API's short list) for e; e's own code goes in the message."""
+    if e.status == 429:
+        return "rate_limit_exceeded"
+    return "invalid_prompt" if e.status < 500 else "server_error"
+
+
+class _Answer:
+    """One response being made: its request, ids, output items and token accounting."""
+
+    def __init__(self, req: ResponsesRequest, history: tuple[ChatTurn, ...], created: int, prompt_tokens: int,
+                 opens_reasoning: bool):
+        self.req = req
+        self.id = item_id("resp")
+        self.created = created
+        self.history = history
+        self.prompt_tokens = prompt_tokens
+        s = req.chat.structured
+        self.out = OutputItems(s.names() if s.parse_tool_calls else None, req.chat.logprobs)
+        self.thinking = Reasoning(1, opens_reasoning and not s.grammar)   # a grammar's output is all answer
+        self.tally = Tally(1)
+        self.finish = "stop"
+
+    def feed(self, d) -> None:
+        self.tally.count(0, d)
+        thought, text, lps = self.thinking.feed(0, d.text, len(d.token_ids), d.logprobs, bool(d.finish))
+        self.out.feed(thought, text, lps, bool(d.finish))
+        if d.finish:
+            self.finish = FINISH_NAMES.get(d.finish, "stop")
+
+    def body(self, status: str, error: ApiError | None = None) -> dict:
+        r = self.req
+        usage = None
+        if status in ("completed", "incomplete", "failed"):
+            out_tokens, cached = self.tally.completion_tokens(), self.tally.cached_prompt_tokens(1)
+            # the prompt tokens computed now stay in the worker's KV slot for a prompt that starts the same way
+            usage = {"input_tokens": self.prompt_tokens,
+                     "input_tokens_details": {"cached_tokens": cached,
+                                              "cache_write_tokens": self.prompt_tokens - cached},
+                     "output_tokens": out_tokens, "output_tokens_details": {"reasoning_tokens": sum(self.thinking.tokens)},
+                     "total_tokens": self.prompt_tokens + out_tokens}
+        return {"id": self.id, "object": "response", "created_at": self.created, "status": status,
+                "background": False, "completed_at": int(time.time()) if status == "completed" else None,
+                "error": {"code": _error_code(error), "message": error.message} if error is not None else None,
+                "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+                "instructions": r.instructions, "metadata": r.metadata, "model": r.chat.model,
+                "output": self.out.items if status != "in_progress" else [],
+                "previous_response_id": r.previous_response_id, "service_tier": "default", "store": r.store,
+                **r.echo, "usage": usage}
+
+    def done(self, st: GatewayState, error: ApiError | None = None) -> dict:
+        """Close the output, store the response (with its conversation) when asked, and return it."""
+        status = "failed" if error is not None else ("incomplete" if self.finish == "length" else "completed")
+        self.out.finish("incomplete" if status != "completed" else "completed")
+        body = self.body(status, error)
+        if self.req.store:
+            reply = ChatTurn(role="assistant", content=self.out.text(), tool_calls=tuple(self.out.calls_made()))
+            st.responses.put(body, self.history + tuple(self.req.chat.messages) + (reply,))
+        return body
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    st = request.app[STATE]
+    arrived, now = time.perf_counter(), time.time()
+    req = parse_responses(await read_json(request), st.settings.server.max_image_bytes)
+    chat = req.chat
+    check_model(st, chat.model)
+    history: tuple[ChatTurn, ...] = ()
+    if req.previous_response_id is not None:
+        prev = st.responses.get(req.previous_response_id)
+        if prev is None:
+            raise ApiError(400, f"Previous response with id '{req.previous_response_id[:80]}' not found.",
+                           param="previous_response_id", code="previous_response_not_found")
+        history = prev.history
+    system = [ChatTurn(role="system", content=req.instructions)] if req.instructions else []
+    deadline_ms = deadline_unix_ms(st, now)
+    prompt, images, opens = await chat_prompt(st, chat.model, system + list(history) + chat.messages,
+                                              chat.tools_json, chat.template_kwargs_json)
+    with await admit(st, chat, [len(prompt)], deadline_ms, "input"):
+        answer = _Answer(req, history, int(now), len(prompt), opens)
+        params = GenerateParams(request_id=answer.id, model=chat.model, prompt_token_ids=prompt,
+                                sampling=chat.sampling, n=1, deadline_unix_ms=deadline_ms,
+                                grammar=chat.structured.grammar, grammar_param=chat.structured.grammar_param,
+                                images=images)
+        if chat.stream:
+            return await _stream(request, st, answer, params, arrived)
+        await _generate(st, answer, params, arrived)
+        return web.json_response(answer.done(st))
+
+
+async def _generate(st: GatewayState, answer: _Answer, params: GenerateParams, arrived: float,
+                    emit: Callable[[list[dict]], Awaitable[None]] | None = None) -> None:
+    async with contextlib.aclosing(metered(st, params, arrived)) as it:
+        async for batch in it:
+            for d in batch:
+                if d.index == 0:
+                    answer.feed(d)
+            if emit is not None:
+                await emit(answer.out.take_events())
+
+
+async def _stream(request: web.Request, st: GatewayState, answer: _Answer, params: GenerateParams,
+                  arrived: float) -> web.StreamResponse:
+    resp = await open_stream(request)
+    w = EventWriter(request, resp, deadline_unix_ms=params.deadline_unix_ms,
+                    write_timeout_s=st.settings.server.stream_write_timeout_s)
+    try:
+        start = answer.body("in_progress")
+        await w.send([{"type": "response.created", "response": start},
+                      {"type": "response.in_progress", "response": start}])
+        try:
+            await _generate(st, answer, params, arrived, w.send)
+        except ApiError as e:
+            body = answer.done(st, e)
+            await w.send(answer.out.take_events() + [{"type": "response.failed", "response": body}])
+        else:
+            body = answer.done(st)
+            kind = "response.completed" if body["status"] == "completed" else "response.incomplete"
+            await w.send(answer.out.take_events() + [{"type": kind, "response": body}])
+        await w.end()
+    except ClientStalled:   # the connection is gone; leaving the generation aborted the request
+        pass
+    return resp
+
+
+def _stored(request: web.Request):
+    rid = request.match_info["response_id"]
+    stored = request.app[STATE].responses.get(rid)
+    if stored is None:
+        raise ApiError(404, f"No response found with id '{rid[:80]}'.", param="response_id", code="not_found")
+    return rid, stored
+
+
+async def get_response(request: web.Request) -> web.Response:
+    _, stored = _stored(request)
+    return web.json_response(stored.response)
+
+
+async def delete_response(request: web.Request) -> web.Response:
+    rid, _ = _stored(request)
+    request.app[STATE].responses.delete(rid)
+    return web.json_response({"id": rid, "object": "response", "deleted": True})

@@ -1,0 +1,235 @@
+"""A Responses API request body -> a ResponsesRequest: the chat request it amounts to (its input
+items as chat turns, its function tools, text.format as a response_format) and what the
+Responses API adds (store, previous_response_id, instructions, metadata, the fields a response
+echoes). Errors are 400s naming the Responses API's own field (`input[2].content[0]`,
+`text.format`, `tools[1].type`), never the chat field it became.
+
+Input items: messages (`{"role", "content"}` with or without `"type": "message"`; content a
+string or `input_text` / `input_image` parts, `output_text` / `refusal` parts in assistant
+turns), `function_call` (joined with the assistant turn before it, as chat's `tool_calls`) and
+`function_call_output` (a tool turn). `reasoning` items are accepted and left out of the prompt,
+as chat templates leave out earlier turns' thinking.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from npuflow.gateway.client import ChatTurn
+from npuflow.gateway.errors import ApiError, bad_param
+from npuflow.gateway.structured import parse_structured, tools_json
+from npuflow.gateway.validation import (ChatRequest, Fields, message_content, parse_sampling, template_kwargs,
+                                        type_error)
+
+MIN_OUTPUT_TOKENS = 16            # the API's minimum for max_output_tokens
+MAX_METADATA = 16
+ROLES = ("user", "assistant", "system", "developer")
+INCLUDE = ("message.output_text.logprobs", "reasoning.encrypted_content", "message.input_image.image_url",
+           "web_search_call.action.sources", "code_interpreter_call.outputs", "computer_call_output.output.image_url",
+           "file_search_call.results")
+UNSUPPORTED = {   # fields whose feature this server does not have: a 400, never silently dropped
+    "background": "Background responses are not supported: this server answers while the request is open.",
+    "conversation": "The Conversations API is not supported: continue a conversation with "
+                    "'previous_response_id' or send the whole 'input'.",
+    "prompt": "Reusable prompt templates ('prompt') are not supported: send 'instructions' and 'input'.",
+}
+
+
+@dataclass
+class ResponsesRequest:
+    chat: ChatRequest                  # the generation: messages = this request's own turns (no history yet)
+    store: bool = True
+    previous_response_id: str | None = None
+    instructions: str | None = None
+    metadata: dict = field(default_factory=dict)
+    echo: dict = field(default_factory=dict)    # the request's settings as a response reports them
+
+
+def _renamed(e: ApiError, mapping: list[tuple[str, str]]) -> ApiError:
+    """e with its param's chat-request prefix replaced by the Responses field it came from."""
+    for old, new in mapping:
+        if e.param and (e.param == old or e.param.startswith((old + ".", old + "["))):
+            e.param = new + e.param[len(old):]
+            e.message = e.message.replace(f"'{old}", f"'{new}")
+            break
+    return e
+
+
+def _tools(v: Any) -> list[dict]:
+    """Function tools ({"type": "function", "name", "parameters", ...}) in chat's nested shape."""
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise type_error("tools", "an array", v)
+    out = []
+    for i, t in enumerate(v):
+        if not isinstance(t, dict):
+            raise type_error(f"tools[{i}]", "an object", t)
+        kind = t.get("type")
+        if kind != "function":
+            raise bad_param(f"tools[{i}].type", f"Tools of type {str(kind)[:40]!r} are not supported: this server "
+                                                "runs function tools only ({\"type\": \"function\", \"name\", "
+                                                "\"parameters\"}).", code="unsupported_value")
+        Fields(t, f"tools[{i}].").str("name", required=True)
+        fn = {k: t[k] for k in ("name", "description", "parameters", "strict") if t.get(k) is not None}
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tool_choice(v: Any) -> Any:
+    if v is None or isinstance(v, str):
+        return v
+    if not isinstance(v, dict):
+        raise type_error("tool_choice", "a string or an object", v)
+    if v.get("type") == "function":
+        return {"type": "function", "function": {"name": v.get("name")}}
+    raise bad_param("tool_choice.type", f"tool_choice of type {str(v.get('type'))[:40]!r} is not supported: "
+                                        "use 'none', 'auto', 'required' or {\"type\": \"function\", \"name\"}.",
+                    code="unsupported_value")
+
+
+def _response_format(text: Any) -> Any:
+    """text.format as chat's response_format."""
+    if text is None:
+        return None
+    if not isinstance(text, dict):
+        raise type_error("text", "an object", text)
+    fmt = text.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise type_error("text.format", "an object", fmt)
+    if fmt.get("type") == "json_schema":
+        Fields(fmt, "text.format.").str("name", required=True)
+        return {"type": "json_schema", "json_schema": {k: fmt[k] for k in ("name", "schema", "strict", "description")
+                                                       if k in fmt}}
+    return fmt
+
+
+def _echo_format(fmt: Any) -> dict:
+    return fmt if isinstance(fmt, dict) else {"type": "text"}
+
+
+def parse_input(v: Any, max_image_bytes: int | None = None, param: str = "input") -> list[ChatTurn]:
+    """The input (a string, or a list of items) as chat turns."""
+    if isinstance(v, str):
+        return [ChatTurn(role="user", content=v)]
+    if not isinstance(v, list):
+        raise type_error(param, "a string or an array of input items", v)
+    turns: list[ChatTurn] = []
+    for i, item in enumerate(v):
+        p = f"{param}[{i}]"
+        if not isinstance(item, dict):
+            raise type_error(p, "an object", item)
+        kind = item.get("type", "message")
+        f = Fields(item, p + ".")
+        if kind == "message":
+            role = f.str("role", required=True)
+            if role not in ROLES:
+                raise bad_param(p + ".role", f"Invalid value: '{role[:40]}'. Supported values are: 'user', "
+                                             "'assistant', 'system', and 'developer'.")
+            content, parts = message_content(item.get("content"), p + ".content", role, max_image_bytes)
+            turns.append(ChatTurn(role=role, content=content, parts=parts))
+        elif kind == "function_call":
+            call = (f.str("call_id", required=True), "function", f.str("name", required=True),
+                    f.str("arguments", required=True))
+            last = turns[-1] if turns else None
+            if last is not None and last.role == "assistant" and not last.parts:
+                turns[-1] = ChatTurn(role="assistant", content=last.content, tool_calls=last.tool_calls + (call,))
+            else:
+                turns.append(ChatTurn(role="assistant", content="", tool_calls=(call,)))
+        elif kind == "function_call_output":
+            call_id = f.str("call_id", required=True)
+            out = f.required("output")
+            if not isinstance(out, str):
+                out, _ = message_content(out, p + ".output", "tool")
+            turns.append(ChatTurn(role="tool", content=out, tool_call_id=call_id))
+        elif kind == "reasoning":
+            continue
+        else:
+            raise bad_param(p + ".type", f"Input items of type {str(kind)[:40]!r} are not supported: items are "
+                                         "'message', 'function_call', 'function_call_output' and 'reasoning'.",
+                            code="unsupported_value")
+    return turns
+
+
+def _metadata(v: Any) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+        raise type_error("metadata", "an object of strings", v)
+    if len(v) > MAX_METADATA:
+        raise bad_param("metadata", f"Invalid 'metadata': at most {MAX_METADATA} keys.")
+    return v
+
+
+def _include(v: Any) -> list[str]:
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise type_error("include", "an array of strings", v)
+    for i, x in enumerate(v):
+        if x not in INCLUDE:
+            raise bad_param(f"include[{i}]", f"Invalid value: {x[:60]!r}. Supported values are: "
+                                             + ", ".join(f"'{k}'" for k in INCLUDE) + ".")
+    return v
+
+
+def parse_responses(body: dict, max_image_bytes: int | None = None) -> ResponsesRequest:
+    f = Fields(body)
+    model = f.str("model", required=True)
+    for key, why in UNSUPPORTED.items():
+        if body.get(key) not in (None, False):
+            raise bad_param(key, why, code="unsupported_parameter")
+    if body.get("truncation") not in (None, "disabled"):
+        raise bad_param("truncation", "Only truncation 'disabled' is supported: an input over the model's "
+                                      "context is a 400.", code="unsupported_value")
+    stream = f.bool("stream")
+    if body.get("stream_options") is not None and not stream:
+        raise bad_param("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+    previous = f.str("previous_response_id")
+    if body.get("input") is None and previous is None:
+        raise bad_param("input", "Missing required parameter: 'input'.", code="missing_required_parameter")
+    turns = parse_input(body["input"], max_image_bytes) if body.get("input") is not None else []
+    instructions = f.str("instructions")
+    sampling, max_tokens = parse_sampling(f, ("max_output_tokens",))
+    if max_tokens is not None and max_tokens < MIN_OUTPUT_TOKENS:
+        f.int("max_output_tokens", lo=MIN_OUTPUT_TOKENS)
+    top = f.int("top_logprobs", lo=0, hi=20)
+    logprobs = "message.output_text.logprobs" in _include(body.get("include")) or bool(top)
+    if logprobs:
+        sampling.logprobs = True
+        sampling.top_logprobs = top or 0
+    tools = _tools(body.get("tools"))
+    chat_like = {"tools": tools or None, "tool_choice": _tool_choice(body.get("tool_choice")),
+                 "parallel_tool_calls": body.get("parallel_tool_calls"),
+                 "response_format": _response_format(body.get("text"))}
+    try:
+        structured = parse_structured(chat_like)
+    except ApiError as e:
+        raise _renamed(e, [("response_format", "text.format")]) from None
+    if structured.grammar_param == "response_format":    # the worker's errors name the field
+        structured.grammar_param = "text.format"
+    effort = body.get("reasoning")
+    if effort is not None and not isinstance(effort, dict):
+        raise type_error("reasoning", "an object", effort)
+    effort = (effort or {}).get("effort")
+    try:
+        kwargs = template_kwargs({"chat_template_kwargs": body.get("chat_template_kwargs"),
+                                  "reasoning_effort": effort})
+    except ApiError as e:
+        raise _renamed(e, [("reasoning_effort", "reasoning.effort")]) from None
+    chat = ChatRequest(model=model, stream=stream, include_usage=True, n=1, max_tokens=max_tokens, sampling=sampling,
+                       logprobs=logprobs, top_logprobs=top or 0, messages=turns, tools_json=tools_json(structured),
+                       structured=structured, template_kwargs_json=kwargs)
+    echo = {"max_output_tokens": max_tokens, "parallel_tool_calls": f.bool("parallel_tool_calls", True),
+            "reasoning": {"effort": effort, "summary": None},
+            "temperature": f.number("temperature"), "top_p": f.number("top_p"),
+            "text": {"format": _echo_format((body.get("text") or {}).get("format"))},
+            "tool_choice": body.get("tool_choice") or ("auto" if tools else "none"),
+            "tools": [dict(t["function"], type="function", strict=t["function"].get("strict", True),
+                           parameters=t["function"].get("parameters"))
+                      for t in tools],
+            "top_logprobs": top or 0, "user": f.str("user"), "truncation": "disabled"}
+    return ResponsesRequest(chat=chat, store=f.bool("store", True), previous_response_id=previous,
+                            instructions=instructions, metadata=_metadata(body.get("metadata")), echo=echo)
