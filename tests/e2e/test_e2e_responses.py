@@ -1,0 +1,87 @@
+"""The Responses API on the real stack with the official client: create, the stream helper,
+previous_response_id chains (which reuse the worker's KV), stored responses, function calls and
+text.format."""
+import json
+
+import pytest
+
+from e2e_stack import DEFAULT_ID
+
+pytestmark = pytest.mark.e2e
+
+
+def test_create_equals_chat_and_streams_the_same(client):
+    r = client.responses.create(model=DEFAULT_ID, input="Name a colour.", instructions="Answer in one word.",
+                                temperature=0, max_output_tokens=16)
+    c = client.chat.completions.create(model=DEFAULT_ID, temperature=0, max_tokens=16, messages=[
+        {"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Name a colour."}])
+    assert r.status in ("completed", "incomplete") and r.output_text == c.choices[0].message.content
+    assert r.usage.input_tokens == c.usage.prompt_tokens and r.usage.output_tokens == c.usage.completion_tokens
+
+    with client.responses.stream(model=DEFAULT_ID, input="Name a colour.", instructions="Answer in one word.",
+                                 temperature=0, max_output_tokens=16) as s:
+        kinds, deltas = [], []
+        for e in s:
+            kinds.append(e.type)
+            if e.type == "response.output_text.delta":
+                deltas.append(e.delta)
+        final = s.get_final_response()
+    assert "".join(deltas) == r.output_text == final.output_text
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] in ("response.completed", "response.incomplete")
+
+
+def test_previous_response_id_chain_reuses_the_kv(client):
+    first = client.responses.create(model=DEFAULT_ID, input="My name is Ada. Please remember it.",
+                                    instructions="You are a helpful assistant.", temperature=0,
+                                    max_output_tokens=24)
+    second = client.responses.create(model=DEFAULT_ID, input="What is my name?", previous_response_id=first.id,
+                                     instructions="You are a helpful assistant.", temperature=0,
+                                     max_output_tokens=24)
+    assert second.previous_response_id == first.id and second.output_text
+    # the second prompt starts with the first's: the worker computed only the new turn
+    assert second.usage.input_tokens > first.usage.input_tokens
+    assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 2
+    third = client.responses.create(model=DEFAULT_ID, input="Thanks!", previous_response_id=second.id,
+                                    temperature=0, max_output_tokens=16)
+    assert third.usage.input_tokens > second.usage.input_tokens
+    assert client.responses.retrieve(second.id).output_text == second.output_text
+    client.responses.delete(first.id)
+    from openai import BadRequestError, NotFoundError
+    with pytest.raises(NotFoundError):
+        client.responses.retrieve(first.id)
+    with pytest.raises(BadRequestError) as e:
+        client.responses.create(model=DEFAULT_ID, input="again", previous_response_id=first.id)
+    assert e.value.body["param"] == "previous_response_id"
+    # the chain after the deleted one still continues (a response holds its whole conversation)
+    assert client.responses.create(model=DEFAULT_ID, input="Bye.", previous_response_id=third.id,
+                                   max_output_tokens=16).status in ("completed", "incomplete")
+
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Get the weather in a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                          "additionalProperties": False}}
+
+
+def test_forced_function_call_and_its_output(client):
+    r = client.responses.create(model=DEFAULT_ID, input="What is the weather in Paris?", tools=[WEATHER],
+                                tool_choice="required", temperature=0, max_output_tokens=64)
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather", r.output
+    assert set(json.loads(calls[0].arguments)) == {"city"}
+    nxt = client.responses.create(model=DEFAULT_ID, previous_response_id=r.id, tools=[WEATHER], temperature=0,
+                                  max_output_tokens=24, input=[{"type": "function_call_output",
+                                                                "call_id": calls[0].call_id, "output": "Sunny, 21 C"}])
+    assert nxt.status in ("completed", "incomplete") and nxt.usage.input_tokens > r.usage.input_tokens
+
+
+def test_text_format_json_schema(client):
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}, "count": {"type": "integer"}},
+              "required": ["colour", "count"], "additionalProperties": False}
+    r = client.responses.create(model=DEFAULT_ID, input="Give a colour and a number as JSON.", temperature=0,
+                                max_output_tokens=64,
+                                text={"format": {"type": "json_schema", "name": "pick", "schema": schema,
+                                                 "strict": True}})
+    assert r.status == "completed", r
+    got = json.loads(r.output_text)
+    assert set(got) == {"colour", "count"} and isinstance(got["count"], int)
