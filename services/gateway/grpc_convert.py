@@ -16,7 +16,7 @@ from npuflow.gateway.errors import bad_param
 from npuflow.gateway.structured import Structured, parse_structured, response_format_grammar
 from npuflow.gateway.structured import tools_json as tools_json_of
 from npuflow.gateway.validation import (MAX_N, ChatRequest, Fields, GenRequest, parse_logprobs, parse_messages,
-                                        parse_sampling)
+                                        parse_sampling, template_kwargs)
 from npuflow.v1 import common_pb2, generation_service_pb2 as gs
 
 RF = gs.ResponseFormat
@@ -162,8 +162,17 @@ def chat_request(msg: gs.ChatRequest, max_image_bytes: int | None = None) -> Cha
     if tc:
         body["tool_choice"] = tc if tc in ("none", "auto", "required") else {"type": "function", "function": {"name": tc}}
     structured = parse_structured(body)
+    kwargs = None
+    if msg.chat_template_kwargs_json:
+        try:
+            kwargs = json.loads(msg.chat_template_kwargs_json)
+        except ValueError:
+            kwargs = None
+        if not isinstance(kwargs, dict):
+            raise bad_param("chat_template_kwargs_json", "chat_template_kwargs_json must be a JSON object.")
     return ChatRequest(**common, messages=chat_turns(msg.messages, max_image_bytes),
-                       tools_json=tools_json_of(structured), structured=structured)
+                       tools_json=tools_json_of(structured), structured=structured,
+                       template_kwargs_json=template_kwargs({"chat_template_kwargs": kwargs}))
 
 
 def tokenize_request(msg: gs.TokenizeRequest, max_image_bytes: int | None = None):
@@ -180,13 +189,15 @@ def tokenize_request(msg: gs.TokenizeRequest, max_image_bytes: int | None = None
     return model, msg.text, add, ""
 
 
-def choice(d: Delta, text: str | None = None, calls: list[dict] = (),
-           finish: int | None = None) -> gs.GenerateResponse.Choice:
+def choice(d: Delta, text: str | None = None, calls: list[dict] = (), finish: int | None = None,
+           reasoning: str = "", logprobs: list | None = None) -> gs.GenerateResponse.Choice:
     """A choice message from a worker delta; text, tool call pieces (tool_calls.CallStream's
-    OpenAI-shaped deltas) and finish reason as the tool-call reader decided, when it did."""
+    OpenAI-shaped deltas) and finish reason as the tool-call reader decided, when it did;
+    reasoning text and the answer's logprobs as the reasoning split decided."""
     c = gs.GenerateResponse.Choice(index=d.index, text=d.text if text is None else text, token_ids=d.token_ids,
-                                   finish_reason=d.finish if finish is None else finish, stop_reason=d.stop_reason)
-    c.logprobs.extend(d.logprobs)
+                                   finish_reason=d.finish if finish is None else finish, stop_reason=d.stop_reason,
+                                   reasoning_text=reasoning)
+    c.logprobs.extend(d.logprobs if logprobs is None else logprobs)
     for call in calls:
         fn = call.get("function", {})
         c.tool_calls.add(index=call["index"], id=call.get("id", ""), type=call.get("type", ""),

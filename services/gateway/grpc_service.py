@@ -24,6 +24,7 @@ from npuflow.gateway.client import GenerateParams, ImageInput
 from npuflow.gateway.errors import ApiError, bad_param
 from npuflow.gateway.generation import Tally, admit, chat_prompt, check_model, check_prompt, deadline_unix_ms, metered
 from npuflow.gateway.model_state import model_states
+from npuflow.gateway.reasoning import Reasoning
 from npuflow.gateway.sse import write_bound
 from npuflow.gateway.state import GatewayState
 from npuflow.gateway.structured import Structured
@@ -64,8 +65,12 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
         req = convert.chat_request(request, self.st.settings.server.max_image_bytes)
         check_model(self.st, req.model)
         deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
-        ids, images, _ = await chat_prompt(self.st, req.model, req.messages, req.tools_json)
-        await self._stream(context, req, req.structured, ids, "messages", "chat-", deadline_ms, arrived, images)
+        ids, images, opens = await chat_prompt(self.st, req.model, req.messages, req.tools_json,
+                                               req.template_kwargs_json)
+        # a grammar constrains the output from its first token: that output is the answer
+        thinking = Reasoning(req.n, opens and not req.structured.grammar)
+        await self._stream(context, req, req.structured, ids, "messages", "chat-", deadline_ms, arrived, images,
+                           thinking)
 
     async def Tokenize(self, request: gs.TokenizeRequest, context: Context) -> gs.TokenizeResponse:
         model, what, add_special, tools = convert.tokenize_request(request, self.st.settings.server.max_image_bytes)
@@ -108,12 +113,13 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
 
     async def _stream(self, context: Context, req: GenRequest, structured: Structured, ids: Sequence[int],
                       what: str, prefix: str, deadline_ms: int, arrived: float,
-                      images: Sequence[ImageInput] = ()) -> None:
+                      images: Sequence[ImageInput] = (), thinking: Reasoning | None = None) -> None:
         with await admit(self.st, req, [len(ids)], deadline_ms, what):
-            await self._generate(context, req, structured, ids, prefix, deadline_ms, arrived, images)
+            await self._generate(context, req, structured, ids, prefix, deadline_ms, arrived, images, thinking)
 
     async def _generate(self, context: Context, req: GenRequest, structured: Structured, ids: Sequence[int],
-                        prefix: str, deadline_ms: int, arrived: float, images: Sequence[ImageInput] = ()) -> None:
+                        prefix: str, deadline_ms: int, arrived: float, images: Sequence[ImageInput] = (),
+                        thinking: Reasoning | None = None) -> None:
         st, n = self.st, req.n
         write = BoundedWrite(context, deadline_ms, st.settings.server.stream_write_timeout_s)
         params = GenerateParams(request_id=prefix + uuid.uuid4().hex, model=req.model, prompt_token_ids=ids,
@@ -132,19 +138,23 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
                     tally.count(i, d)
                     if not d.finish and not d.text and not d.token_ids and not d.logprobs:
                         continue
+                    thought, text, lps = "", d.text, d.logprobs
+                    if thinking is not None:
+                        thought, text, lps = thinking.feed(i, d.text, len(d.token_ids), d.logprobs, bool(d.finish))
                     if readers is None:
-                        out.choices.append(convert.choice(d))
+                        out.choices.append(convert.choice(d, text, reasoning=thought, logprobs=lps))
                         continue
                     # the text of a call goes out as tool_calls
-                    text, calls, called = readers[i].step(d.text, bool(d.finish))
+                    text, calls, called = readers[i].step(text, bool(d.finish))
                     finish = common_pb2.FINISH_REASON_TOOL_CALLS if called else None
-                    out.choices.append(convert.choice(d, text, calls, finish))
+                    out.choices.append(convert.choice(d, text, calls, finish, thought, lps))
                 if out.choices:
                     await write(out)
         prompt_tokens, completion_tokens = len(ids), tally.completion_tokens()
         usage = gs.GenerateResponse.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                           total_tokens=prompt_tokens + completion_tokens,
-                                          cached_prompt_tokens=tally.cached_prompt_tokens(n))
+                                          cached_prompt_tokens=tally.cached_prompt_tokens(n),
+                                          reasoning_tokens=sum(thinking.tokens) if thinking is not None else 0)
         await write(gs.GenerateResponse(id=params.request_id, model=req.model, usage=usage))
 
 

@@ -92,6 +92,21 @@ def test_chat_uses_the_template_through_the_tokenizer(front):
     assert msgs[-1].usage.prompt_tokens == len(front.stack.worker.requests[-1].prompt_token_ids)
 
 
+def test_chat_reasoning_text_and_template_kwargs(front):
+    """A thinking model's block comes in reasoning_text, the answer in text; usage counts it."""
+    front.stack.worker.reply = ["<th", "ink>", "Let me", " think.", "</think>", "\n\n", "Hi", "!"]
+    try:
+        msgs = front.chat(model=MODEL, messages=HI, chat_template_kwargs_json='{"enable_thinking": true}')
+        assert "".join(c.reasoning_text for m in msgs for c in m.choices) == "Let me think."
+        assert texts(msgs) == ["Hi!"] and msgs[-1].usage.reasoning_tokens == 6
+        assert msgs[-1].usage.completion_tokens == 8
+        assert front.stack.tokenizer.chats[-1].template_kwargs_json == '{"enable_thinking": true}'
+    finally:
+        front.stack.worker.reply = list(REPLY)
+    msgs = front.chat(model=MODEL, messages=HI)
+    assert not any(c.reasoning_text for m in msgs for c in m.choices) and msgs[-1].usage.reasoning_tokens == 0
+
+
 WEATHER = '[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", ' \
           '"properties": {"city": {"type": "string"}}, "required": ["city"]}}}]'
 CALL = ['<tool_call>', '\n{"name": "get_weather", ', '"arguments": {"city": ', '"Paris"}}', '\n</tool_call>']
@@ -188,6 +203,7 @@ def test_generate_bad_arguments(front, fields, param, needle):
     (dict(model=MODEL, messages=HI, tools_json="{}"), "tools_json", "JSON array"),
     (dict(model=MODEL, messages=HI, tools_json=WEATHER, tool_choice="nope"), "tool_choice", "must name one"),
     (dict(model=MODEL, messages=HI, tool_choice="required"), "tool_choice", "needs 'tools'"),
+    (dict(model=MODEL, messages=HI, chat_template_kwargs_json="[1]"), "chat_template_kwargs_json", "JSON object"),
     (dict(model=MODEL, messages=HI, response_format=dict(type=RF.TYPE_JSON_SCHEMA)), "response_format.json_schema",
      "Missing"),
 ])
