@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""What the Responses API's stream costs per token against chat completions' for the same prompt.
+
+    python bench/responses_overhead.py [--rounds 8] [--max-tokens 128] [--streams 1]
+
+`npuflow serve` of the default model; the same conversation (instructions = the system turn)
+sent as a streamed /v1/chat/completions and as a streamed /v1/responses (store off, temperature 0,
+ignore_eos, --max-tokens), one after the other in alternating rounds with --streams requests at
+once, read by one aiohttp client. Per request: time to first token and the time per token after
+it ((last delta - first delta) / (deltas - 1)); the ratios are responses / chat of the medians.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from stack import MODEL, start_stack, stop_stack  # noqa: E402
+
+SYSTEM = "You are a helpful assistant who writes long, careful answers."
+USER = "Explain how a bicycle stays upright while it moves, step by step."
+
+
+def bodies(max_tokens: int) -> dict[str, tuple[str, dict]]:
+    return {
+        "chat": ("/chat/completions", {"model": MODEL, "stream": True, "temperature": 0, "ignore_eos": True,
+                                       "max_tokens": max_tokens, "messages": [
+                                           {"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]}),
+        "responses": ("/responses", {"model": MODEL, "stream": True, "temperature": 0, "ignore_eos": True,
+                                     "max_output_tokens": max_tokens, "store": False, "instructions": SYSTEM,
+                                     "input": USER}),
+    }
+
+
+def is_token(kind: str, data: dict) -> bool:
+    if kind == "chat":
+        return bool(data.get("choices")) and bool(data["choices"][0]["delta"].get("content"))
+    return data.get("type") == "response.output_text.delta"
+
+
+async def one(session, base: str, kind: str, path: str, body: dict) -> tuple[float, float, int]:
+    """(TTFT s, s per token after the first, token deltas) of one streamed request."""
+    t0 = time.perf_counter()
+    stamps = []
+    async with session.post(base + path, json=body) as r:
+        assert r.status == 200, await r.text()
+        async for line in r.content:
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                continue
+            if is_token(kind, json.loads(line[6:])):
+                stamps.append(time.perf_counter())
+    return stamps[0] - t0, (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1), len(stamps)
+
+
+async def run(base: str, rounds: int, max_tokens: int, streams: int) -> dict[str, list[tuple[float, float, int]]]:
+    import aiohttp
+    got: dict[str, list] = {"chat": [], "responses": []}
+    reqs = bodies(max_tokens)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        for kind, (path, body) in reqs.items():        # warm both paths
+            await one(session, base, kind, path, body)
+        for r in range(rounds):
+            order = list(reqs) if r % 2 == 0 else list(reversed(reqs))
+            for kind in order:
+                path, body = reqs[kind]
+                got[kind] += await asyncio.gather(*(one(session, base, kind, path, body) for _ in range(streams)))
+    return got
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--streams", type=int, default=1)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, base = start_stack(pathlib.Path(tmp), max_batch=8, max_queue=64, request_timeout=600)
+        try:
+            got = asyncio.run(run(base, a.rounds, a.max_tokens, a.streams))
+        finally:
+            stop_stack(proc)
+    med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in got.items()}
+    print(f"{a.rounds} rounds x {a.streams} stream(s), {a.max_tokens} tokens, deltas per request: "
+          f"chat {statistics.median(x[2] for x in got['chat'])}, "
+          f"responses {statistics.median(x[2] for x in got['responses'])}")
+    print(f"{'':10}{'TTFT ms':>10}{'ms/token':>10}")
+    for k, (ttft, per) in med.items():
+        print(f"{k:10}{ttft * 1000:10.1f}{per * 1000:10.3f}")
+    print(f"responses / chat: TTFT {med['responses'][0] / med['chat'][0]:.3f}x, "
+          f"per token {med['responses'][1] / med['chat'][1]:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
