@@ -106,10 +106,11 @@ class ImageSpan:
 @dataclass(frozen=True)
 class ChatTokens:
     """An encoded conversation: its token ids (image placeholders expanded), per image in order
-    its span, and the text the chat template rendered."""
+    its span, the text the chat template rendered, and whether that template knows <think> blocks."""
     token_ids: list[int]
     images: tuple[ImageSpan, ...] = ()
     rendered: str = ""
+    template_thinks: bool = False
 
 
 @dataclass(frozen=True)

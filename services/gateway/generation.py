@@ -23,8 +23,9 @@ from npuflow.gateway.client import ChatTurn, Delta, GenerateParams, ImageInput, 
 from npuflow.gateway.errors import ApiError, model_not_available, model_not_found
 from npuflow.gateway.images import resolve_images
 from npuflow.gateway.model_state import model_states
-from npuflow.gateway.reasoning import opens_reasoning
+from npuflow.gateway.reasoning import may_think, opens_reasoning
 from npuflow.gateway.state import GatewayState
+from npuflow.gateway.structured import after_thinking
 from npuflow.gateway.validation import GenRequest
 from npuflow.v1 import common_pb2
 
@@ -105,6 +106,13 @@ class ChatPrompt(NamedTuple):
     token_ids: list[int]
     images: tuple[ImageInput, ...]
     opens_reasoning: bool = False    # the template's generation prompt opened a <think> block
+    may_think: bool = False          # or the model may open one itself (reasoning.may_think)
+
+    def grammar(self, grammar: str) -> str:
+        """A request's grammar, applied to the answer only when the model thinks first."""
+        if grammar and (self.opens_reasoning or self.may_think):
+            return after_thinking(grammar, self.opens_reasoning)
+        return grammar
 
 
 async def chat_prompt(st: GatewayState, model: str, turns: Sequence[ChatTurn], tools_json: str = "",
@@ -119,7 +127,7 @@ async def chat_prompt(st: GatewayState, model: str, turns: Sequence[ChatTurn], t
         raise ApiError(500, f"The tokenizer placed {len(enc.images)} images of {len(parts)}.", code="internal_error")
     return ChatPrompt(enc.token_ids, tuple(ImageInput(data=p.data, detail=p.detail, start=s.start, end=s.end,
                                                       param=p.param) for p, s in zip(parts, enc.images)),
-                      opens_reasoning(enc.rendered))
+                      opens_reasoning(enc.rendered), may_think(enc.rendered, enc.template_thinks))
 
 
 def deadline_unix_ms(st: GatewayState, arrived: float, remaining_s: float | None = None) -> int:

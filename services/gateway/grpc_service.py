@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from typing import Sequence
@@ -65,12 +66,10 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
         req = convert.chat_request(request, self.st.settings.server.max_image_bytes)
         check_model(self.st, req.model)
         deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
-        ids, images, opens = await chat_prompt(self.st, req.model, req.messages, req.tools_json,
-                                               req.template_kwargs_json)
-        # a grammar constrains the output from its first token: that output is the answer
-        thinking = Reasoning(req.n, opens and not req.structured.grammar)
-        await self._stream(context, req, req.structured, ids, "messages", "chat-", deadline_ms, arrived, images,
-                           thinking)
+        cp = await chat_prompt(self.st, req.model, req.messages, req.tools_json, req.template_kwargs_json)
+        structured = dataclasses.replace(req.structured, grammar=cp.grammar(req.structured.grammar))
+        await self._stream(context, req, structured, cp.token_ids, "messages", "chat-", deadline_ms, arrived,
+                           cp.images, Reasoning(req.n, cp.opens_reasoning))
 
     async def Tokenize(self, request: gs.TokenizeRequest, context: Context) -> gs.TokenizeResponse:
         model, what, add_special, tools = convert.tokenize_request(request, self.st.settings.server.max_image_bytes)

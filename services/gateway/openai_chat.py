@@ -43,14 +43,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = parse_chat(await read_json(request), st.settings.server.max_image_bytes)
     check_model(st, req.model)
     deadline_ms = deadline_unix_ms(st, now)
-    prompt, images, opens = await chat_prompt(st, req.model, req.messages, req.tools_json, req.template_kwargs_json)
-    with await admit(st, req, [len(prompt)], deadline_ms, "messages"):
+    cp = await chat_prompt(st, req.model, req.messages, req.tools_json, req.template_kwargs_json)
+    with await admit(st, req, [len(cp.token_ids)], deadline_ms, "messages"):
         params = GenerateParams(request_id="chatcmpl-" + uuid.uuid4().hex, model=req.model,
-                                prompt_token_ids=prompt, sampling=req.sampling, n=req.n, deadline_unix_ms=deadline_ms,
-                                grammar=req.structured.grammar, grammar_param=req.structured.grammar_param,
-                                images=images)
-        # a grammar constrains the output from its first token: that output is the answer
-        thinking = Reasoning(req.n, opens and not req.structured.grammar)
+                                prompt_token_ids=cp.token_ids, sampling=req.sampling, n=req.n,
+                                deadline_unix_ms=deadline_ms, grammar=cp.grammar(req.structured.grammar),
+                                grammar_param=req.structured.grammar_param, images=cp.images)
+        thinking = Reasoning(req.n, cp.opens_reasoning)
         if req.stream:
             return await _stream(request, st, req, params, arrived, int(now), thinking)
         return await _whole(st, req, params, arrived, int(now), thinking)

@@ -62,7 +62,7 @@ class _Answer:
         self.prompt_tokens = prompt_tokens
         s = req.chat.structured
         self.out = OutputItems(s.names() if s.parse_tool_calls else None, req.chat.logprobs)
-        self.thinking = Reasoning(1, opens_reasoning and not s.grammar)   # a grammar's output is all answer
+        self.thinking = Reasoning(1, opens_reasoning)
         self.tally = Tally(1)
         self.finish = "stop"
 
@@ -119,14 +119,14 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         history = prev.history
     system = [ChatTurn(role="system", content=req.instructions)] if req.instructions else []
     deadline_ms = deadline_unix_ms(st, now)
-    prompt, images, opens = await chat_prompt(st, chat.model, system + list(history) + chat.messages,
-                                              chat.tools_json, chat.template_kwargs_json)
-    with await admit(st, chat, [len(prompt)], deadline_ms, "input"):
-        answer = _Answer(req, history, int(now), len(prompt), opens)
-        params = GenerateParams(request_id=answer.id, model=chat.model, prompt_token_ids=prompt,
+    cp = await chat_prompt(st, chat.model, system + list(history) + chat.messages, chat.tools_json,
+                           chat.template_kwargs_json)
+    with await admit(st, chat, [len(cp.token_ids)], deadline_ms, "input"):
+        answer = _Answer(req, history, int(now), len(cp.token_ids), cp.opens_reasoning)
+        params = GenerateParams(request_id=answer.id, model=chat.model, prompt_token_ids=cp.token_ids,
                                 sampling=chat.sampling, n=1, deadline_unix_ms=deadline_ms,
-                                grammar=chat.structured.grammar, grammar_param=chat.structured.grammar_param,
-                                images=images)
+                                grammar=cp.grammar(chat.structured.grammar),
+                                grammar_param=chat.structured.grammar_param, images=cp.images)
         if chat.stream:
             return await _stream(request, st, answer, params, arrived)
         await _generate(st, answer, params, arrived)

@@ -18,6 +18,14 @@ def opens_reasoning(rendered_prompt: str) -> bool:
     return rendered_prompt.rfind(OPEN) > rendered_prompt.rfind(CLOSE)
 
 
+def may_think(rendered_prompt: str, template_thinks: bool) -> bool:
+    """Whether the answer may open a think block itself: the template knows them (Qwen3's hybrid
+    models write `<think>` first), the prompt did not open one and does not end with an empty
+    closed one (what such a template renders when thinking is turned off)."""
+    return (template_thinks and not opens_reasoning(rendered_prompt)
+            and not rendered_prompt.rstrip().endswith(CLOSE))
+
+
 def _held_prefix(text: str, tag: str) -> int:
     """Length of the longest end of `text` that is a proper start of `tag` (kept for the next piece)."""
     for k in range(min(len(tag) - 1, len(text)), 0, -1):

@@ -228,5 +228,16 @@ def parse_structured(body: dict) -> Structured:
     return out
 
 
+def after_thinking(grammar: str, opened: bool) -> str:
+    """`grammar` (as _grammar makes it) applied to the answer of a model that thinks first: the
+    rest of the <think> block the prompt `opened`, or else an optional block the model opens
+    itself, free text up to `</think>`, blank lines, then the grammar's text."""
+    top = json.loads(grammar)
+    inner = top["grammars"][0]["name"]
+    head = "start: think answer\n" if opened else 'start: ("<think>" think)? answer\n'
+    lark = head + f'think[stop="</think>"]: /(?s:.*)/\nanswer: /\\n*/ @{inner}\n'
+    return json.dumps({"grammars": [{"name": "after_thinking", "lark_grammar": lark}] + top["grammars"]})
+
+
 def tools_json(s: Structured) -> str:
     return json.dumps(s.tools) if s.tools else ""

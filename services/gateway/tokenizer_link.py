@@ -188,7 +188,7 @@ class TokenizerLink:
                     m.parts.add(text=p)
         out = (await self._call(req)).encoded
         return ChatTokens(list(out.token_ids), tuple(ImageSpan(s.start, s.end, s.placeholders) for s in out.images),
-                          out.rendered)
+                          out.rendered, out.template_thinks)
 
     async def encode_text(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
         req = tokenizer_pb2.TokenizerRequest()

@@ -88,6 +88,11 @@ class ModelTokenizer:
     def has_chat_template(self) -> bool:
         return self._template is not None
 
+    @property
+    def template_thinks(self) -> bool:
+        """The chat template writes or reads <think> blocks: the model may think before answering."""
+        return "</think>" in (self._template_source or "")
+
     def render_chat(self, messages: Sequence[MessageIn], *, add_generation_prompt: bool = True,
                     tools: list[Any] | None = None, extra: dict[str, Any] | None = None) -> str:
         """The template's text (with one placeholder per image for a vision model)."""

@@ -64,7 +64,7 @@ class TokenizerService:
             enc = tok.encode_conversation(_messages(req.chat), add_generation_prompt=req.chat.add_generation_prompt,
                                           tools_json=req.chat.tools_json,
                                           template_kwargs_json=req.chat.template_kwargs_json)
-            out = tokenizer_pb2.EncodeResult(rendered=enc.rendered)
+            out = tokenizer_pb2.EncodeResult(rendered=enc.rendered, template_thinks=tok.template_thinks)
             out.token_ids.extend(enc.ids)
             for sp in enc.images:
                 out.images.add(start=sp.start, end=sp.end, placeholders=sp.placeholders)

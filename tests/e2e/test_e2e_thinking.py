@@ -108,3 +108,17 @@ def test_grpc_chat_streams_reasoning_text(thinker, client):
     assert "".join(c.reasoning_text for m in msgs for c in m.choices) == \
         whole.choices[0].message.model_extra["reasoning_content"]
     assert not "".join(c.text for m in msgs for c in m.choices) and msgs[-1].usage.reasoning_tokens == 12
+
+
+def test_a_grammar_lets_the_model_think_first(client):
+    """With a json_object format the block the template opened stays free text (the worker's grammar
+    constrains only what follows </think>): 12 tokens of it here, all reasoning."""
+    free = client.chat.completions.create(model=MODEL, messages=HI, extra_body=NO_EOS, **LONG)
+    r = client.chat.completions.create(model=MODEL, messages=HI, response_format={"type": "json_object"}, **LONG)
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "length" and not msg.content
+    assert msg.model_extra["reasoning_content"] == free.choices[0].message.model_extra["reasoning_content"]
+    off = client.chat.completions.create(model=MODEL, messages=HI, response_format={"type": "json_object"},
+                                         extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+                                         max_tokens=24, temperature=0)
+    assert off.choices[0].message.content.startswith("{")     # no block: the answer is constrained from its start

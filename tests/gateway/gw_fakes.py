@@ -163,6 +163,7 @@ class FakeTokenizer:
         self.vision = vision          # models that take images: each image is IMAGE_TOKENS tokens
         self.silent = False
         self.chats: list[tokenizer_pb2.ChatInput] = []
+        self.thinks = ""              # "open": the rendered prompt opens <think>; "may": the template knows them
         self.sock = make_socket(ctx, zmq.ROUTER, endpoint, bind=True)
         self._task = asyncio.create_task(self._loop())
 
@@ -199,7 +200,8 @@ class FakeTokenizer:
                 self.chats.append(req.encode.chat)
                 text = " ".join(f"<{m.role}> {m.content}" for m in req.encode.chat.messages) + " <assistant>"
                 resp.encoded.token_ids.extend(self.ids(text))
-                resp.encoded.rendered = text
+                resp.encoded.rendered = text + ("<think>\n" if self.thinks == "open" else "")
+                resp.encoded.template_thinks = bool(self.thinks)
                 for m in req.encode.chat.messages:   # images after the text, IMAGE_TOKENS each
                     for p in m.parts:
                         if p.WhichOneof("part") == "image":

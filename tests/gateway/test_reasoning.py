@@ -76,3 +76,30 @@ def test_template_kwargs_and_reasoning_effort():
         with pytest.raises(ApiError) as e:
             template_kwargs(body)
         assert e.value.status == 400 and e.value.param == param
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+          "additionalProperties": False}
+
+
+def test_a_json_schema_applies_to_the_answer_after_thinking(stack):
+    """For a model that thinks, the worker's grammar lets the block through first (the rest of a
+    block the prompt opened, or one the model opens), and the answer is the JSON."""
+    rf = {"type": "json_schema", "json_schema": {"name": "place", "schema": SCHEMA}}
+    for thinks, reply in (("open", ["Paris is", " a city.", "</think>", "\n\n", '{"city":', '"Paris"}']),
+                          ("may", ["<think>", "Paris.", "</think>", "\n", '{"city":"Paris"}'])):
+        stack.tokenizer.thinks, stack.worker.reply = thinks, reply
+        try:
+            st, _, body = stack.request("POST", "/v1/chat/completions", {"model": MODEL, "messages": HI,
+                                                                         "response_format": rf})
+            assert st == 200, body
+            msg = body["choices"][0]["message"]
+            assert json.loads(msg["content"]) == {"city": "Paris"} and msg["reasoning_content"] in ("Paris is a city.",
+                                                                                                   "Paris.")
+            grammar = json.loads(stack.worker.requests[-1].grammar)
+            assert grammar["grammars"][0]["name"] == "after_thinking"
+            assert grammar["grammars"][1]["json_schema"]["required"] == ["city"]
+        finally:
+            stack.tokenizer.thinks, stack.worker.reply = "", list(REPLY)
+    st, _, body = stack.request("POST", "/v1/chat/completions", {"model": MODEL, "messages": HI, "response_format": rf})
+    assert "after_thinking" not in stack.worker.requests[-1].grammar   # a model that does not think: as it was

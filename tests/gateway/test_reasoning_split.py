@@ -38,3 +38,30 @@ def test_opens_reasoning():
     assert opens_reasoning("<|im_start|>assistant\n<think>\n")
     assert not opens_reasoning("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert not opens_reasoning("<|im_start|>assistant\n")
+
+
+def _accepts(grammar: str, text: str) -> bool:
+    import llguidance
+    from npuflow.gateway.structured import _byte_tokenizer
+    m = llguidance.LLMatcher(_byte_tokenizer(), grammar, log_level=0)
+    return all(m.consume_token(b) for b in text.encode()) and m.is_accepting()
+
+
+def test_after_thinking_grammar():
+    from npuflow.gateway.structured import _grammar, after_thinking
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+              "additionalProperties": False}
+    opened = after_thinking(_grammar(schema, "response_format"), opened=True)
+    assert _accepts(opened, 'Some thought <b>.</think>\n\n{"a":1}')
+    assert not _accepts(opened, 'Some thought.</think>\n\n{"b":1}') and not _accepts(opened, '{"a":1}')
+    optional = after_thinking(_grammar(schema, "response_format"), opened=False)
+    assert _accepts(optional, '<think>hmm</think>\n{"a":1}') and _accepts(optional, '{"a":2}')
+    assert not _accepts(optional, 'hmm</think>{"a":1}') and not _accepts(optional, '<think>x</think>[1]')
+
+
+def test_may_think():
+    from npuflow.gateway.reasoning import may_think
+    assert may_think("<|im_start|>assistant\n", True)
+    assert not may_think("<|im_start|>assistant\n", False)
+    assert not may_think("<|im_start|>assistant\n<think>\n", True)             # the prompt opened it
+    assert not may_think("<|im_start|>assistant\n<think>\n\n</think>\n\n", True)   # thinking turned off

@@ -62,6 +62,7 @@ def test_template_kwargs_reach_the_template(tokenizer_json):
     ones (messages cannot be replaced); a value that is not a JSON object is a clear error."""
     tok = ModelTokenizer.from_package(make_package(tokenizer_json, template=THINKING_TEMPLATE))
     hi = [MessageIn("user", "hi")]
+    assert tok.template_thinks and not ModelTokenizer.from_package(make_package(tokenizer_json)).template_thinks
     assert tok.encode_conversation(hi).rendered.endswith("<|im_start|>assistant\n<think>\n")
     off = tok.encode_conversation(hi, template_kwargs_json='{"enable_thinking": false}').rendered
     assert off.endswith("<think>\n\n</think>\n\n")
