@@ -75,15 +75,15 @@ class _Answer:
 
     def body(self, status: str, error: ApiError | None = None) -> dict:
         r = self.req
-        usage = None
-        if status in ("completed", "incomplete", "failed"):
+        extra = {}
+        if status != "in_progress":
             out_tokens, cached = self.tally.completion_tokens(), self.tally.cached_prompt_tokens(1)
             # the prompt tokens computed now stay in the worker's KV slot for a prompt that starts the same way
-            usage = {"input_tokens": self.prompt_tokens,
-                     "input_tokens_details": {"cached_tokens": cached,
-                                              "cache_write_tokens": self.prompt_tokens - cached},
-                     "output_tokens": out_tokens, "output_tokens_details": {"reasoning_tokens": sum(self.thinking.tokens)},
-                     "total_tokens": self.prompt_tokens + out_tokens}
+            extra["usage"] = {
+                "input_tokens": self.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": self.prompt_tokens - cached},
+                "output_tokens": out_tokens, "output_tokens_details": {"reasoning_tokens": sum(self.thinking.tokens)},
+                "total_tokens": self.prompt_tokens + out_tokens}
         return {"id": self.id, "object": "response", "created_at": self.created, "status": status,
                 "background": False, "completed_at": int(time.time()) if status == "completed" else None,
                 "error": {"code": _error_code(error), "message": error.message} if error is not None else None,
@@ -91,7 +91,7 @@ class _Answer:
                 "instructions": r.instructions, "metadata": r.metadata, "model": r.chat.model,
                 "output": self.out.items if status != "in_progress" else [],
                 "previous_response_id": r.previous_response_id, "service_tier": "default", "store": r.store,
-                **r.echo, "usage": usage}
+                **r.echo, **extra}
 
     def done(self, st: GatewayState, error: ApiError | None = None) -> dict:
         """Close the output, store the response (with its conversation) when asked, and return it."""

@@ -230,6 +230,8 @@ def parse_responses(body: dict, max_image_bytes: int | None = None) -> Responses
             "tools": [dict(t["function"], type="function", strict=t["function"].get("strict", True),
                            parameters=t["function"].get("parameters"))
                       for t in tools],
-            "top_logprobs": top or 0, "user": f.str("user"), "truncation": "disabled"}
+            "top_logprobs": top or 0, "truncation": "disabled"}
+    if f.str("user") is not None:
+        echo["user"] = body["user"]
     return ResponsesRequest(chat=chat, store=f.bool("store", True), previous_response_id=previous,
                             instructions=instructions, metadata=_metadata(body.get("metadata")), echo=echo)

@@ -9,7 +9,8 @@ from gw_fakes import MODEL, REPLY
 
 TEXT = "".join(REPLY)
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+           "strict": False}
 
 
 def _client(stack):
