@@ -306,4 +306,40 @@ def test_auth_and_a_failure_while_streaming(stack, schema):
         first.join(10)
         stack.worker.capacity = 0
         stack.worker.reply = list(REPLY)
-        stack.worker.delay = 0.0
+        stack.worker.delay = 0.001
+
+
+def test_input_image_reaches_a_vision_model(make_stack):
+    from test_image_input import data_url
+    s = make_stack(vision=True)
+    st, _, body = s.request("POST", "/v1/responses", {"model": MODEL, "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "What is this?"},
+        {"type": "input_image", "image_url": data_url(), "detail": "low"}]}]})
+    assert st == 200, body
+    [m] = s.tokenizer.chats[-1].messages
+    assert [p.WhichOneof("part") for p in m.parts] == ["text", "image"] and m.parts[1].image.detail == "low"
+    assert len(s.worker.requests[-1].images) == 1
+    st, _, body = s.request("POST", "/v1/responses", {"model": MODEL, "input": [{"role": "user", "content": [
+        {"type": "input_image", "file_id": "file-1"}]}]})
+    assert st == 400 and body["error"]["param"] == "input[0].content[0].file_id"
+
+
+def test_a_client_that_leaves_aborts_the_generation(stack):
+    import http.client
+    import time
+    stack.worker.reply, stack.worker.delay = ["slow "] * 200, 0.02
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
+        c.request("POST", "/v1/responses", body=json.dumps({"model": MODEL, "input": "hi", "stream": True}).encode(),
+                  headers={"Content-Type": "application/json", "Authorization": f"Bearer {stack.key}"})
+        r = c.getresponse()
+        while b"response.output_text.delta" not in r.readline():
+            pass
+        rid = stack.worker.requests[-1].request_id
+        c.close()
+        end = time.monotonic() + 5
+        while rid not in stack.worker.aborts and time.monotonic() < end:
+            time.sleep(0.02)
+        assert rid in stack.worker.aborts and rid.startswith("resp_")
+    finally:
+        stack.worker.reply, stack.worker.delay = list(REPLY), 0.001
