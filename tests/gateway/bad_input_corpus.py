@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
-CHAT, COMPL = "/v1/chat/completions", "/v1/completions"
+CHAT, COMPL, RESP = "/v1/chat/completions", "/v1/completions", "/v1/responses"
 
 
 @dataclass
@@ -69,6 +69,10 @@ CHAT_FIELDS = ["model", "messages", "max_tokens", "max_completion_tokens", "temp
                "stop", "stop_token_ids", "ignore_eos", "logprobs", "top_logprobs", "response_format", "tools",
                "tool_choice", "parallel_tool_calls", "stream", "stream_options", "user", "audio", "modalities",
                "functions", "function_call"]
+RESP_FIELDS = ["model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "top_logprobs",
+               "include", "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning", "store",
+               "previous_response_id", "metadata", "stream", "stream_options", "background", "truncation",
+               "conversation", "prompt", "user", "chat_template_kwargs"]
 COMPL_FIELDS = ["model", "prompt", "max_tokens", "temperature", "top_p", "logprobs", "echo", "suffix", "best_of",
                 "n", "stop", "seed", "logit_bias", "stream", "stream_options"]
 
@@ -126,10 +130,11 @@ def cases(model: str, max_body_bytes: int = 4 * 1024 * 1024) -> Iterator[Case]:
     msgs = [{"role": "user", "content": "hi"}]
     chat = {"model": model, "messages": msgs, "max_tokens": 2, "max_completion_tokens": 2}
     compl = {"model": model, "prompt": "hi", "max_tokens": 2}
+    resp = {"model": model, "input": "hi", "max_output_tokens": 16}
     values = junk_values()
 
-    # every field of the two generation routes, with every junk value
-    for path, base, names in ((CHAT, chat, CHAT_FIELDS), (COMPL, compl, COMPL_FIELDS)):
+    # every field of the generation routes, with every junk value
+    for path, base, names in ((CHAT, chat, CHAT_FIELDS), (COMPL, compl, COMPL_FIELDS), (RESP, resp, RESP_FIELDS)):
         for key in names:
             for label, v in values:
                 yield Case(f"{path} {key}={label}", "POST", path, _dumps({**base, key: v}))
@@ -176,6 +181,7 @@ def cases(model: str, max_body_bytes: int = 4 * 1024 * 1024) -> Iterator[Case]:
     bad_messages.update(image_parts())
     for label, m in bad_messages.items():
         yield Case(f"{CHAT} messages {label}", "POST", CHAT, _dumps({**chat, "messages": m}))
+        yield Case(f"{RESP} input {label}", "POST", RESP, _dumps({**resp, "input": m}))
         yield Case(f"/tokenize messages {label}", "POST", "/tokenize", _dumps({"model": model, "messages": m}))
 
     # structured output and tools
@@ -191,6 +197,24 @@ def cases(model: str, max_body_bytes: int = 4 * 1024 * 1024) -> Iterator[Case]:
             "type": "json_schema", "json_schema": {"name": "x", "schema": s}}}))
         yield Case(f"{CHAT} tool params {label}", "POST", CHAT, _dumps({**chat, "tool_choice": "required", "tools": [
             {"type": "function", "function": {"name": "f", "parameters": s}}]}))
+    bad_items = {"type-unknown": [{"type": "web_search_call"}], "call-no-id": [{"type": "function_call", "name": "f"}],
+                 "call-args-obj": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {"a": 1}}],
+                 "output-int": [{"type": "function_call_output", "call_id": "c", "output": 5}],
+                 "output-parts-junk": [{"type": "function_call_output", "call_id": "c", "output": [{"x": 1}]}],
+                 "reasoning-junk": [{"type": "reasoning", "summary": 5}], "item-ref": [{"type": "item_reference"}]}
+    for label, items in bad_items.items():
+        yield Case(f"{RESP} input items {label}", "POST", RESP, _dumps({**resp, "input": items}))
+    for label, text in {"fmt-int": {"format": 5}, "fmt-unknown": {"format": {"type": "yaml"}},
+                        "schema-no-name": {"format": {"type": "json_schema", "schema": {}}},
+                        "schema-selfref": {"format": {"type": "json_schema", "name": "x",
+                                                      "schema": schemas["selfref"]}}}.items():
+        yield Case(f"{RESP} text {label}", "POST", RESP, _dumps({**resp, "text": text}))
+    for label, tools in {"flat-no-name": [{"type": "function"}], "hosted": [{"type": "file_search"}],
+                         "params-junk": [{"type": "function", "name": "f", "parameters": "x"}]}.items():
+        yield Case(f"{RESP} tools {label}", "POST", RESP, _dumps({**resp, "tools": tools}))
+    for rid in ("resp_nope", "x" * 5000, "%00", "../../etc"):
+        for method in ("GET", "DELETE"):
+            yield Case(f"{method} {RESP}/{rid[:20]}", method, f"{RESP}/{urllib.parse.quote(rid)}")
     for label, rf in {"type-int": {"type": 5}, "type-unknown": {"type": "yaml"}, "no-schema": {"type": "json_schema"},
                       "schema-str": {"type": "json_schema", "json_schema": {"name": "x", "schema": "{}"}}}.items():
         yield Case(f"{CHAT} response_format {label}", "POST", CHAT, _dumps({**chat, "response_format": rf}))
@@ -211,7 +235,7 @@ def cases(model: str, max_body_bytes: int = 4 * 1024 * 1024) -> Iterator[Case]:
                        "dup-keys": b'{"model": 1, "model": "%s", "messages": []}' % model.encode(),
                        "bigint": b'{"seed": 1' + b"0" * 5000 + b"}", "lone-surrogate-key": b'{"\\ud800": 1}',
                        "nul": b'{"model": "\x00"}'}.items():
-        for path in (CHAT, COMPL, "/tokenize", "/detokenize"):
+        for path in (CHAT, COMPL, RESP, "/tokenize", "/detokenize"):
             yield Case(f"{path} body {label}", "POST", path, raw)
     body = _dumps(chat)
     for ct in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
