@@ -1,5 +1,5 @@
 """The Responses API: POST /v1/responses (whole, or streamed as typed events), GET and DELETE
-/v1/responses/{id}.
+/v1/responses/{id}, GET /v1/responses/{id}/input_items.
 
 A response is a chat generation underneath: its instructions (a system turn), the conversation
 of its `previous_response_id` (from the store: that response's input and output, not its
@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from npuflow.gateway.client import ChatTurn, GenerateParams
-from npuflow.gateway.errors import ApiError
+from npuflow.gateway.errors import ApiError, bad_param
 from npuflow.gateway.generation import FINISH_NAMES, Tally, admit, chat_prompt, check_model, deadline_unix_ms, metered
 from npuflow.gateway.reasoning import Reasoning
 from npuflow.gateway.responses_output import OutputItems, item_id
@@ -100,7 +100,8 @@ class _Answer:
         body = self.body(status, error)
         if self.req.store:
             reply = ChatTurn(role="assistant", content=self.out.text(), tool_calls=tuple(self.out.calls_made()))
-            st.responses.put(body, self.history + tuple(self.req.chat.messages) + (reply,))
+            st.responses.put(body, self.history + tuple(self.req.chat.messages) + (reply,),
+                             tuple(self.req.input_items))
         return body
 
 
@@ -185,3 +186,29 @@ async def delete_response(request: web.Request) -> web.Response:
     rid, _ = _stored(request)
     request.app[STATE].responses.delete(rid)
     return web.json_response({"id": rid, "object": "response", "deleted": True})
+
+
+async def list_input_items(request: web.Request) -> web.Response:
+    """A stored response's own input items, `order` desc (the default) or asc, `limit` 1-100
+    (20), after the item `after`."""
+    _, stored = _stored(request)
+    q = request.query
+    try:
+        limit = int(q.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise bad_param("limit", "Invalid 'limit': expected an integer from 1 to 100.")
+    order = q.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise bad_param("order", f"Invalid value: {order[:40]!r}. Supported values are: 'asc' and 'desc'.")
+    items = list(stored.input_items)[::-1 if order == "desc" else 1]
+    start = 0
+    if "after" in q:
+        start = next((i + 1 for i, it in enumerate(items) if it["id"] == q["after"]), None)
+        if start is None:
+            raise bad_param("after", f"No input item with id '{q['after'][:80]}' in this response.")
+    page = items[start:start + limit]
+    return web.json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else "",
+                              "last_id": page[-1]["id"] if page else "", "has_more": start + limit < len(items)})
+

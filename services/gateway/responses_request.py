@@ -17,6 +17,7 @@ from typing import Any
 
 from npuflow.gateway.client import ChatTurn
 from npuflow.gateway.errors import ApiError, bad_param
+from npuflow.gateway.responses_output import item_id
 from npuflow.gateway.structured import parse_structured, tools_json
 from npuflow.gateway.validation import (ChatRequest, Fields, message_content, parse_sampling, template_kwargs,
                                         type_error)
@@ -42,6 +43,7 @@ class ResponsesRequest:
     previous_response_id: str | None = None
     instructions: str | None = None
     metadata: dict = field(default_factory=dict)
+    input_items: list[dict] = field(default_factory=list)   # its input as items with ids (input_items)
     echo: dict = field(default_factory=dict)    # the request's settings as a response reports them
 
 
@@ -153,6 +155,32 @@ def parse_input(v: Any, max_image_bytes: int | None = None, param: str = "input"
     return turns
 
 
+def input_items(v: Any) -> list[dict]:
+    """The (checked) input as the API lists it back: each item with an id and a status, a
+    message's string content as one input_text (an assistant's: output_text) part."""
+    items = [{"type": "message", "role": "user", "content": v}] if isinstance(v, str) else v
+    out = []
+    for it in items:
+        kind = it.get("type", "message")
+        if kind == "message":
+            role, c = it["role"], it.get("content")
+            text = "output_text" if role == "assistant" else "input_text"
+            parts = [{"type": text, "text": c}] if isinstance(c, str) else [dict(p) for p in c or []]
+            for p in parts:
+                if p.get("type") == "output_text":
+                    p.setdefault("annotations", [])
+            d = {"id": it.get("id") or item_id("msg"), "type": "message", "role": role, "content": parts}
+        elif kind == "function_call":
+            d = {"id": it.get("id") or item_id("fc"), "type": kind, "call_id": it["call_id"], "name": it["name"],
+                 "arguments": it["arguments"]}
+        elif kind == "function_call_output":
+            d = {"id": it.get("id") or item_id("fco"), "type": kind, "call_id": it["call_id"], "output": it["output"]}
+        else:
+            d = {"id": it.get("id") or item_id("rs"), "type": "reasoning", "summary": it.get("summary") or []}
+        out.append(dict(d, status="completed"))
+    return out
+
+
 def _metadata(v: Any) -> dict:
     if v is None:
         return {}
@@ -234,4 +262,5 @@ def parse_responses(body: dict, max_image_bytes: int | None = None) -> Responses
     if f.str("user") is not None:
         echo["user"] = body["user"]
     return ResponsesRequest(chat=chat, store=f.bool("store", True), previous_response_id=previous,
-                            instructions=instructions, metadata=_metadata(body.get("metadata")), echo=echo)
+                            instructions=instructions, metadata=_metadata(body.get("metadata")), echo=echo,
+                            input_items=input_items(body["input"]) if body.get("input") is not None else [])

@@ -20,12 +20,13 @@ from npuflow.gateway.client import ChatTurn, ImagePart
 class Stored:
     response: dict                   # the response object as it was returned
     history: tuple[ChatTurn, ...]    # the conversation a continuation starts from (its input, then its output)
+    input_items: tuple[dict, ...]    # its own input, as GET .../input_items lists it
     size: int
     at: float
 
 
-def _size(response: dict, history: tuple[ChatTurn, ...]) -> int:
-    n = len(json.dumps(response))
+def _size(response: dict, history: tuple[ChatTurn, ...], items: tuple[dict, ...]) -> int:
+    n = len(json.dumps(response)) + len(json.dumps(items))
     for t in history:
         n += len(t.content) + sum(len(a) for c in t.tool_calls for a in c) + 64
         n += sum(len(p.data) for p in t.parts if isinstance(p, ImagePart))
@@ -45,15 +46,15 @@ class ResponseStore:
         self._expire()
         return len(self._items)
 
-    def put(self, response: dict, history: tuple[ChatTurn, ...]) -> bool:
+    def put(self, response: dict, history: tuple[ChatTurn, ...], input_items: tuple[dict, ...] = ()) -> bool:
         """Keep it (False when it alone is larger than the byte bound, or storing is off)."""
         if self.max_items <= 0:
             return False
-        size = _size(response, history)
+        size = _size(response, history, input_items)
         if size > self.max_bytes:
             return False
         self._drop(response["id"])
-        self._items[response["id"]] = Stored(response, history, size, self._clock())
+        self._items[response["id"]] = Stored(response, history, input_items, size, self._clock())
         self._bytes += size
         while len(self._items) > self.max_items or self._bytes > self.max_bytes:
             self._drop(next(iter(self._items)))

@@ -343,3 +343,24 @@ def test_a_client_that_leaves_aborts_the_generation(stack):
         assert rid in stack.worker.aborts and rid.startswith("resp_")
     finally:
         stack.worker.reply, stack.worker.delay = list(REPLY), 0.001
+
+
+def test_input_items_of_a_stored_response(stack, schema):
+    items = [{"role": "developer", "content": "Be brief."},
+             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
+             {"type": "function_call", "call_id": "call_9", "name": "get_weather", "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "call_9", "output": "sunny"}]
+    client = _client(stack)
+    r = client.responses.create(model=MODEL, input=items, tools=[WEATHER])
+    listed = client.responses.input_items.list(r.id, order="asc")
+    assert [i.type for i in listed.data] == ["message", "message", "function_call", "function_call_output"]
+    assert listed.data[0].content[0].text == "Be brief." and listed.data[2].call_id == "call_9"
+    assert not listed.has_more and listed.first_id == listed.data[0].id
+    desc = client.responses.input_items.list(r.id, limit=2)
+    assert [i.id for i in desc.data] == [i.id for i in listed.data[::-1][:2]] and desc.has_more
+    rest = client.responses.input_items.list(r.id, limit=2, after=desc.last_id)
+    assert [i.id for i in rest.data] == [i.id for i in listed.data[::-1][2:]] and not rest.has_more
+    st, _, body = stack.request("GET", f"/v1/responses/{r.id}/input_items?limit=0")
+    assert st == 400 and body["error"]["param"] == "limit"
+    st, _, body = stack.request("GET", "/v1/responses/resp_nope/input_items")
+    assert st == 404

@@ -68,3 +68,11 @@ def test_errors_are_spec_errors(stack):
         assert st == 400 and not openapi_spec.errors("ErrorResponse", out), openapi_spec.errors("ErrorResponse", out)
     st, _, out = stack.request("GET", "/v1/responses/resp_nope")
     assert st == 404 and not openapi_spec.errors("ErrorResponse", out)
+
+
+def test_input_items_list_is_a_spec_list(stack):
+    body = BODIES[2]
+    st, _, out = stack.request("POST", "/v1/responses", body)
+    st, _, listed = stack.request("GET", f"/v1/responses/{out['id']}/input_items")
+    assert st == 200 and len(listed["data"]) == 4
+    assert not openapi_spec.errors("ResponseItemList", listed), openapi_spec.errors("ResponseItemList", listed)
