@@ -49,6 +49,8 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     models_dir = ""             # NPUFLOW_MODELS_DIR (`npuflow serve --models-dir DIR`): every model found in it
                                 # (npuflow packages, pulsar2 / StackFlow directories, HF checkpoint folders,
                                 # .gguf files; npuflow/models/catalog.py) is served, loaded on first use
+    web_ui = true               # NPUFLOW_WEB_UI: the chat page at / and /chat (services/gateway/web_ui.py);
+                                # public, it calls the API with the key its user gives it; false = / is a 404
 
     [tokenizer]
     endpoint = "ipc://{run_dir}/tokenizer.sock"   # NPUFLOW_TOKENIZER_ENDPOINT
@@ -138,6 +140,7 @@ class ServerSettings:
     memory_budget: str = ""        # npuflow.models.budget.parse_budget reads it
     keep_alive: str = "300"        # parse_duration; what a model that is not preloaded keeps when idle
     models_dir: str = ""
+    web_ui: bool = True            # the chat page (GET /, /chat, /ui/*)
 
 
 @dataclass(frozen=True)
