@@ -68,11 +68,12 @@ function stateOf(m) {
   return (m.status && m.status.state) || "loaded";
 }
 
-async function refreshModels({ quiet = false } = {}) {
+async function refreshModels({ quiet = false, ask = false } = {}) {
+  // ask: a 401 opens the key dialog (on start); otherwise it is shown like any error
   try {
     state.models = await listModels(store.apiKey);
   } catch (e) {
-    if (e instanceof ApiError && e.status === 401) {
+    if (ask && e instanceof ApiError && e.status === 401) {
       askForKey(e.message);
     } else if (!quiet) {
       notice("Models: " + describe(e));
@@ -109,11 +110,11 @@ function renderModelPicker() {
 function renderModelState() {
   const m = modelInfo(ui.model.value);
   const st = m ? stateOf(m) : "unknown";
-  ui.modelState.className = "badge state-" + st;
-  ui.modelState.textContent = st + (m && takesImages(m.id) ? " · images" : "");
-  ui.modelState.title = m && m.status && m.status.reason ? m.status.reason
-    : (st === "unloaded" ? "loads on the first request" : "");
   const images = takesImages(ui.model.value);
+  ui.modelState.className = "badge state-" + st;
+  ui.modelState.textContent = (st === "loaded" ? "" : st + " · ") + (images ? "text + images" : "text");
+  ui.modelState.title = m && m.status && m.status.reason ? m.status.reason
+    : (st === "unloaded" ? "unloaded: loads on its first request" : st);
   ui.attach.disabled = !images;
   ui.attach.title = images ? "Attach an image (or paste one)" : "This model does not take images";
 }
@@ -333,11 +334,13 @@ function settingsBody() {
 }
 
 function apiMessages(c) {
+  // the history the model sees: a failed answer and the question it answered are left out
   const out = [];
   if (store.settings.system.trim()) out.push({ role: "system", content: store.settings.system });
-  for (const m of c.messages) {
-    if (m.streaming || m.error) continue;
-    if (m.role === "assistant" && !m.content) continue;
+  c.messages.forEach((m, k) => {
+    const next = c.messages[k + 1];
+    if (m.streaming || m.error || (m.role === "user" && next && next.error)) return;
+    if (m.role === "assistant" && !m.content) return;
     if (m.role === "user" && m.images && m.images.length) {
       const parts = m.content ? [{ type: "text", text: m.content }] : [];
       for (const url of m.images) parts.push({ type: "image_url", image_url: { url } });
@@ -345,7 +348,7 @@ function apiMessages(c) {
     } else {
       out.push({ role: m.role, content: m.content });
     }
-  }
+  });
   return out;
 }
 
@@ -364,7 +367,6 @@ async function sendMessage() {
   c.model = model;
   c.updated = Date.now();
   if (!c.title) c.title = (text || "Image").replace(/\s+/g, " ").slice(0, 60);
-  // a failed answer is not part of the history the model sees; drop it with its question
   const user = { role: "user", content: text, images: images.length ? images : undefined };
   c.messages.push(user);
   const answer = { role: "assistant", model, content: "", reasoning: "", streaming: true };
@@ -627,10 +629,9 @@ for (const c of store.conversations) {
     if (m.streaming) { m.streaming = false; m.stopped = true; }
   }
 }
-renderConversations();
 state.current = store.conversations[0] || null;
 renderConversations();
 renderMessages();
 renderAttachments();
-refreshModels();
+refreshModels({ ask: true });
 ui.input.focus();
