@@ -112,7 +112,7 @@ function renderModelState() {
   const st = m ? stateOf(m) : "unknown";
   const images = takesImages(ui.model.value);
   ui.modelState.className = "badge state-" + st;
-  ui.modelState.textContent = (st === "loaded" ? "" : st + " · ") + (images ? "text + images" : "text");
+  ui.modelState.textContent = !m ? "" : (st === "loaded" ? "" : st + " · ") + (images ? "text + images" : "text");
   ui.modelState.title = m && m.status && m.status.reason ? m.status.reason
     : (st === "unloaded" ? "unloaded: loads on its first request" : st);
   ui.attach.disabled = !images;
