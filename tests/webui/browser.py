@@ -31,6 +31,9 @@ def start_chrome(width: int = 1280, height: int = 800, mobile: bool = False, sca
                 f"--force-device-scale-factor={scale}", "--lang=en-US"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # no password manager: the key dialog's password field is not a login to remember
+    opts.add_experimental_option("prefs", {"credentials_enable_service": False,
+                                           "profile.password_manager_enabled": False})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     if mobile:
         driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {

@@ -124,6 +124,9 @@ function renderModelState() {
 function askForKey(message) {
   ui.keyError.textContent = store.apiKey ? message : "";
   ui.keyInput.value = "";
+  // the composer must not keep the focus under the modal (Chromium then takes no typing in it
+  // after the dialog closes until it is clicked)
+  if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
   if (!ui.keyDialog.open) ui.keyDialog.showModal();
   ui.keyInput.focus();
 }
