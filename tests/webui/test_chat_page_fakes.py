@@ -121,3 +121,74 @@ def test_a_full_queue_is_shown_as_429(fpage, fake):
         fake.worker.delay = 0.001
         for t in held:
             t.join(30)
+
+
+RENDER = """
+const done = arguments[arguments.length - 1];
+import('/ui/markdown.js').then((md) => {
+  const out = {};
+  for (const [name, text] of Object.entries(arguments[0])) {
+    const box = document.createElement('div');
+    box.append(md.renderMarkdown(text));
+    const nodes = [...box.querySelectorAll('*')];
+    out[name] = {
+      tags: nodes.map((n) => n.tagName.toLowerCase()),
+      attrs: nodes.flatMap((n) => [...n.attributes].map((a) => a.name)),
+      hrefs: [...box.querySelectorAll('a')].map((a) => a.href),
+      text: box.textContent,
+      code: [...box.querySelectorAll('pre code')].map((c) => c.textContent),
+    };
+  }
+  done(out);
+}, (e) => done({error: String(e)}));
+"""
+
+MARKDOWN = {
+    "script": "<script>alert(1)</script> and <img src=x onerror=alert(1)>",
+    "js-link": "[click](javascript:alert(1)) [data](data:text/html,<b>x</b>) ![img](https://example.com/a.png)",
+    "link": "see [the docs](https://example.com/a?b=1) or https://example.org/x.",
+    "fence": "```html\n<b onclick=x>bold</b>\n```\nafter",
+    "unclosed": "text\n```py\nprint(1)",
+    "inline": "**bold**, *em*, _em_, ~~gone~~, `a<b>` and snake_case_name",
+    "lists": "1. one\n2. two\n   - nested\n\n- a\n- b",
+    "table": "| a | b |\n|---|--:|\n| 1 | <i>2</i> |",
+    "quote": "> quoted **text**\n\n---\n### Title",
+}
+ALLOWED_TAGS = {"p", "br", "strong", "em", "del", "code", "pre", "a", "ul", "ol", "li", "blockquote", "hr", "h3",
+                "h4", "h5", "h6", "div", "span", "button", "table", "thead", "tbody", "tr", "th", "td"}
+
+
+def test_markdown_builds_only_safe_nodes(fpage):
+    got = fpage.d.execute_async_script(RENDER, MARKDOWN)
+    assert "error" not in got, got
+    for name, r in got.items():
+        assert set(r["tags"]) <= ALLOWED_TAGS, (name, r["tags"])
+        assert not [a for a in r["attrs"] if a.startswith("on") or a in ("style", "src")], (name, r["attrs"])
+        assert all(h.startswith(("https:", "http:", "mailto:")) for h in r["hrefs"]), (name, r["hrefs"])
+    assert "<script>alert(1)</script>" in got["script"]["text"] and "<img src=x" in got["script"]["text"]
+    assert got["js-link"]["hrefs"] == ["https://example.com/a.png"]     # an image becomes a link
+    assert "click" in got["js-link"]["text"]
+    assert got["link"]["hrefs"] == ["https://example.com/a?b=1", "https://example.org/x"]
+    assert got["fence"]["code"] == ["<b onclick=x>bold</b>"] and got["fence"]["text"].endswith("after")
+    assert got["unclosed"]["code"] == ["print(1)"]
+    assert got["inline"]["tags"].count("strong") == 1 and got["inline"]["tags"].count("em") == 2
+    assert "del" in got["inline"]["tags"] and "snake_case_name" in got["inline"]["text"]
+    assert "a<b>" in got["inline"]["text"]
+    assert got["lists"]["tags"][:4] == ["ol", "li", "li", "ul"] and got["lists"]["tags"].count("li") == 5
+    assert got["table"]["tags"].count("td") == 2 and "<i>2</i>" in got["table"]["text"]
+    assert {"blockquote", "strong", "hr", "h5"} <= set(got["quote"]["tags"])
+
+
+def test_model_text_is_never_html(fpage, fake):
+    fake.worker.reply = ["<img src=x onerror=\"document.title='owned'\">", " [x](javascript:alert(1))",
+                         " <b>bold?</b>"]
+    try:
+        fpage.new_chat()
+        fpage.send("hi")
+        fpage.wait_answer_done(10)
+    finally:
+        fake.worker.reply = list(REPLY)
+    answer = fpage.answers()[-1]
+    assert not answer.find_elements("css selector", ".content img, .content b, .content a")
+    assert "<img src=x onerror=" in fpage.last_answer_text()
+    assert fpage.d.title == "npuflow chat"

@@ -78,9 +78,9 @@ export async function* streamChat(body, key, signal) {
           if (payload === "[DONE]") return;
           let chunk;
           try { chunk = JSON.parse(payload); } catch { continue; }
-          if (chunk && chunk.error) {
+          if (chunk && chunk.error) {   // after a 200: the status says nothing, the code does
             const e = chunk.error;
-            throw new ApiError(resp.status, String(e.message || "error"), e);
+            throw new ApiError(0, String(e.message || "error"), e);
           }
           yield chunk;
         } else if (line.startsWith("data:")) {

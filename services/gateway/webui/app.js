@@ -592,13 +592,17 @@ ui.model.addEventListener("change", () => {
 });
 ui.model.addEventListener("focus", () => refreshModels({ quiet: true }));
 ui.newChat.addEventListener("click", newConversation);
+$("new-chat-top").addEventListener("click", newConversation);
 ui.openSettings.addEventListener("click", () => openSettings(false));
 ui.messages.addEventListener("click", (e) => {
   const b = e.target.closest("button.copy");
   if (b) copyCode(b);
 });
 document.addEventListener("keydown", (e) => {
-  if (e.key === "Escape" && state.busy && !ui.settings.open && !ui.keyDialog.open) {
+  if (e.key === "Escape" && document.body.classList.contains("side-open")) {
+    closeSidebar();
+    ui.menu.focus();
+  } else if (e.key === "Escape" && state.busy && !ui.settings.open && !ui.keyDialog.open) {
     e.preventDefault();
     stop();
   } else if (e.altKey && (e.key === "n" || e.key === "N")) {

@@ -126,11 +126,13 @@ function renderList(lines, i, parent) {
       i++;
     }
     const li = el("li");
-    if (content.length === 1 || (!loose && !content.slice(1).some((l) => ITEM.test(l) || FENCE.test(l)))) {
-      if (content.some((l) => ITEM.test(l) || FENCE.test(l))) renderBlocks(content, li);
-      else renderInline(content.join("\n"), li);
-    } else {
+    if (loose) {
       renderBlocks(content, li);
+    } else {   // a tight item: its text inline, then any nested list or code as blocks
+      let cut = content.findIndex((l, k) => k > 0 && startsBlock(l, content[k + 1]));
+      if (cut === -1) cut = content.length;
+      renderInline(content.slice(0, cut).join("\n"), li);
+      if (cut < content.length) renderBlocks(content.slice(cut), li);
     }
     list.append(li);
     if (i < lines.length && isBlank(lines[i])) {
