@@ -14,8 +14,6 @@ from page_stack import KEY
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 MODEL = "smollm2-135m-instruct"
-# Greedy, the default model answers this with digits until max_tokens (1,500 tokens, some 30 s
-# on one thread): long enough to be stopped surely.
 LONG_PROMPT = "Count from 1 to 1000, separated by commas."
 STATS = re.compile(r"^\d+ tokens · [\d.]+ tok/s · TTFT [\d.]+ s")
 
@@ -75,50 +73,62 @@ def test_a_streamed_answer_appears_token_by_token(page):
 
 
 def test_stop_ends_the_request_in_the_worker(page, webui_stack):
-    page.new_chat()
-    page.set_settings(temperature=0, max_tokens=1500)
-    page.send(LONG_PROMPT)
-    assert webui_stack.wait_running(MODEL, 1, timeout=20), webui_stack.health()
-    page.wait(lambda: len(page.last_answer_text()) > 30, 20, "the answer to stream")
-    assert page.busy()
-    page.css("#send").click()                        # the send button is the stop button now
-    t0 = time.monotonic()
-    assert webui_stack.wait_running(MODEL, 0, timeout=5), webui_stack.health()
-    stopped_in = time.monotonic() - t0
-    page.wait(lambda: not page.busy(), 5, "the page to leave the stream")
-    stats = page.all("#messages .msg.assistant .stats")[-1].text
-    assert stats.startswith("stopped"), stats
+    # At temperature 2 (top_p 1) the model's tokens are nearly random and the end-of-text token
+    # rare: an answer that runs to max_tokens whatever the onnxruntime release rounds. One that
+    # still ends before Stop is pressed (seen in 1 of 16 on onnxruntime 1.23) is asked again.
+    page.set_settings(temperature=2, top_p=1, max_tokens=1500)
+    for attempt in range(3):
+        page.new_chat()
+        page.send(LONG_PROMPT)
+        assert webui_stack.wait_running(MODEL, 1, timeout=20), webui_stack.health()
+        page.wait(lambda: len(page.last_answer_text()) > 10 or not page.busy(), 20, "the answer to stream")
+        if not page.busy():
+            continue                                 # ended by itself: ask again
+        page.css("#send").click()                    # the send button is the stop button now
+        t0 = time.monotonic()
+        assert webui_stack.wait_running(MODEL, 0, timeout=5), webui_stack.health()
+        stopped_in = time.monotonic() - t0
+        page.wait(lambda: not page.busy(), 5, "the page to leave the stream")
+        stats = page.all("#messages .msg.assistant .stats")[-1].text
+        if stats.startswith("stopped"):
+            break
+    else:
+        pytest.fail("three answers in a row ended before Stop was pressed")
     text = page.last_answer_text()
     time.sleep(0.5)
-    assert page.last_answer_text() == text and 30 < len(text) < 1500
-    print(f"worker idle {stopped_in:.2f} s after stop, {len(text)} characters shown")
+    assert page.last_answer_text() == text and text
+    assert page.css("#send").text == "Send"
+    print(f"worker idle {stopped_in:.2f} s after stop (attempt {attempt + 1}), {len(text)} characters shown")
 
 
 def test_conversations_survive_a_reload_and_can_be_renamed_and_deleted(page):
-    before = conversation_titles(page)
-    assert before[:2] == [LONG_PROMPT, "Write a short poem about the sea."]
+    poem = "Write a short poem about the sea."
+    before = conversation_titles(page)        # newest first: the stopped answer(s), then the poem
+    assert before[0] == LONG_PROMPT and poem in before
+    k = before.index(poem)
     page.open()
     assert conversation_titles(page) == before
-    page.all("#conversations .conv-title")[1].click()
+    page.all("#conversations .conv-title")[k].click()
     page.wait(lambda: "poem about the sea" in page.css("#messages .msg.user").text, 5, "the poem conversation")
     assert STATS.match(page.css("#messages .msg.assistant .stats").text)
     assert len(page.last_answer_text()) > 40
     # rename the poem conversation, delete the stopped one (the delete button asks a second click)
-    row = page.all("#conversations .conv")[1]
+    row = page.all("#conversations .conv")[k]
     row.find_element("css selector", "button[aria-label=Rename]").click()
     box = page.css("#conversations input.rename")
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys("Sea poem", Keys.ENTER)
-    page.wait(lambda: conversation_titles(page)[1] == "Sea poem", 5, "the new name")
+    page.wait(lambda: conversation_titles(page)[k] == "Sea poem", 5, "the new name")
     first = page.all("#conversations .conv")[0]
     ActionChains(page.d).move_to_element(first).perform()             # its buttons show on hover
     delete = first.find_element("css selector", "button[aria-label=Delete]")
     delete.click()
     assert delete.text == "Delete?"
     delete.click()
-    page.wait(lambda: conversation_titles(page)[0] == "Sea poem", 5, "the deletion")
+    renamed = before[1:k] + ["Sea poem"] + before[k + 1:]
+    page.wait(lambda: conversation_titles(page) == renamed, 5, "the deletion")
     page.open()
-    assert conversation_titles(page) == ["Sea poem"] + before[2:]
+    assert conversation_titles(page) == renamed
 
 
 def test_api_errors_are_shown(page):

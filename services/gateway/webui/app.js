@@ -202,7 +202,10 @@ function startRename(row, c) {
   const input = el("input", "rename");
   input.value = c.title || "";
   input.setAttribute("aria-label", "Conversation name");
+  let finished = false;
   const done = (save) => {
+    if (finished) return;
+    finished = true;
     if (save && input.value.trim()) {
       c.title = input.value.trim().slice(0, 120);
       persist();
@@ -249,6 +252,7 @@ function fillMessage(node, m) {
   const keep = node.querySelector("details.reasoning");
   const wasOpen = keep ? keep.open : false;
   while (node.childNodes.length > 1) node.lastChild.remove();
+  node.setAttribute("aria-busy", m.streaming ? "true" : "false");
   if (m.images && m.images.length) {
     const row = el("div", "msg-images");
     for (const url of m.images) {
@@ -273,6 +277,7 @@ function fillMessage(node, m) {
   }
   const content = el("div", "md content");
   if (m.role === "user") {
+    if (!m.content) return;
     content.append(el("p", "plain", m.content));
   } else {
     content.append(renderMarkdown(m.content));
@@ -599,6 +604,7 @@ ui.messages.addEventListener("click", (e) => {
   if (b) copyCode(b);
 });
 document.addEventListener("keydown", (e) => {
+  if (e.defaultPrevented) return;   // handled where it happened (renaming, a dialog)
   if (e.key === "Escape" && document.body.classList.contains("side-open")) {
     closeSidebar();
     ui.menu.focus();
