@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from selenium.webdriver.common.keys import Keys
+
 from browser import Page
 
 pytestmark = pytest.mark.browser
@@ -192,3 +194,36 @@ def test_model_text_is_never_html(fpage, fake):
     assert not answer.find_elements("css selector", ".content img, .content b, .content a")
     assert "<img src=x onerror=" in fpage.last_answer_text()
     assert fpage.d.title == "npuflow chat"
+
+
+def test_settings_reach_the_request(fpage, fake):
+    fpage.new_chat()
+    fpage.set_settings(system="You are terse.", temperature=0.3, top_p=0.8, max_tokens=5)
+    try:
+        before = len(fake.worker.requests)
+        fpage.send("hi")
+        fpage.wait_answer_done(10)
+    finally:
+        fpage.set_settings(system="", temperature="", top_p="", max_tokens="")
+    sampling = fake.worker.requests[before].sampling
+    assert (round(sampling.temperature, 3), round(sampling.top_p, 3), sampling.max_tokens) == (0.3, 0.8, 5)
+    first = fake.tokenizer.chats[-1].messages[0]
+    assert (first.role, first.content) == ("system", "You are terse.")
+    assert "cut at max_tokens" in fpage.all("#messages .msg.assistant .stats")[-1].text
+
+
+def test_escape_stops_an_answer(fpage, fake):
+    fake.worker.delay = 0.3                       # 8 tokens: about 2.4 s
+    try:
+        fpage.new_chat()
+        before = len(fake.worker.requests)
+        fpage.send("hi")
+        fpage.wait(lambda: len(fake.worker.requests) > before and len(fpage.last_answer_text()) > 1, 5,
+                   "the answer to start")
+        fpage.css("#input").send_keys(Keys.ESCAPE)
+        rid = fake.worker.requests[before].request_id
+        fpage.wait(lambda: rid in fake.worker.aborts, 5, "the worker's abort")
+        fpage.wait(lambda: not fpage.busy(), 5, "the page to leave the stream")
+    finally:
+        fake.worker.delay = 0.001
+    assert fpage.all("#messages .msg.assistant .stats")[-1].text.startswith("stopped")
