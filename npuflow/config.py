@@ -54,6 +54,8 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     responses_store_ttl_s = 3600  # NPUFLOW_RESPONSES_STORE_TTL_S: a stored response is forgotten after this
     responses_store_max_bytes = 67108864  # NPUFLOW_RESPONSES_STORE_MAX_BYTES: all stored responses together
                                 # (their JSON and conversations, images included); the oldest go first
+    web_ui = true               # NPUFLOW_WEB_UI: the chat page at / and /chat (services/gateway/web_ui.py);
+                                # public, it calls the API with the key its user gives it; false = / is a 404
 
     [tokenizer]
     endpoint = "ipc://{run_dir}/tokenizer.sock"   # NPUFLOW_TOKENIZER_ENDPOINT
@@ -146,6 +148,7 @@ class ServerSettings:
     responses_store_max: int = 1000          # stored Responses API responses (0 = none are kept)
     responses_store_ttl_s: float = 3600.0    # ... kept at most this long
     responses_store_max_bytes: int = 64 * 1024 * 1024   # ... holding at most this together
+    web_ui: bool = True            # the chat page (GET /, /chat, /ui/*)
 
 
 @dataclass(frozen=True)

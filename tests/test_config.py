@@ -43,6 +43,21 @@ endpoint = "tcp://10.0.0.2:5601"
     assert s.model("b").endpoint == "tcp://10.0.0.2:5601"
 
 
+def test_web_ui_is_on_by_default_and_set_by_toml_or_env(tmp_path):
+    assert load_settings(env={}).server.web_ui is True
+    cfg = tmp_path / "npuflow.toml"
+    cfg.write_text("[server]\nweb_ui = false\n")
+    assert load_settings(cfg, env={}).server.web_ui is False
+    assert load_settings(cfg, env={"NPUFLOW_WEB_UI": "on"}).server.web_ui is True
+    assert load_settings(env={"NPUFLOW_WEB_UI": "0"}).server.web_ui is False
+    for bad in ("maybe", "2"):
+        with pytest.raises(ConfigError, match="server.web_ui"):
+            load_settings(env={"NPUFLOW_WEB_UI": bad})
+    cfg.write_text("[server]\nweb_ui = \"nope\"\n")
+    with pytest.raises(ConfigError, match="server.web_ui"):
+        load_settings(cfg, env={})
+
+
 @pytest.mark.parametrize("text,needle", [
     ("[server]\nport = 'abc'\n", "server.port"),
     ("[server]\nbogus = 1\n", "bogus"),

@@ -22,6 +22,7 @@ from npuflow.gateway.openai_responses import create_response, delete_response, g
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.tokenize_routes import detokenize, tokenize
 from npuflow.gateway.tokenizer_link import TokenizerLink
+from npuflow.gateway.web_ui import ASSET_PREFIX, PAGE_PATHS, WebUi, load_assets
 from npuflow.gateway.worker_link import WorkerPool
 
 
@@ -72,9 +73,11 @@ def create_app(settings: Settings, clients: Clients | None = None) -> web.Applic
     clients = clients if clients is not None else ZmqClients(settings)
     lifecycle_metrics = getattr(clients.models, "metrics", None)
     metrics_ = Metrics(lambda: clients.models.stats(), collectors=(lifecycle_metrics,) if lifecycle_metrics else ())
+    web_ui = settings.server.web_ui
+    public = dict(page_paths=PAGE_PATHS, page_prefix=ASSET_PREFIX) if web_ui else {}
     app = web.Application(client_max_size=settings.server.max_body_bytes,
                           middlewares=[_metrics_middleware(metrics_), error_middleware,
-                                       auth_middleware(settings.server.api_keys)])
+                                       auth_middleware(settings.server.api_keys, **public)])
     app[STATE] = GatewayState(settings=settings, clients=clients, metrics=metrics_,
                               image_fetcher=ImageFetcher(settings.server))
     if hasattr(clients.models, "attach"):   # busy = admitted sequences: never evicted, drained first
@@ -101,4 +104,6 @@ def create_app(settings: Settings, clients: Clients | None = None) -> web.Applic
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/models/load", load_model)
     app.router.add_post("/models/unload", unload_model)
+    if web_ui:
+        WebUi(load_assets()).add_routes(app.router)
     return app
