@@ -13,7 +13,7 @@ import zmq.asyncio
 from npuflow.config import ModelSettings, ServerSettings, Settings, TokenizerSettings
 from npuflow.models.footprint import footprint
 
-from conftest import Stack
+from gw_stack import Stack
 from fake_supervisor import FakeSupervisor
 from gw_fakes import KEY, FakeTokenizer
 

@@ -2,7 +2,6 @@
 what the default model cannot show. A thinking model's reasoning folded, images attached with
 the file picker and by pasting to a model that takes them, a 429 shown with its message."""
 import base64
-import importlib.util
 import io
 import pathlib
 import sys
@@ -26,12 +25,10 @@ THINKING = ["<think>", "The user", " greets me.", "</think>", "\n\n", "Hello", "
 
 
 def _fake_stack_class():
-    """tests/gateway/conftest.py's Stack (a gateway on a real port with fake worker and tokenizer
-    on a background loop), loaded under a name of its own."""
-    spec = importlib.util.spec_from_file_location("gateway_fake_stack", TESTS / "gateway" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.Stack
+    """tests/gateway/gw_stack.py's Stack (a gateway on a real port with fake worker and tokenizer
+    on a background loop)."""
+    from gw_stack import Stack
+    return Stack
 
 
 @pytest.fixture(scope="module")
