@@ -35,6 +35,50 @@ def embedding_section(package: ModelPackage) -> dict:
     return sec
 
 
+class EmbedError(EngineError):
+    """A request the embedding engine refuses; `param` names the request field at fault
+    (`input[3]`, `dimensions`)."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+def check_dimensions(dimensions: int, full: int, matryoshka: bool) -> int:
+    """The vector length to return for a request's `dimensions` (0 = the model's own)."""
+    if not dimensions or dimensions == full:
+        return full
+    if not matryoshka:
+        raise EmbedError(f"This model gives {full}-dimensional embeddings and does not support shortening "
+                         f"them ('dimensions' must be {full} or left out).", "dimensions")
+    if not 1 <= dimensions <= full:
+        raise EmbedError(f"'dimensions' must be between 1 and {full} for this model.", "dimensions")
+    return dimensions
+
+
+class EmbedJob:
+    """One request's inputs in batches and the vectors computed so far."""
+
+    def __init__(self, ids: list[np.ndarray], groups: list[list[int]], full: int, dimensions: int, normalize: bool):
+        self.ids, self.groups = ids, groups
+        self.dimensions, self.normalize = dimensions, normalize
+        self.out = np.empty((len(ids), full), np.float32)
+        self.done = 0                      # groups computed
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(x) for x in self.ids)
+
+    def put(self, group: list[int], vectors: np.ndarray) -> None:
+        self.out[group] = vectors
+        self.done += 1
+
+    def result(self) -> np.ndarray:
+        if self.dimensions == self.out.shape[1]:
+            return self.out
+        return truncate(self.out, self.dimensions, self.normalize)
+
+
 def truncate(vectors: np.ndarray, dimensions: int, normalize: bool) -> np.ndarray:
     """The first `dimensions` components of each row, L2-normalised again when the model's vectors are."""
     out = vectors[:, :dimensions]
@@ -80,21 +124,35 @@ class EmbedEngine:
                  pooling=self.pooling, normalize=self.normalize, threads=threads)
 
     def embed(self, inputs: Sequence[Sequence[int]], dimensions: int = 0) -> np.ndarray:
-        """[len(inputs), dimensions or the model's] float32; EngineError for an empty input, one
+        """[len(inputs), dimensions or the model's] float32; EmbedError for an empty input, one
         over the context, an id outside the vocabulary or a `dimensions` the model cannot give."""
+        job = self.plan(inputs, dimensions)
+        for group in job.groups:
+            job.put(group, self.run_batch([job.ids[i] for i in group]))
+        return job.result()
+
+    def plan(self, inputs: Sequence[Sequence[int]], dimensions: int = 0) -> "EmbedJob":
+        """Check the inputs and cut them into batches (the caller runs them one by one, so it can
+        stop between batches)."""
         if self._closed:
             raise EngineError("engine is closed")
         dims = self.check_dimensions(dimensions)
-        ids = [check_token_ids(x, self.vocab_size) for x in inputs]
-        for k, x in enumerate(ids):
-            if x.size == 0:
-                raise EngineError(f"input {k} is empty")
-            if x.size > self.context_length:
-                raise EngineError(f"input {k} has {x.size} tokens, over the model's context of {self.context_length}")
-        out = np.empty((len(ids), self.dimensions), np.float32)
-        for group in batches([len(x) for x in ids], self.batch_tokens):
-            out[group] = self.run_batch([ids[i] for i in group])
-        return out if dims == self.dimensions else truncate(out, dims, self.normalize)
+        ids = []
+        for k, x in enumerate(inputs):
+            try:
+                a = check_token_ids(x, self.vocab_size)
+            except EngineError as e:
+                raise EmbedError(f"input {k}: {e}", f"input[{k}]") from None
+            if a.size == 0:
+                raise EmbedError(f"input {k} is empty", f"input[{k}]")
+            if a.size > self.context_length:
+                raise EmbedError(f"input {k} has {a.size} tokens, over the model's context of {self.context_length}",
+                                 f"input[{k}]")
+            ids.append(a)
+        if not ids:
+            raise EmbedError("no inputs", "input")
+        return EmbedJob(ids, batches([len(x) for x in ids], self.batch_tokens), self.dimensions, dims,
+                        self.normalize)
 
     def run_batch(self, rows: Sequence[np.ndarray]) -> np.ndarray:
         """One graph run over right-padded rows."""
@@ -107,14 +165,7 @@ class EmbedEngine:
         return self._sess.run(["embeddings"], {"input_ids": input_ids, "attention_mask": mask})[0]
 
     def check_dimensions(self, dimensions: int) -> int:
-        if not dimensions or dimensions == self.dimensions:
-            return self.dimensions
-        if not self.matryoshka:
-            raise EngineError(f"this model gives {self.dimensions}-dimensional embeddings and does not support "
-                              f"shortening them (dimensions)")
-        if not 1 <= dimensions <= self.dimensions:
-            raise EngineError(f"dimensions must be between 1 and {self.dimensions}")
-        return dimensions
+        return check_dimensions(dimensions, self.dimensions, self.matryoshka)
 
     def close(self) -> None:
         self._closed = True

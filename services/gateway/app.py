@@ -18,6 +18,7 @@ from npuflow.gateway.metrics import Metrics
 from npuflow.gateway.models_routes import get_model, health, list_models, metrics
 from npuflow.gateway.openai_chat import chat_completions
 from npuflow.gateway.openai_completions import completions
+from npuflow.gateway.openai_embeddings import embeddings
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.tokenize_routes import detokenize, tokenize
 from npuflow.gateway.tokenizer_link import TokenizerLink
@@ -90,6 +91,7 @@ def create_app(settings: Settings, clients: Clients | None = None) -> web.Applic
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/detokenize", detokenize)
     app.router.add_get("/health", health)

@@ -50,7 +50,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
     async def Generate(self, request: gs.GenerateTextRequest, context: Context) -> None:
         arrived, now = time.perf_counter(), time.time()
         req, structured, prompt = convert.generate_request(request)
-        check_model(self.st, req.model)
+        check_model(self.st, req.model, kind="generate")
         deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
         if isinstance(prompt, str):
             ids = await self.st.tokenizer.encode_text(req.model, prompt)
@@ -62,7 +62,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
     async def Chat(self, request: gs.ChatRequest, context: Context) -> None:
         arrived, now = time.perf_counter(), time.time()
         req = convert.chat_request(request, self.st.settings.server.max_image_bytes)
-        check_model(self.st, req.model)
+        check_model(self.st, req.model, kind="generate")
         deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
         ids, images, _ = await chat_prompt(self.st, req.model, req.messages, req.tools_json)
         await self._stream(context, req, req.structured, ids, "messages", "chat-", deadline_ms, arrived, images)
