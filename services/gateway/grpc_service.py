@@ -2,7 +2,7 @@
 
 Each call converts its message at the edge (grpc_convert), then follows the same steps as the
 HTTP handlers (generation.py): model known -> tokenize -> admit (queue, readiness, context) ->
-metered stream. Errors are raised as ApiError and mapped to a status by the ErrorInterceptor.
+metered stream; Embed the same path as /v1/embeddings (embeddings.py). Errors are raised as ApiError and mapped to a status by the ErrorInterceptor.
 
 Streams are written with `context.write` from a coroutine (not an async generator) so that a
 cancelled call - the caller cancels, its deadline passes, the server stops - raises
@@ -21,6 +21,7 @@ import grpc.aio
 
 from npuflow.gateway import grpc_convert as convert
 from npuflow.gateway.client import GenerateParams, ImageInput
+from npuflow.gateway.embeddings import embed
 from npuflow.gateway.errors import ApiError, bad_param
 from npuflow.gateway.generation import Tally, admit, chat_prompt, check_model, check_prompt, deadline_unix_ms, metered
 from npuflow.gateway.model_state import model_states
@@ -66,6 +67,11 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
         deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
         ids, images, _ = await chat_prompt(self.st, req.model, req.messages, req.tools_json)
         await self._stream(context, req, req.structured, ids, "messages", "chat-", deadline_ms, arrived, images)
+
+    async def Embed(self, request: gs.EmbedTextRequest, context: Context) -> gs.EmbedResponse:
+        req = convert.embed_request(request)
+        out = await embed(self.st, req, time.time(), context.time_remaining())
+        return convert.embed_response(req.model, out)
 
     async def Tokenize(self, request: gs.TokenizeRequest, context: Context) -> gs.TokenizeResponse:
         model, what, add_special, tools = convert.tokenize_request(request, self.st.settings.server.max_image_bytes)
