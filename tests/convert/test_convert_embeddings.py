@@ -188,3 +188,12 @@ def test_int8_refused_for_language_models(tmp_path):
     tinymodels.write_hf(tmp_path / "llm", "llama")
     with pytest.raises(ConvertError, match="--int8 is for embedding models"):
         convert(tmp_path / "llm", tmp_path / "pkg", int8=True)
+
+
+def test_footprint_has_no_kv_cache(packages):
+    """An embedding model's memory: its weights and one batch's activations, no KV for max_batch x context."""
+    from npuflow.config import ModelSettings
+    from npuflow.models.footprint import footprint
+    for source in (packages["root"] / "bert", packages["bert"].path):
+        f = footprint(ModelSettings(id="e", source=str(source), max_batch=8), packages["root"] / "cache")
+        assert f.parts["kv"] == 0 and f.parts["activations"] > 0 and f.parts["weights"] > 0
