@@ -148,7 +148,7 @@ def _rms_ops(b: _Builder, x: str, w: np.ndarray, eps: float, name: str) -> str:
 
 def _qwen3(b: _Builder, spec: EmbedSpec, seq: str, mask: str, progress) -> str:
     g, p = spec.get, spec.prefix
-    H, nh, nkv, hd = spec.hidden, spec.heads, spec.kv_heads, spec.head_dim
+    nh, nkv, hd = spec.heads, spec.kv_heads, spec.head_dim
     grp = nh // nkv
     x = b.node("Gather", [b.init("embed_tokens", g(p + "embed_tokens.weight")), "input_ids"], axis=0)[0]
     inv = 1.0 / (spec.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
