@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, List, Literal
 
 import pydantic
-from openai.types import Completion, Model
+from openai.types import Completion, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 from openai.types.shared import ErrorObject
@@ -39,6 +39,7 @@ TYPES: dict[str, type[pydantic.BaseModel]] = {
     "CreateChatCompletionStreamResponse": ChatCompletionChunk,
     "CreateCompletionResponse": Completion,
     "ErrorResponse": _ErrorResponse,
+    "CreateEmbeddingResponse": CreateEmbeddingResponse,
     "Response": Response,
     "ResponseStreamEvent": _StreamEvent,
 }

@@ -1,5 +1,6 @@
 """`npuflow convert SOURCE OUT`: a GGUF file or a Hugging Face safetensors folder (llama, qwen2,
-qwen3; vision-language: idefics3 / SmolVLM, internvl) -> a model package for the CPU engine (see
+qwen3; vision-language: idefics3 / SmolVLM, internvl; embedding models: BERT-family sentence
+encoders, Qwen3-Embedding) -> a model package for the CPU engine (see
 npuflow/models/package.py). A vision-language package also holds the vision encoder graph
 (vision.onnx) and the manifest's "vision" section.
 
@@ -53,7 +54,7 @@ def _default_id(source: pathlib.Path) -> str:
 def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str | None = None,
             overwrite: bool = False, float_activations: bool = False, layout: str = "cpu",
             prefill_len: int = 128, kv_cache_len: int = 1024, bf16_boundaries: bool = False,
-            int8_vision: bool = False) -> ModelPackage:
+            int8_vision: bool = False, int8: bool = False) -> ModelPackage:
     """Convert SOURCE into a package at OUT and return it. Raises ConvertError (one line) for an
     unsupported architecture / tensor type / tokenizer, or when OUT exists (unless overwrite).
     Quantized projections quantize their activations to int8 per block of 32 (as llama.cpp does)
@@ -66,15 +67,25 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str 
     int8 (about 2.3x faster on a CPU with int8 units; the image embeddings are then no longer
     transformers' to 1e-4).
     A "cpu" package also holds the graph with an int8 KV cache (kv_int8.py), unless
-    float_activations or bf16_boundaries, which are there to be exact."""
+    float_activations or bf16_boundaries, which are there to be exact.
+    An embedding checkpoint (a BERT-family sentence encoder, Qwen3-Embedding: embed_source.py)
+    becomes an embedding package (embed_writer.py); int8 quantizes its projections (faster, no
+    longer exact). int8 is refused for other sources."""
     src = pathlib.Path(source).expanduser().resolve()
     out = pathlib.Path(out).expanduser().resolve()
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise ConvertError(f"{out} already exists (pass overwrite to replace it)")
     t0 = time.monotonic()
     log.info("convert start", source=str(src), out=str(out))
-    spec, source_info = read_source(src)
     mid = model_id or _default_id(src)
+    from .embed_source import is_embedding_folder
+    if src.is_dir() and is_embedding_folder(src):
+        if layout == "ax":
+            raise ConvertError(f"{src}: an embedding model converts for the CPU engine only (no --layout ax)")
+        return _convert_embedding(src, out, mid, t0, int8)
+    if int8:
+        raise ConvertError(f"{src}: --int8 is for embedding models (a language model's graph is quantized from its GGUF)")
+    spec, source_info = read_source(src)
     log.info("source read", architecture=spec.architecture, layers=spec.layers, hidden=spec.hidden,
              vocab=spec.vocab, vision=(spec.extra.get("vision") or {}).get("family"),
              seconds=round(time.monotonic() - t0, 2))
@@ -116,6 +127,34 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, model_id: str 
     return pkg
 
 
+def _convert_embedding(src: pathlib.Path, out: pathlib.Path, mid: str, t0: float, int8: bool) -> ModelPackage:
+    """An embedding checkpoint (BERT-family encoder, Qwen3-Embedding) -> an embedding package."""
+    from .embed_source import read_embed_hf
+    from .embed_writer import write_embed_package
+    from .hf_source import folder_digest
+    spec = read_embed_hf(src)
+    log.info("source read", architecture=spec.architecture, layers=spec.layers, hidden=spec.hidden,
+             vocab=spec.vocab, pooling=spec.pooling, normalize=spec.normalize, seconds=round(time.monotonic() - t0, 2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_embed_package(spec, tmp, model_id=mid, progress=lambda what, pct: None, int8=int8,
+                            source={"path": str(src), "format": "safetensors", "sha256": folder_digest(src)})
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    pkg = load_package(out)
+    log.info("convert done", model=pkg.id, out=str(out), seconds=round(time.monotonic() - t0, 2))
+    return pkg
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="npuflow convert", description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="a .gguf file or a Hugging Face safetensors folder")
@@ -132,13 +171,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="--layout cpu: round to bf16 where the AX NPU graphs do (the CPU twin of an --layout ax export)")
     p.add_argument("--int8-vision", action="store_true",
                    help="--layout cpu, vision-language sources: int8 vision encoder (faster; embeddings no longer exact)")
+    p.add_argument("--int8", action="store_true",
+                   help="embedding models: int8 projections (about 2x faster on a CPU; vectors no longer exact)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     try:
         convert(args.source, args.out, model_id=args.model_id, overwrite=args.force,
                 float_activations=args.float_activations, layout=args.layout, prefill_len=args.prefill_len,
-                kv_cache_len=args.kv_cache_len, bf16_boundaries=args.bf16_boundaries, int8_vision=args.int8_vision)
+                kv_cache_len=args.kv_cache_len, bf16_boundaries=args.bf16_boundaries, int8_vision=args.int8_vision,
+                int8=args.int8)
     except ConvertError as e:
         print(f"npuflow convert: error: {e}", file=sys.stderr)
         return 2

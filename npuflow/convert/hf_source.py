@@ -23,6 +23,7 @@ from .tokenizer import CHAT_STOP_TOKENS
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 _DIGEST_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "modules.json", "1_Pooling/config.json",   # sentence-transformers: an embedding model's pooling
                  "chat_template.jinja", "preprocessor_config.json", "processor_config.json")
 # where each family keeps its text model: transformers 5's names, then the older hub layout
 # (llava-style checkpoints saved before the rename: language_model.model.*, language_model.lm_head)

@@ -84,6 +84,7 @@ class _Sizes:
     kv_heads: int
     head_dim: int
     context: int               # the package's context length (the configured one may be lower)
+    activations: int = 0       # an embedding model: its largest batch's activations (it has no KV cache)
 
 
 def footprint(model, cache_dir: str | os.PathLike, *, cmm_info: str = CMM_INFO,
@@ -151,8 +152,21 @@ def _package_sizes(pkg: ModelPackage) -> _Sizes:
     vision = {n for k, n in names.items() if k.startswith("vision_model")}
     size = {n: (pkg.path / n).stat().st_size for n in set(names.values())}
     d = pkg.dims
-    return _Sizes(weights=sum(s for n, s in size.items() if n not in vision), vision=sum(size[n] for n in vision),
+    weights = sum(s for n, s in size.items() if n not in vision)
+    if isinstance(pkg.extra.get("embedding"), dict):
+        return _embedding_sizes(weights, d.hidden, d.ffn, d.heads, pkg.context_length)
+    return _Sizes(weights=weights, vision=sum(size[n] for n in vision),
                   layers=d.layers, kv_heads=d.kv_heads, head_dim=d.head_dim, context=pkg.context_length)
+
+
+def _embedding_sizes(weights: int, hidden: int, ffn: int, heads: int, context: int) -> _Sizes:
+    """An embedding model keeps no KV cache; its peak beyond the weights is one batch of
+    BATCH_TOKENS padded tokens: a few hidden-wide tensors, the MLP's two ffn-wide ones and the
+    attention scores of the longest rows."""
+    from ..engine.embed import BATCH_TOKENS
+    t = min(BATCH_TOKENS, context)
+    acts = 4 * (BATCH_TOKENS * (6 * hidden + 2 * ffn) + 2 * heads * (BATCH_TOKENS // t) * t * t)
+    return _Sizes(weights=weights, vision=0, layers=0, kv_heads=0, head_dim=0, context=context, activations=acts)
 
 
 def converted_package(source: pathlib.Path, cache: pathlib.Path, model_id: str) -> ModelPackage | None:
@@ -271,6 +285,9 @@ def _hf_sizes(folder: pathlib.Path) -> _Sizes:
         weights += embed                                  # the tied output head: in the graph too
     tok = folder / "tokenizer.json"
     weights += GRAPH_BYTES_PER_LAYER * layers + (tok.stat().st_size if tok.is_file() else 0)
+    from ..convert.embed_source import is_embedding_folder
+    if is_embedding_folder(folder):
+        return _embedding_sizes(weights, hidden, int(cfg["intermediate_size"]), heads, context)
     return _Sizes(weights=weights, vision=vision, layers=layers, kv_heads=kv_heads, head_dim=head_dim, context=context)
 
 
@@ -300,5 +317,5 @@ def _cpu(sizes: _Sizes, model, *, estimated: bool) -> Footprint:
 
 def _sum(sizes: _Sizes, kv: int, estimated: bool) -> Footprint:
     parts = {"weights": sizes.weights, **({"vision": sizes.vision} if sizes.vision else {}), "kv": kv,
-             "runtime": RUNTIME_BYTES}
+             **({"activations": sizes.activations} if sizes.activations else {}), "runtime": RUNTIME_BYTES}
     return Footprint(sum(parts.values()), "ram", parts, estimated)

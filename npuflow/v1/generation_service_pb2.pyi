@@ -214,7 +214,7 @@ class UnloadModelRequest(_message.Message):
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
     class Model(_message.Message):
-        __slots__ = ("id", "ready", "context_length", "max_batch", "created", "state", "state_reason", "vision", "footprint_bytes", "memory_pool")
+        __slots__ = ("id", "ready", "context_length", "max_batch", "created", "state", "state_reason", "vision", "footprint_bytes", "memory_pool", "embedding")
         ID_FIELD_NUMBER: _ClassVar[int]
         READY_FIELD_NUMBER: _ClassVar[int]
         CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,7 @@ class ListModelsResponse(_message.Message):
         VISION_FIELD_NUMBER: _ClassVar[int]
         FOOTPRINT_BYTES_FIELD_NUMBER: _ClassVar[int]
         MEMORY_POOL_FIELD_NUMBER: _ClassVar[int]
+        EMBEDDING_FIELD_NUMBER: _ClassVar[int]
         id: str
         ready: bool
         context_length: int
@@ -235,7 +236,46 @@ class ListModelsResponse(_message.Message):
         vision: bool
         footprint_bytes: int
         memory_pool: str
-        def __init__(self, id: _Optional[str] = ..., ready: _Optional[bool] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., created: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ..., vision: _Optional[bool] = ..., footprint_bytes: _Optional[int] = ..., memory_pool: _Optional[str] = ...) -> None: ...
+        embedding: bool
+        def __init__(self, id: _Optional[str] = ..., ready: _Optional[bool] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., created: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ..., vision: _Optional[bool] = ..., footprint_bytes: _Optional[int] = ..., memory_pool: _Optional[str] = ..., embedding: _Optional[bool] = ...) -> None: ...
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ListModelsResponse.Model]
     def __init__(self, models: _Optional[_Iterable[_Union[ListModelsResponse.Model, _Mapping]]] = ...) -> None: ...
+
+class EmbedTextRequest(_message.Message):
+    __slots__ = ("model", "input", "input_token_ids", "dimensions", "instruction")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    input: _containers.RepeatedScalarFieldContainer[str]
+    input_token_ids: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenIds]
+    dimensions: int
+    instruction: str
+    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Iterable[str]] = ..., input_token_ids: _Optional[_Iterable[_Union[_common_pb2.TokenIds, _Mapping]]] = ..., dimensions: _Optional[int] = ..., instruction: _Optional[str] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("data", "usage", "model")
+    class Embedding(_message.Message):
+        __slots__ = ("index", "values")
+        INDEX_FIELD_NUMBER: _ClassVar[int]
+        VALUES_FIELD_NUMBER: _ClassVar[int]
+        index: int
+        values: _containers.RepeatedScalarFieldContainer[float]
+        def __init__(self, index: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+    class Usage(_message.Message):
+        __slots__ = ("prompt_tokens", "total_tokens")
+        PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+        TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+        prompt_tokens: int
+        total_tokens: int
+        def __init__(self, prompt_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ...) -> None: ...
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    data: _containers.RepeatedCompositeFieldContainer[EmbedResponse.Embedding]
+    usage: EmbedResponse.Usage
+    model: str
+    def __init__(self, data: _Optional[_Iterable[_Union[EmbedResponse.Embedding, _Mapping]]] = ..., usage: _Optional[_Union[EmbedResponse.Usage, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...

@@ -44,6 +44,11 @@ class GenerationServiceStub:
                 request_serializer=npuflow_dot_v1_dot_generation__service__pb2.ChatRequest.SerializeToString,
                 response_deserializer=npuflow_dot_v1_dot_generation__service__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/npuflow.v1.GenerationService/Embed',
+                request_serializer=npuflow_dot_v1_dot_generation__service__pb2.EmbedTextRequest.SerializeToString,
+                response_deserializer=npuflow_dot_v1_dot_generation__service__pb2.EmbedResponse.FromString,
+                _registered_method=True)
         self.Tokenize = channel.unary_unary(
                 '/npuflow.v1.GenerationService/Tokenize',
                 request_serializer=npuflow_dot_v1_dot_generation__service__pb2.TokenizeRequest.SerializeToString,
@@ -79,6 +84,13 @@ class GenerationServiceServicer:
 
     def Chat(self, request, context):
         """Generate the assistant's answer to a conversation, rendered with the model's chat template.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Embed(self, request, context):
+        """Embedding vectors of texts or token-id inputs (an embedding model), computed together.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +136,11 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.Chat,
                     request_deserializer=npuflow_dot_v1_dot_generation__service__pb2.ChatRequest.FromString,
                     response_serializer=npuflow_dot_v1_dot_generation__service__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=npuflow_dot_v1_dot_generation__service__pb2.EmbedTextRequest.FromString,
+                    response_serializer=npuflow_dot_v1_dot_generation__service__pb2.EmbedResponse.SerializeToString,
             ),
             'Tokenize': grpc.unary_unary_rpc_method_handler(
                     servicer.Tokenize,
@@ -200,6 +217,33 @@ class GenerationService:
             '/npuflow.v1.GenerationService/Chat',
             npuflow_dot_v1_dot_generation__service__pb2.ChatRequest.SerializeToString,
             npuflow_dot_v1_dot_generation__service__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/npuflow.v1.GenerationService/Embed',
+            npuflow_dot_v1_dot_generation__service__pb2.EmbedTextRequest.SerializeToString,
+            npuflow_dot_v1_dot_generation__service__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

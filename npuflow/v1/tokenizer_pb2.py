@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from npuflow.v1 import common_pb2 as npuflow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1anpuflow/v1/tokenizer.proto\x12\nnpuflow.v1\x1a\x17npuflow/v1/common.proto\"N\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x15\n\rfunction_name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"9\n\x08ImageRef\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"L\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x14.npuflow.v1.ImageRefH\x00\x42\x06\n\x04part\"\xa2\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12(\n\ntool_calls\x18\x05 \x03(\x0b\x32\x14.npuflow.v1.ToolCall\x12&\n\x05parts\x18\x06 \x03(\x0b\x32\x17.npuflow.v1.ContentPart\"\x87\x01\n\tChatInput\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.npuflow.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\x12\x12\n\ntools_json\x18\x03 \x01(\t\x12\x1c\n\x14template_kwargs_json\x18\x04 \x01(\t\"z\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x15.npuflow.v1.ChatInputH\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08\x42\x07\n\x05input\"=\n\tImageSpan\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\x12\x14\n\x0cplaceholders\x18\x03 \x01(\r\"s\n\x0c\x45ncodeResult\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x10\n\x08rendered\x18\x02 \x01(\t\x12%\n\x06images\x18\x03 \x03(\x0b\x32\x15.npuflow.v1.ImageSpan\x12\x17\n\x0ftemplate_thinks\x18\x04 \x01(\x08\"N\n\rDecodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x1b\n\x13skip_special_tokens\x18\x03 \x01(\x08\"\x1c\n\x0c\x44\x65\x63odeResult\x12\x0c\n\x04text\x18\x01 \x01(\t\"Z\n\x0eTokenizerModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x15\n\rfailed_reason\x18\x03 \x01(\t\x12\x0e\n\x06vision\x18\x04 \x01(\x08\"\x15\n\x13ListTokenizerModels\"#\n\x12LoadTokenizerModel\x12\r\n\x05model\x18\x01 \x01(\t\"=\n\x0fTokenizerModels\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.npuflow.v1.TokenizerModel\"\xf6\x01\n\x10TokenizerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x06\x65ncode\x18\x02 \x01(\x0b\x32\x19.npuflow.v1.EncodeRequestH\x00\x12+\n\x06\x64\x65\x63ode\x18\x03 \x01(\x0b\x32\x19.npuflow.v1.DecodeRequestH\x00\x12\x36\n\x0blist_models\x18\x04 \x01(\x0b\x32\x1f.npuflow.v1.ListTokenizerModelsH\x00\x12\x34\n\nload_model\x18\x05 \x01(\x0b\x32\x1e.npuflow.v1.LoadTokenizerModelH\x00\x42\x06\n\x04kind\"\x8a\x02\n\x11TokenizerResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x07\x65ncoded\x18\x02 \x01(\x0b\x32\x18.npuflow.v1.EncodeResultH\x00\x12+\n\x07\x64\x65\x63oded\x18\x03 \x01(\x0b\x32\x18.npuflow.v1.DecodeResultH\x00\x12\"\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.npuflow.v1.ErrorH\x00\x12-\n\x06models\x18\x05 \x01(\x0b\x32\x1b.npuflow.v1.TokenizerModelsH\x00\x12,\n\x06loaded\x18\x06 \x01(\x0b\x32\x1a.npuflow.v1.TokenizerModelH\x00\x42\x06\n\x04kindb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1anpuflow/v1/tokenizer.proto\x12\nnpuflow.v1\x1a\x17npuflow/v1/common.proto\"N\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x15\n\rfunction_name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"9\n\x08ImageRef\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"L\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x14.npuflow.v1.ImageRefH\x00\x42\x06\n\x04part\"\xa2\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12(\n\ntool_calls\x18\x05 \x03(\x0b\x32\x14.npuflow.v1.ToolCall\x12&\n\x05parts\x18\x06 \x03(\x0b\x32\x17.npuflow.v1.ContentPart\"\x87\x01\n\tChatInput\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.npuflow.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\x12\x12\n\ntools_json\x18\x03 \x01(\t\x12\x1c\n\x14template_kwargs_json\x18\x04 \x01(\t\"0\n\nEmbedTexts\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x13\n\x0binstruction\x18\x02 \x01(\t\"\xa3\x01\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x15.npuflow.v1.ChatInputH\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\'\n\x05\x65mbed\x18\x05 \x01(\x0b\x32\x16.npuflow.v1.EmbedTextsH\x00\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08\x42\x07\n\x05input\"=\n\tImageSpan\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\x12\x14\n\x0cplaceholders\x18\x03 \x01(\r\"\x99\x01\n\x0c\x45ncodeResult\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x10\n\x08rendered\x18\x02 \x01(\t\x12%\n\x06images\x18\x03 \x03(\x0b\x32\x15.npuflow.v1.ImageSpan\x12\x17\n\x0ftemplate_thinks\x18\x04 \x01(\x08\x12$\n\x06inputs\x18\x05 \x03(\x0b\x32\x14.npuflow.v1.TokenIds\"N\n\rDecodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x1b\n\x13skip_special_tokens\x18\x03 \x01(\x08\"\x1c\n\x0c\x44\x65\x63odeResult\x12\x0c\n\x04text\x18\x01 \x01(\t\"Z\n\x0eTokenizerModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x15\n\rfailed_reason\x18\x03 \x01(\t\x12\x0e\n\x06vision\x18\x04 \x01(\x08\"\x15\n\x13ListTokenizerModels\"#\n\x12LoadTokenizerModel\x12\r\n\x05model\x18\x01 \x01(\t\"=\n\x0fTokenizerModels\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.npuflow.v1.TokenizerModel\"\xf6\x01\n\x10TokenizerRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x06\x65ncode\x18\x02 \x01(\x0b\x32\x19.npuflow.v1.EncodeRequestH\x00\x12+\n\x06\x64\x65\x63ode\x18\x03 \x01(\x0b\x32\x19.npuflow.v1.DecodeRequestH\x00\x12\x36\n\x0blist_models\x18\x04 \x01(\x0b\x32\x1f.npuflow.v1.ListTokenizerModelsH\x00\x12\x34\n\nload_model\x18\x05 \x01(\x0b\x32\x1e.npuflow.v1.LoadTokenizerModelH\x00\x42\x06\n\x04kind\"\x8a\x02\n\x11TokenizerResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x07\x65ncoded\x18\x02 \x01(\x0b\x32\x18.npuflow.v1.EncodeResultH\x00\x12+\n\x07\x64\x65\x63oded\x18\x03 \x01(\x0b\x32\x18.npuflow.v1.DecodeResultH\x00\x12\"\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.npuflow.v1.ErrorH\x00\x12-\n\x06models\x18\x05 \x01(\x0b\x32\x1b.npuflow.v1.TokenizerModelsH\x00\x12,\n\x06loaded\x18\x06 \x01(\x0b\x32\x1a.npuflow.v1.TokenizerModelH\x00\x42\x06\n\x04kindb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,26 +42,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_end=447
   _globals['_CHATINPUT']._serialized_start=450
   _globals['_CHATINPUT']._serialized_end=585
-  _globals['_ENCODEREQUEST']._serialized_start=587
-  _globals['_ENCODEREQUEST']._serialized_end=709
-  _globals['_IMAGESPAN']._serialized_start=711
-  _globals['_IMAGESPAN']._serialized_end=772
-  _globals['_ENCODERESULT']._serialized_start=774
-  _globals['_ENCODERESULT']._serialized_end=889
-  _globals['_DECODEREQUEST']._serialized_start=891
-  _globals['_DECODEREQUEST']._serialized_end=969
-  _globals['_DECODERESULT']._serialized_start=971
-  _globals['_DECODERESULT']._serialized_end=999
-  _globals['_TOKENIZERMODEL']._serialized_start=1001
-  _globals['_TOKENIZERMODEL']._serialized_end=1091
-  _globals['_LISTTOKENIZERMODELS']._serialized_start=1093
-  _globals['_LISTTOKENIZERMODELS']._serialized_end=1114
-  _globals['_LOADTOKENIZERMODEL']._serialized_start=1116
-  _globals['_LOADTOKENIZERMODEL']._serialized_end=1151
-  _globals['_TOKENIZERMODELS']._serialized_start=1153
-  _globals['_TOKENIZERMODELS']._serialized_end=1214
-  _globals['_TOKENIZERREQUEST']._serialized_start=1217
-  _globals['_TOKENIZERREQUEST']._serialized_end=1463
-  _globals['_TOKENIZERRESPONSE']._serialized_start=1466
-  _globals['_TOKENIZERRESPONSE']._serialized_end=1732
+  _globals['_EMBEDTEXTS']._serialized_start=587
+  _globals['_EMBEDTEXTS']._serialized_end=635
+  _globals['_ENCODEREQUEST']._serialized_start=638
+  _globals['_ENCODEREQUEST']._serialized_end=801
+  _globals['_IMAGESPAN']._serialized_start=803
+  _globals['_IMAGESPAN']._serialized_end=864
+  _globals['_ENCODERESULT']._serialized_start=867
+  _globals['_ENCODERESULT']._serialized_end=1020
+  _globals['_DECODEREQUEST']._serialized_start=1022
+  _globals['_DECODEREQUEST']._serialized_end=1100
+  _globals['_DECODERESULT']._serialized_start=1102
+  _globals['_DECODERESULT']._serialized_end=1130
+  _globals['_TOKENIZERMODEL']._serialized_start=1132
+  _globals['_TOKENIZERMODEL']._serialized_end=1222
+  _globals['_LISTTOKENIZERMODELS']._serialized_start=1224
+  _globals['_LISTTOKENIZERMODELS']._serialized_end=1245
+  _globals['_LOADTOKENIZERMODEL']._serialized_start=1247
+  _globals['_LOADTOKENIZERMODEL']._serialized_end=1282
+  _globals['_TOKENIZERMODELS']._serialized_start=1284
+  _globals['_TOKENIZERMODELS']._serialized_end=1345
+  _globals['_TOKENIZERREQUEST']._serialized_start=1348
+  _globals['_TOKENIZERREQUEST']._serialized_end=1594
+  _globals['_TOKENIZERRESPONSE']._serialized_start=1597
+  _globals['_TOKENIZERRESPONSE']._serialized_end=1863
 # @@protoc_insertion_point(module_scope)

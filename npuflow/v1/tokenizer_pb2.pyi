@@ -65,17 +65,27 @@ class ChatInput(_message.Message):
     template_kwargs_json: str
     def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., add_generation_prompt: _Optional[bool] = ..., tools_json: _Optional[str] = ..., template_kwargs_json: _Optional[str] = ...) -> None: ...
 
+class EmbedTexts(_message.Message):
+    __slots__ = ("texts", "instruction")
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    instruction: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., instruction: _Optional[str] = ...) -> None: ...
+
 class EncodeRequest(_message.Message):
-    __slots__ = ("model", "chat", "text", "add_special_tokens")
+    __slots__ = ("model", "chat", "text", "embed", "add_special_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    EMBED_FIELD_NUMBER: _ClassVar[int]
     ADD_SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     chat: ChatInput
     text: str
+    embed: EmbedTexts
     add_special_tokens: bool
-    def __init__(self, model: _Optional[str] = ..., chat: _Optional[_Union[ChatInput, _Mapping]] = ..., text: _Optional[str] = ..., add_special_tokens: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., chat: _Optional[_Union[ChatInput, _Mapping]] = ..., text: _Optional[str] = ..., embed: _Optional[_Union[EmbedTexts, _Mapping]] = ..., add_special_tokens: _Optional[bool] = ...) -> None: ...
 
 class ImageSpan(_message.Message):
     __slots__ = ("start", "end", "placeholders")
@@ -88,16 +98,18 @@ class ImageSpan(_message.Message):
     def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., placeholders: _Optional[int] = ...) -> None: ...
 
 class EncodeResult(_message.Message):
-    __slots__ = ("token_ids", "rendered", "images", "template_thinks")
+    __slots__ = ("token_ids", "rendered", "images", "template_thinks", "inputs")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     RENDERED_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_THINKS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     rendered: str
     images: _containers.RepeatedCompositeFieldContainer[ImageSpan]
     template_thinks: bool
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., rendered: _Optional[str] = ..., images: _Optional[_Iterable[_Union[ImageSpan, _Mapping]]] = ..., template_thinks: _Optional[bool] = ...) -> None: ...
+    inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenIds]
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., rendered: _Optional[str] = ..., images: _Optional[_Iterable[_Union[ImageSpan, _Mapping]]] = ..., template_thinks: _Optional[bool] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.TokenIds, _Mapping]]] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
     __slots__ = ("model", "token_ids", "skip_special_tokens")

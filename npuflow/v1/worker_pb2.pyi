@@ -43,6 +43,20 @@ class GenerateRequest(_message.Message):
     images: _containers.RepeatedCompositeFieldContainer[ImageInput]
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., deadline_unix_ms: _Optional[int] = ..., n: _Optional[int] = ..., grammar: _Optional[str] = ..., grammar_param: _Optional[str] = ..., images: _Optional[_Iterable[_Union[ImageInput, _Mapping]]] = ...) -> None: ...
 
+class EmbedRequest(_message.Message):
+    __slots__ = ("request_id", "model", "inputs", "dimensions", "deadline_unix_ms")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenIds]
+    dimensions: int
+    deadline_unix_ms: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.TokenIds, _Mapping]]] = ..., dimensions: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ...) -> None: ...
+
 class Abort(_message.Message):
     __slots__ = ("request_id",)
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -56,17 +70,19 @@ class Ping(_message.Message):
     def __init__(self, sent_unix_ms: _Optional[int] = ...) -> None: ...
 
 class ToWorker(_message.Message):
-    __slots__ = ("generate", "abort", "ping")
+    __slots__ = ("generate", "abort", "ping", "embed")
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    EMBED_FIELD_NUMBER: _ClassVar[int]
     generate: GenerateRequest
     abort: Abort
     ping: Ping
-    def __init__(self, generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
+    embed: EmbedRequest
+    def __init__(self, generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., embed: _Optional[_Union[EmbedRequest, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("model", "worker_id", "context_length", "max_batch", "vocab_size", "engine", "pid", "eos_token_ids", "created_unix", "state", "state_reason", "vision", "start_seconds", "load_seconds")
+    __slots__ = ("model", "worker_id", "context_length", "max_batch", "vocab_size", "engine", "pid", "eos_token_ids", "created_unix", "state", "state_reason", "vision", "start_seconds", "load_seconds", "embedding", "embedding_dimensions", "matryoshka")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +97,9 @@ class Hello(_message.Message):
     VISION_FIELD_NUMBER: _ClassVar[int]
     START_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    MATRYOSHKA_FIELD_NUMBER: _ClassVar[int]
     model: str
     worker_id: str
     context_length: int
@@ -95,7 +114,10 @@ class Hello(_message.Message):
     vision: bool
     start_seconds: float
     load_seconds: float
-    def __init__(self, model: _Optional[str] = ..., worker_id: _Optional[str] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., pid: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., created_unix: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ..., vision: _Optional[bool] = ..., start_seconds: _Optional[float] = ..., load_seconds: _Optional[float] = ...) -> None: ...
+    embedding: bool
+    embedding_dimensions: int
+    matryoshka: bool
+    def __init__(self, model: _Optional[str] = ..., worker_id: _Optional[str] = ..., context_length: _Optional[int] = ..., max_batch: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., pid: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., created_unix: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ..., vision: _Optional[bool] = ..., start_seconds: _Optional[float] = ..., load_seconds: _Optional[float] = ..., embedding: _Optional[bool] = ..., embedding_dimensions: _Optional[int] = ..., matryoshka: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("worker_id", "running", "waiting", "sent_unix_ms")
@@ -141,12 +163,28 @@ class TokenEvents(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[TokenEvent]
     def __init__(self, events: _Optional[_Iterable[_Union[TokenEvent, _Mapping]]] = ...) -> None: ...
 
+class EmbedResult(_message.Message):
+    __slots__ = ("request_id", "dimensions", "vectors", "prompt_tokens", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    dimensions: int
+    vectors: bytes
+    prompt_tokens: int
+    error: _common_pb2.Error
+    def __init__(self, request_id: _Optional[str] = ..., dimensions: _Optional[int] = ..., vectors: _Optional[bytes] = ..., prompt_tokens: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ...) -> None: ...
+
 class FromWorker(_message.Message):
-    __slots__ = ("hello", "heartbeat", "events")
+    __slots__ = ("hello", "heartbeat", "events", "embedded")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     events: TokenEvents
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., events: _Optional[_Union[TokenEvents, _Mapping]] = ...) -> None: ...
+    embedded: EmbedResult
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., events: _Optional[_Union[TokenEvents, _Mapping]] = ..., embedded: _Optional[_Union[EmbedResult, _Mapping]] = ...) -> None: ...

@@ -48,6 +48,9 @@ class ModelInfo:
                                       # Hello), of them the worker's process start and its model's load
     required: bool = True             # it should be loaded now (preloaded, not unloaded on purpose):
                                       # /health is 503 while it is not
+    embedding: bool = False           # an embedding model (/v1/embeddings; chat and completions refuse it)
+    embedding_dimensions: int = 0     # its vectors' length (0 = not known until its worker said Hello)
+    matryoshka: bool = False          # it allows `dimensions` below embedding_dimensions
 
     @property
     def status(self) -> str:
@@ -123,6 +126,24 @@ class ImageInput:
     param: str = ""            # the request part it came from, for the worker's errors
 
 
+@dataclass(frozen=True)
+class EmbedParams:
+    """One embeddings request as the worker gets it (worker.proto EmbedRequest)."""
+    request_id: str
+    model: str
+    inputs: Sequence[Sequence[int]]
+    dimensions: int = 0                # 0 = the model's
+    deadline_unix_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The worker's answer: `vectors` float32 little-endian [len(inputs), dimensions]."""
+    dimensions: int
+    vectors: bytes
+    prompt_tokens: int
+
+
 class ModelClient(Protocol):
     def models(self) -> list[ModelInfo]:
         """Every configured model, ready or not."""
@@ -134,6 +155,10 @@ class ModelClient(Protocol):
     def generate(self, params: GenerateParams) -> AsyncIterator[list[Delta]]:
         """Stream merged deltas until every choice finished. Closing the iterator early (client
         gone, cancellation, deadline) aborts the request on the worker."""
+
+    async def embed(self, params: EmbedParams) -> Embeddings:
+        """Every input's vector (an embedding model's worker); ApiError when it failed. Cancelling
+        the call (client gone) or the deadline passing aborts the request on the worker."""
 
     def abort(self, model: str, request_id: str) -> None:
         """Tell the worker to stop a request (the generate iterator does this itself)."""
@@ -159,6 +184,10 @@ class TokenizerClient(Protocol):
 
     async def encode_text(self, model: str, text: str, add_special_tokens: bool = True) -> list[int]:
         """Tokenize plain text."""
+
+    async def encode_embed(self, model: str, texts: Sequence[str], instruction: str = "") -> list[list[int]]:
+        """Each text's ids as an embedding model sees it (its tokenizer's special tokens, the
+        model's query format around `instruction` when given), encoded as one batch."""
 
     async def decode(self, model: str, token_ids: Sequence[int]) -> str:
         """Token ids back to text."""

@@ -19,7 +19,7 @@ import time
 from typing import AsyncIterator, NamedTuple, Sequence
 
 from npuflow.gateway.admission import Ticket
-from npuflow.gateway.client import ChatTurn, Delta, GenerateParams, ImageInput, ImagePart
+from npuflow.gateway.client import ChatTurn, Delta, GenerateParams, ImageInput, ImagePart, ModelInfo
 from npuflow.gateway.errors import ApiError, model_not_available, model_not_found
 from npuflow.gateway.images import resolve_images
 from npuflow.gateway.model_state import model_states
@@ -84,10 +84,12 @@ class Collected(Tally):
         return "".join(self.texts[c])
 
 
-def check_model(st: GatewayState, model: str, load: bool = True) -> None:
+def check_model(st: GatewayState, model: str, load: bool = True, kind: str = "") -> None:
     """404 for an unknown model; 503 model_not_available at once for one that failed to start.
     With `load`, a model that is not loaded starts loading now (while its request is tokenized),
-    or is refused at once when it can never fit the memory budget (model_too_large_for_budget)."""
+    or is refused at once when it can never fit the memory budget (model_too_large_for_budget).
+    `kind` "generate" (chat, completions) refuses an embedding model, "embed" a language model:
+    400 naming `model` (model_not_generative, model_not_embedding)."""
     touch = getattr(st.models, "touch", None) if load else None
     if touch is not None:
         touch(model)
@@ -96,6 +98,16 @@ def check_model(st: GatewayState, model: str, load: bool = True) -> None:
         raise model_not_found(model)
     if info.status == "failed":
         raise model_not_available(model, info.reason)
+    check_kind(info, kind)
+
+
+def check_kind(info: ModelInfo, kind: str) -> None:
+    if kind == "generate" and info.embedding:
+        raise ApiError(400, f"The model '{info.id}' is an embedding model: it does not generate text. Use it "
+                            f"with /v1/embeddings.", param="model", code="model_not_generative")
+    if kind == "embed" and not info.embedding:
+        raise ApiError(400, f"The model '{info.id}' is not an embedding model: /v1/embeddings needs one "
+                            f"(see GET /v1/models, \"embedding\").", param="model", code="model_not_embedding")
 
 
 def model_takes_images(st: GatewayState, model: str) -> bool:

@@ -12,6 +12,7 @@ import json
 
 from npuflow.gateway import images
 from npuflow.gateway.client import ChatTurn, Delta, ModelInfo
+from npuflow.gateway.embeddings import MAX_INPUTS, EmbedInput, EmbedOutput
 from npuflow.gateway.errors import bad_param
 from npuflow.gateway.structured import Structured, parse_structured, response_format_grammar
 from npuflow.gateway.structured import tools_json as tools_json_of
@@ -210,7 +211,36 @@ def model_card(m: ModelInfo) -> gs.ListModelsResponse.Model:
                                        max_batch=m.max_batch, created=m.created,
                                        state=_MODEL_STATES.get(m.status, common_pb2.MODEL_STATE_UNSPECIFIED),
                                        state_reason=m.reason, footprint_bytes=m.footprint_bytes,
-                                       memory_pool=m.memory_pool)
+                                       memory_pool=m.memory_pool, embedding=m.embedding)
+
+
+def embed_request(r: gs.EmbedTextRequest) -> EmbedInput:
+    """An Embed call as the shared embeddings path takes it: exactly one of input and
+    input_token_ids, at most MAX_INPUTS inputs, none empty (errors name the field, e.g. input[2])."""
+    if not r.model:
+        raise bad_param("model", "Missing required parameter: 'model'.", code="missing_required_parameter")
+    texts, ids = list(r.input), [list(x.ids) for x in r.input_token_ids]
+    if bool(texts) == bool(ids):
+        raise bad_param("input", "Exactly one of 'input' and 'input_token_ids' must be set.",
+                        code="missing_required_parameter" if not texts else "invalid_value")
+    param = "input" if texts else "input_token_ids"
+    items = texts or ids
+    if len(items) > MAX_INPUTS:
+        raise bad_param(param, f"Invalid '{param}': at most {MAX_INPUTS} inputs, got {len(items)}.",
+                        code="array_above_max_length")
+    for k, x in enumerate(items):
+        if not x:
+            raise bad_param(f"{param}[{k}]", f"'{param}[{k}]' is empty.", code="empty_input")
+    return EmbedInput(model=r.model, texts=texts or None, token_ids=ids or None, dimensions=r.dimensions or None,
+                      instruction=r.instruction, param=param)
+
+
+def embed_response(model: str, out: EmbedOutput) -> gs.EmbedResponse:
+    resp = gs.EmbedResponse(model=model, usage=gs.EmbedResponse.Usage(prompt_tokens=out.prompt_tokens,
+                                                                      total_tokens=out.prompt_tokens))
+    for i, v in enumerate(out.vectors):
+        resp.data.add(index=i, values=v)
+    return resp
 
 
 _MODEL_STATES = {"loaded": common_pb2.MODEL_STATE_LOADED, "loading": common_pb2.MODEL_STATE_LOADING,

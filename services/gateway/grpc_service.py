@@ -2,7 +2,7 @@
 
 Each call converts its message at the edge (grpc_convert), then follows the same steps as the
 HTTP handlers (generation.py): model known -> tokenize -> admit (queue, readiness, context) ->
-metered stream. Errors are raised as ApiError and mapped to a status by the ErrorInterceptor.
+metered stream; Embed the same path as /v1/embeddings (embeddings.py). Errors are raised as ApiError and mapped to a status by the ErrorInterceptor.
 
 Streams are written with `context.write` from a coroutine (not an async generator) so that a
 cancelled call - the caller cancels, its deadline passes, the server stops - raises
@@ -22,6 +22,7 @@ import grpc.aio
 
 from npuflow.gateway import grpc_convert as convert
 from npuflow.gateway.client import GenerateParams, ImageInput
+from npuflow.gateway.embeddings import embed
 from npuflow.gateway.errors import ApiError, bad_param
 from npuflow.gateway.generation import Tally, admit, chat_prompt, check_model, check_prompt, deadline_unix_ms, metered
 from npuflow.gateway.model_state import model_states
@@ -52,7 +53,7 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
     async def Generate(self, request: gs.GenerateTextRequest, context: Context) -> None:
         arrived, now = time.perf_counter(), time.time()
         req, structured, prompt = convert.generate_request(request)
-        check_model(self.st, req.model)
+        check_model(self.st, req.model, kind="generate")
         deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
         if isinstance(prompt, str):
             ids = await self.st.tokenizer.encode_text(req.model, prompt)
@@ -64,12 +65,17 @@ class GenerationServicer(gs_grpc.GenerationServiceServicer):
     async def Chat(self, request: gs.ChatRequest, context: Context) -> None:
         arrived, now = time.perf_counter(), time.time()
         req = convert.chat_request(request, self.st.settings.server.max_image_bytes)
-        check_model(self.st, req.model)
+        check_model(self.st, req.model, kind="generate")
         deadline_ms = deadline_unix_ms(self.st, now, context.time_remaining())
         cp = await chat_prompt(self.st, req.model, req.messages, req.tools_json, req.template_kwargs_json)
         structured = dataclasses.replace(req.structured, grammar=cp.grammar(req.structured.grammar))
         await self._stream(context, req, structured, cp.token_ids, "messages", "chat-", deadline_ms, arrived,
                            cp.images, Reasoning(req.n, cp.opens_reasoning))
+
+    async def Embed(self, request: gs.EmbedTextRequest, context: Context) -> gs.EmbedResponse:
+        req = convert.embed_request(request)
+        out = await embed(self.st, req, time.time(), context.time_remaining())
+        return convert.embed_response(req.model, out)
 
     async def Tokenize(self, request: gs.TokenizeRequest, context: Context) -> gs.TokenizeResponse:
         model, what, add_special, tools = convert.tokenize_request(request, self.st.settings.server.max_image_bytes)

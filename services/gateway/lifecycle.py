@@ -24,16 +24,17 @@ and load/unload are refused (400 lifecycle_not_managed).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import time
 from typing import AsyncIterator, Callable
 
 from npuflow.config import ModelSettings, Settings, keep_alive_s
-from npuflow.gateway.client import Delta, GenerateParams, ModelInfo
+from npuflow.gateway.client import Delta, EmbedParams, Embeddings, GenerateParams, ModelInfo
 from npuflow.gateway.errors import ApiError, model_not_available, model_not_found
 from npuflow.gateway.lifecycle_metrics import LifecycleMetrics
-from npuflow.gateway.model_slot import CRASH_BACKOFF_MAX_S, CRASH_BACKOFF_S, HEALTHY_AFTER_S, ModelSlot, offline_vision
+from npuflow.gateway.model_slot import CRASH_BACKOFF_MAX_S, CRASH_BACKOFF_S, HEALTHY_AFTER_S, ModelSlot, offline_embedding, offline_vision
 from npuflow.gateway.worker_link import WorkerPool
 from npuflow.logs import get_logger
 from npuflow.models.budget import Budget, format_bytes, resolve_budget
@@ -103,6 +104,7 @@ class ModelManager:
             if slot is None:
                 self.slots[m.id] = ModelSlot(m, _footprint(m, settings.server.cache_dir),
                                              keep_alive_s(m, settings.server), vision=offline_vision(m),
+                                             embedding=offline_embedding(m),
                                              expected=m.preload or not self.managed)
             elif slot.state in ("unloaded", "failed") and slot.settings != m:
                 slot.settings, slot.keep_alive_s = m, keep_alive_s(m, settings.server)
@@ -194,9 +196,11 @@ class ModelManager:
                 base = ModelInfo(id=m.id, ready=False, context_length=slot.context_length or m.context_length,
                                  max_batch=slot.max_batch or m.max_batch, created=slot.created,
                                  state=slot.public_state, reason=slot.reason if slot.state == "failed" else "",
-                                 vision=slot.vision)
+                                 vision=slot.vision, embedding=slot.embedding)
+            if not base.worker_id and slot.embedding and not base.embedding:   # the package says, until its worker does
+                base = dataclasses.replace(base, embedding=True)
             if link is not None and link.hello is not None:   # what its worker said, for when it is unloaded
-                slot.created, slot.vision = base.created, base.vision
+                slot.created, slot.vision, slot.embedding = base.created, base.vision, base.embedding
                 slot.context_length, slot.max_batch = base.context_length, base.max_batch
             out.append(_with_memory(base, slot))
         return out
@@ -258,6 +262,9 @@ class ModelManager:
 
     def generate(self, params: GenerateParams) -> AsyncIterator[list[Delta]]:
         return self.pool.generate(params)
+
+    async def embed(self, params: EmbedParams) -> Embeddings:
+        return await self.pool.embed(params)
 
     def abort(self, model: str, request_id: str) -> None:
         self.pool.abort(model, request_id)

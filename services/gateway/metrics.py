@@ -47,6 +47,9 @@ class Metrics:
         self.cached_prompt_tokens = Counter("npuflow_cached_prompt_tokens",
                                             "Prompt tokens whose KV a worker slot already held (not computed again)",
                                             ["model"], registry=r)
+        self.embedding_inputs = Counter("npuflow_embedding_inputs", "Inputs embedded", ["model"], registry=r)
+        self.embedding_seconds = Histogram("npuflow_embedding_seconds", "Embeddings request arrival to its vectors",
+                                           ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         r.register(_LinkCollector(stats))
         for c in collectors:      # e.g. the model lifecycle's (lifecycle_metrics.py)
             r.register(c)

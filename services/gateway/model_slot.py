@@ -41,6 +41,7 @@ class ModelSlot:
     load_seconds: float = 0.0           # the last load, start to Hello
     worker_seconds: tuple[float, float] = (0.0, 0.0)   # its Hello's start_seconds, load_seconds
     vision: bool = False                # takes images (the package says, until its worker does)
+    embedding: bool = False             # an embedding model (the package says, until its worker does)
     expected: bool = False              # should be loaded now: preloaded and not unloaded on purpose
                                         # (health is 503 while such a model is not loaded)
     created: int = field(default_factory=lambda: int(time.time()))
@@ -86,6 +87,25 @@ def offline_vision(model: ModelSettings) -> bool:
                 return "vision" in read_ax_package(path, model.id).extra
             if (path / "config.json").is_file():
                 return "vision_config" in json.loads((path / "config.json").read_text())
+    except Exception:   # an unreadable package fails when it loads, with its reason
+        return False
+    return False
+
+
+def offline_embedding(model: ModelSettings) -> bool:
+    """Whether the model is an embedding model, read from its package or checkpoint without
+    loading it (so a request to an unloaded model is told apart before it is loaded)."""
+    import json
+    import pathlib
+    if model.source == "default":
+        return False
+    path = pathlib.Path(model.source).expanduser()
+    try:
+        if path.is_dir() and (path / "manifest.json").is_file():
+            return isinstance(json.loads((path / "manifest.json").read_text()).get("embedding"), dict)
+        if path.is_dir() and (path / "config.json").is_file():
+            from npuflow.convert.embed_source import is_embedding_folder
+            return is_embedding_folder(path)
     except Exception:   # an unreadable package fails when it loads, with its reason
         return False
     return False

@@ -16,9 +16,12 @@ def _model(m: ModelInfo) -> dict:
     ["text"]), `memory` (its footprint when loaded: bytes, the budget pool it counts against,
     whether it is an estimate), `keep_alive` (idle seconds before it is unloaded; null = never) and,
     once it was loaded on demand, `last_load` (seconds from the request to its worker's Hello, and
-    of them the worker's process start and model load, as its Hello reports them)."""
+    of them the worker's process start and model load, as its Hello reports them), and for an embedding
+    model `embedding` ({"dimensions", "matryoshka": whether `dimensions` may shorten its vectors})."""
     out = {"id": m.id, "object": "model", "created": m.created, "owned_by": "npuflow", "status": status_object(m),
            "input_modalities": ["text", "image"] if m.vision else ["text"]}
+    if m.embedding:      # an embedding model: /v1/embeddings only (its vectors' length once its worker said it)
+        out["embedding"] = {"dimensions": m.embedding_dimensions or None, "matryoshka": m.matryoshka}
     if m.memory_pool:
         out["memory"] = {"bytes": m.footprint_bytes, "pool": m.memory_pool, "estimated": m.footprint_estimated}
         out["keep_alive"] = m.keep_alive_s

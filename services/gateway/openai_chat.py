@@ -41,7 +41,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     arrived, now = time.perf_counter(), time.time()
     req = parse_chat(await read_json(request), st.settings.server.max_image_bytes)
-    check_model(st, req.model)
+    check_model(st, req.model, kind="generate")
     deadline_ms = deadline_unix_ms(st, now)
     cp = await chat_prompt(st, req.model, req.messages, req.tools_json, req.template_kwargs_json)
     with await admit(st, req, [len(cp.token_ids)], deadline_ms, "messages"):

@@ -45,7 +45,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     arrived, now = time.perf_counter(), time.time()
     req = parse_completion(await read_json(request))
-    check_model(st, req.model)
+    check_model(st, req.model, kind="generate")
     deadline_ms = deadline_unix_ms(st, now)
     tok = st.tokenizer
     prompts = await asyncio.gather(*(tok.encode_text(req.model, p) if isinstance(p, str) else _ids(p)

@@ -197,6 +197,18 @@ class TokenizerLink:
         req.encode.add_special_tokens = add_special_tokens
         return list((await self._call(req)).encoded.token_ids)
 
+    async def encode_embed(self, model: str, texts: Sequence[str], instruction: str = "") -> list[list[int]]:
+        req = tokenizer_pb2.TokenizerRequest()
+        req.encode.model = model
+        req.encode.embed.texts.extend(texts)
+        req.encode.embed.instruction = instruction
+        req.encode.add_special_tokens = True
+        encoded = (await self._call(req)).encoded
+        if len(encoded.inputs) != len(texts):
+            raise ApiError(500, f"The tokenizer encoded {len(encoded.inputs)} of {len(texts)} inputs.",
+                           code="internal_error")
+        return [list(x.ids) for x in encoded.inputs]
+
     async def decode(self, model: str, token_ids: Sequence[int]) -> str:
         req = tokenizer_pb2.TokenizerRequest()
         req.decode.model = model

@@ -16,7 +16,7 @@ from typing import AsyncIterator
 import zmq
 
 from npuflow.config import ModelSettings, Settings
-from npuflow.gateway.client import Delta, GenerateParams, ModelInfo
+from npuflow.gateway.client import Delta, EmbedParams, Embeddings, GenerateParams, ModelInfo
 from npuflow.gateway.errors import ApiError, model_not_available, model_not_found
 from npuflow.gateway.peer_watch import Dealer, watch_disconnects
 from npuflow.gateway.request_stream import RequestStream
@@ -42,6 +42,7 @@ class WorkerLink:
         self.sock: zmq.Socket | None = None
         self.dealer: Dealer | None = None
         self.requests: dict[str, RequestStream] = {}
+        self.embeds: dict[str, asyncio.Future] = {}   # embed requests in flight -> their EmbedResult
         self.hello: worker_pb2.Hello | None = None
         self.ready = False
         self.failed = ""   # why the worker cannot start (its Hello said FAILED); "" = not failed
@@ -93,6 +94,10 @@ class WorkerLink:
                     self._on_heartbeat(msg.heartbeat)
                 elif kind == "hello":
                     self._on_hello(msg.hello)
+                elif kind == "embedded":
+                    fut = self.embeds.get(msg.embedded.request_id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg.embedded)
 
     def _on_events(self, events) -> None:
         requests = self.requests
@@ -160,6 +165,9 @@ class WorkerLink:
     def _fail_all(self, code: int, message: str) -> None:
         for st in self.requests.values():
             st.fail(code, message)
+        for rid, fut in self.embeds.items():
+            if not fut.done():
+                fut.set_result(worker_pb2.EmbedResult(request_id=rid, error=common_pb2.Error(code=code, message=message)))
 
     # requests ----------------------------------------------------------------------------
     def info(self) -> ModelInfo:
@@ -170,7 +178,8 @@ class WorkerLink:
                          created=int(h.created_unix if h and h.created_unix else self._started),
                          worker_id=h.worker_id if h else "",
                          state="failed" if self.failed else ("loaded" if self.ready else "loading"),
-                         reason=self.failed, vision=bool(h and h.vision))
+                         reason=self.failed, vision=bool(h and h.vision), embedding=bool(h and h.embedding),
+                         embedding_dimensions=h.embedding_dimensions if h else 0, matryoshka=bool(h and h.matryoshka))
 
     async def wait_ready(self, timeout: float) -> ModelInfo:
         if not self.ready and not self.failed:
@@ -218,6 +227,39 @@ class WorkerLink:
             self.requests.pop(p.request_id, None)
             if st.worker_open > 0:   # the one place an abort is sent
                 self.send(worker_pb2.ToWorker(abort=worker_pb2.Abort(request_id=p.request_id)))
+
+
+    async def embed(self, p: EmbedParams) -> Embeddings:
+        if p.request_id in self.embeds or p.request_id in self.requests:
+            raise ApiError(400, f"request id {p.request_id} is already in flight", code="duplicate_request")
+        if self.failed:
+            raise model_not_available(self.model.id, self.failed)
+        if not self.ready:
+            raise ApiError(503, f"The model '{self.model.id}' is not ready; try again later.", code="model_not_ready")
+        msg = worker_pb2.ToWorker()
+        e = msg.embed
+        e.request_id, e.model, e.dimensions, e.deadline_unix_ms = p.request_id, p.model, p.dimensions, p.deadline_unix_ms
+        for ids in p.inputs:
+            e.inputs.add().ids.extend(ids)
+        fut = self.embeds[p.request_id] = asyncio.get_running_loop().create_future()
+        answered = False
+        try:
+            if not self.send(msg):
+                raise ApiError(503, f"The worker of model '{self.model.id}' is not reachable.", code="worker_lost")
+            timeout = max(0.0, p.deadline_unix_ms / 1000.0 - time.time()) if p.deadline_unix_ms else None
+            try:
+                res = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                raise ApiError.from_code(E.ERROR_CODE_DEADLINE_EXCEEDED,
+                                         "The request passed its deadline and was stopped.") from None
+            answered = True
+        finally:
+            self.embeds.pop(p.request_id, None)
+            if not answered:      # cancelled (client gone), deadline, not sent: the worker drops it
+                self.send(worker_pb2.ToWorker(abort=worker_pb2.Abort(request_id=p.request_id)))
+        if res.HasField("error") and res.error.code:
+            raise ApiError.from_code(res.error.code, res.error.message, res.error.param)
+        return Embeddings(dimensions=res.dimensions, vectors=res.vectors, prompt_tokens=res.prompt_tokens)
 
 
 class WorkerPool:
@@ -270,6 +312,12 @@ class WorkerPool:
             raise ApiError(503, f"The model '{params.model}' is not loaded; try again.", code="model_not_ready")
         return link.generate(params)
 
+    async def embed(self, params: EmbedParams) -> Embeddings:
+        link = self.links.get(params.model)
+        if link is None:
+            raise ApiError(503, f"The model '{params.model}' is not loaded; try again.", code="model_not_ready")
+        return await link.embed(params)
+
     def abort(self, model: str, request_id: str) -> None:
         link = self.links.get(model)
         if link is not None:
@@ -277,11 +325,11 @@ class WorkerPool:
 
     def in_flight(self, model: str) -> int:
         link = self.links.get(model)
-        return len(link.requests) if link is not None else 0
+        return len(link.requests) + len(link.embeds) if link is not None else 0
 
     def health(self) -> dict[str, bool]:
         return {m: link.ready for m, link in self.links.items()}
 
     def stats(self) -> dict[str, dict[str, int]]:
-        return {m: {"in_flight": len(l.requests), "queued": l.waiting, "running": l.running, "restarts": l.restarts}
+        return {m: {"in_flight": len(l.requests) + len(l.embeds), "queued": l.waiting, "running": l.running, "restarts": l.restarts}
                 for m, l in self.links.items()}

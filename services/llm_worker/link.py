@@ -2,7 +2,7 @@
 
 The I/O thread owns the ROUTER. It answers pings at once with a Heartbeat (so a long prefill
 or a slow step never makes the gateway think the worker is gone), greets every new peer with a
-Hello, hands generate/abort frames to the scheduler thread through an inbox, and forwards the
+Hello, hands generate/embed/abort frames to the scheduler thread through an inbox, and forwards the
 scheduler's outgoing frames, which arrive on an inproc PUSH/PULL pair (a ZMQ socket is used by
 one thread only). The scheduler thread (the caller of `serve`) runs steps while there is work
 and otherwise waits on the inbox. The events of one step go out as one TokenEvents message per
@@ -48,6 +48,9 @@ class WorkerInfo:
     eos_token_ids: tuple[int, ...]
     created: int
     vision: bool = False           # the package has a vision encoder: requests may carry images
+    embedding: bool = False        # an embedding model: EmbedRequests, no GenerateRequests
+    embedding_dimensions: int = 0
+    matryoshka: bool = False
     start_seconds: float = 0.0     # process start -> worker entry (interpreter, imports)
     load_seconds: float = 0.0      # worker entry -> model loaded and ready to serve
 
@@ -88,7 +91,7 @@ class _IoThread(threading.Thread):
             kind = msg.WhichOneof("kind")
             if kind == "ping":
                 self._send(peer, self.link.heartbeat(msg.ping.sent_unix_ms).SerializeToString())
-            elif kind in ("generate", "abort"):
+            elif kind in ("generate", "embed", "abort"):
                 self.link.post(peer, msg)
             else:
                 log.warning("dropped empty frame")
@@ -114,7 +117,8 @@ class WorkerLink:
             model=i.model, worker_id=self.worker_id, context_length=i.context_length, max_batch=i.max_batch,
             vocab_size=i.vocab_size, engine=i.engine, pid=os.getpid(), eos_token_ids=i.eos_token_ids,
             created_unix=i.created, state=common_pb2.MODEL_STATE_LOADED, vision=i.vision,
-            start_seconds=i.start_seconds, load_seconds=i.load_seconds))
+            start_seconds=i.start_seconds, load_seconds=i.load_seconds, embedding=i.embedding,
+            embedding_dimensions=i.embedding_dimensions, matryoshka=i.matryoshka))
 
     def heartbeat(self, sent_unix_ms: int) -> worker_pb2.FromWorker:
         return worker_pb2.FromWorker(heartbeat=worker_pb2.Heartbeat(
@@ -129,17 +133,38 @@ class WorkerLink:
     def _handle_inbox(self) -> None:
         while self._inbox:
             peer, msg = self._inbox.popleft()
-            if msg.WhichOneof("kind") == "abort":
+            kind = msg.WhichOneof("kind")
+            if kind == "abort":
                 self.scheduler.abort(msg.abort.request_id)
+            elif (kind == "embed") != self.info.embedding:   # the other kind of model
+                self._refuse_kind(peer, msg)
             elif self._stopping_since is not None:
-                self.scheduler.submit_rejected(msg.generate, peer, common_pb2.Error(
+                self.scheduler.submit_rejected(getattr(msg, kind), peer, common_pb2.Error(
                     code=common_pb2.ERROR_CODE_WORKER_LOST, message="the worker is shutting down"))
             else:
-                self.scheduler.submit(msg.generate, peer)
+                self.scheduler.submit(getattr(msg, kind), peer)
+
+    def _refuse_kind(self, peer: bytes, msg: worker_pb2.ToWorker) -> None:
+        """An embed request to a language model, or a generate request to an embedding model."""
+        if msg.WhichOneof("kind") == "embed":
+            error = common_pb2.Error(code=common_pb2.ERROR_CODE_INVALID_ARGUMENT, param="model",
+                                     message=f"The model '{self.info.model}' is not an embedding model.")
+            out = worker_pb2.FromWorker(embedded=worker_pb2.EmbedResult(request_id=msg.embed.request_id, error=error))
+        else:
+            g = msg.generate
+            error = common_pb2.Error(code=common_pb2.ERROR_CODE_INVALID_ARGUMENT, param="model",
+                                     message=f"The model '{self.info.model}' is an embedding model; use /v1/embeddings.")
+            out = worker_pb2.FromWorker(events=worker_pb2.TokenEvents(events=[
+                worker_pb2.TokenEvent(request_id=g.request_id, index=i, error=error,
+                                      finish_reason=common_pb2.FINISH_REASON_ERROR) for i in range(max(1, g.n))]))
+        self._push.send_multipart([peer, out.SerializeToString()])
 
     def _send_events(self, events: list[Event]) -> None:
         by_peer: dict[bytes, list[worker_pb2.TokenEvent]] = defaultdict(list)
         for peer, ev in events:
+            if isinstance(ev, worker_pb2.EmbedResult):   # an embedding model's answer: one message each
+                self._push.send_multipart([peer, worker_pb2.FromWorker(embedded=ev).SerializeToString()])
+                continue
             by_peer[peer].append(ev)
         for peer, evs in by_peer.items():
             msg = worker_pb2.FromWorker(events=worker_pb2.TokenEvents(events=evs))
@@ -222,6 +247,9 @@ def serve_failed(model: str, engine: str, endpoint: str, reason: str, stop: thre
                                               finish_reason=common_pb2.FINISH_REASON_ERROR,
                                               prompt_tokens=len(g.prompt_token_ids))
                         for i in range(max(1, g.n))]))
+                elif kind == "embed":
+                    out = worker_pb2.FromWorker(embedded=worker_pb2.EmbedResult(request_id=msg.embed.request_id,
+                                                                                error=error))
                 else:
                     continue
                 router.send_multipart([peer, out.SerializeToString()])

@@ -92,6 +92,31 @@ def build_engine(package: ModelPackage, model: ModelSettings) -> Engine:
     raise WorkerStartError(f"model '{model.id}': unknown engine '{model.engine}' (cpu or ax)")
 
 
+def is_embedding(package: ModelPackage) -> bool:
+    """An embedding model's package (its manifest's "embedding" section)."""
+    return isinstance(package.extra.get("embedding"), dict)
+
+
+def build_embed_engine(package: ModelPackage, model: ModelSettings):
+    """An embedding model's engine: the CPU only (the vendor ships no embedding-mode axmodels)."""
+    if model.engine != "cpu":
+        raise WorkerStartError(f"model '{model.id}': embedding models run on the CPU engine only "
+                               f"(engine = \"cpu\"), not engine = \"{model.engine}\"")
+    from npuflow.engine.embed import EmbedEngine
+    return EmbedEngine(package, threads=model.threads, context_length=package.context_length)
+
+
+def build_embed_link(engine, package: ModelPackage, model: ModelSettings) -> WorkerLink:
+    """The embedding scheduler and the socket loop around a ready embedding engine."""
+    from .embedder import EmbedScheduler
+    from .link import WorkerInfo, WorkerLink
+    scheduler = EmbedScheduler(engine, max_batch=model.max_batch, max_queue=model.max_queue)
+    info = WorkerInfo(model=model.id, context_length=engine.context_length, max_batch=model.max_batch,
+                      vocab_size=engine.vocab_size, engine="cpu", eos_token_ids=(), created=package.created,
+                      embedding=True, embedding_dimensions=engine.dimensions, matryoshka=engine.matryoshka)
+    return WorkerLink(scheduler, info, model.endpoint)
+
+
 def build_vision(package: ModelPackage, model: ModelSettings):
     """The package's vision encoder, or None for a text-only package."""
     if "vision" not in package.extra:
@@ -268,9 +293,13 @@ def run_worker(settings: Settings, model: ModelSettings) -> None:
         _serve_start_failure(model, e)
         return
     try:
-        grammar = grammar_vocab(package, engine.vocab_size)
-        link = build_link(engine, package, model, vision=vision, table=table, grammar=grammar,
-                          max_image_pixels=getattr(settings.server, "max_image_pixels", None))
+        if is_embedding(package):
+            grammar = None
+            link = build_embed_link(engine, package, model)
+        else:
+            grammar = grammar_vocab(package, engine.vocab_size)
+            link = build_link(engine, package, model, vision=vision, table=table, grammar=grammar,
+                              max_image_pixels=getattr(settings.server, "max_image_pixels", None))
         load_s = time.monotonic() - entered
         link.info = dataclasses.replace(link.info, start_seconds=round(start_s, 3), load_seconds=round(load_s, 3))
         restored = restore_priority(lowered)
@@ -291,6 +320,10 @@ def _load(settings: Settings, model: ModelSettings):
     wait for the GIL after every block. The token table and the imports that only serving needs
     run on a thread while onnxruntime builds its session, which holds the GIL for little."""
     package = load_package(settings, model)
+    if is_embedding(package):
+        engine = build_embed_engine(package, model)
+        _import_quietly(SERVING_MODULES)
+        return package, engine, None, None
     _import_quietly(ENGINE_MODULES.get(model.engine, ()))    # so the session build starts at once
     vocab = getattr(package.dims, "vocab", 0)
 

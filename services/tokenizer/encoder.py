@@ -56,8 +56,12 @@ class Encoded:
 
 class ModelTokenizer:
     def __init__(self, model_id: str, tokenizer: Tokenizer, *, chat_template: str, vocab_size: int,
-                 bos_token_id: int | None = None, eos_token_ids: Sequence[int] = (), vision: Any = None):
+                 bos_token_id: int | None = None, eos_token_ids: Sequence[int] = (), vision: Any = None,
+                 embedding: dict | None = None):
         self.model_id = model_id
+        # an embedding model (its manifest's "embedding" section): texts are encoded with the
+        # tokenizer's own special tokens (its post-processor), and its query format, if any
+        self.embedding = embedding
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.bos_token_id = bos_token_id
@@ -81,8 +85,13 @@ class ModelTokenizer:
         if package.extra.get("vision"):
             from npuflow.vision import VisionSpec
             vision = VisionSpec.from_manifest(package.extra["vision"])
+        embedding = package.extra.get("embedding")
+        if isinstance(embedding, dict):   # an input over the context is refused, never cut, nor padded here
+            tok.no_truncation()
+            tok.no_padding()
         return cls(package.id, tok, chat_template=package.chat_template, vocab_size=vocab,
-                   bos_token_id=package.bos_token_id, eos_token_ids=package.eos_token_ids, vision=vision)
+                   bos_token_id=package.bos_token_id, eos_token_ids=package.eos_token_ids, vision=vision,
+                   embedding=embedding if isinstance(embedding, dict) else None)
 
     @property
     def has_chat_template(self) -> bool:
@@ -163,6 +172,8 @@ class ModelTokenizer:
         return images
 
     def encode_text(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        if self.embedding is not None:      # as embeddings see it: the tokenizer's own special tokens
+            return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
         ids = self._ids(text)
         if add_special_tokens and self.bos_token_id is not None:
             ids = [self.bos_token_id, *ids]
@@ -173,6 +184,22 @@ class ModelTokenizer:
             batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
             return batch([text], add_special_tokens=False)[0].ids
         return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_embed(self, texts: Sequence[str], instruction: str = "") -> list[list[int]]:
+        """Each text's ids as the embedding model sees it: with the tokenizer's special tokens
+        (BERT's [CLS] ... [SEP], Qwen3-Embedding's trailing <|endoftext|>), written as a query in
+        the model's query format when `instruction` is given. Encoded as one batch (the tokenizers
+        library spreads it over its threads, without the GIL)."""
+        if self.embedding is None:
+            raise _invalid(f"model '{self.model_id}' is not an embedding model", "model")
+        if instruction:
+            fmt = str(self.embedding.get("query_format") or "")
+            if not fmt:
+                raise _invalid(f"model '{self.model_id}' has no instruction format (instruction is for models "
+                               f"such as Qwen3-Embedding)", "instruction")
+            texts = [fmt.replace("{instruction}", instruction).replace("{text}", t) for t in texts]
+        batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        return [e.ids for e in batch(list(texts), add_special_tokens=True)]
 
     def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         bad = next((t for t in token_ids if t >= self.vocab_size), None)

@@ -71,6 +71,11 @@ class TokenizerService:
             return out
         if kind == "text":
             return tokenizer_pb2.EncodeResult(token_ids=tok.encode_text(req.text, add_special_tokens=req.add_special_tokens))
+        if kind == "embed":
+            out = tokenizer_pb2.EncodeResult()
+            for ids in tok.encode_embed(req.embed.texts, req.embed.instruction):
+                out.inputs.add().ids.extend(ids)
+            return out
         raise TokenizeError(common_pb2.ERROR_CODE_INVALID_ARGUMENT, "encode needs chat or text input", "prompt")
 
     def _state(self, model_id: str) -> tokenizer_pb2.TokenizerModel:

@@ -60,7 +60,7 @@ def test_health_per_model_and_reflection(channel):
     db = ProtoReflectionDescriptorDatabase(channel)
     assert {SERVICE, "grpc.health.v1.Health"} <= set(db.get_services())
     methods = DescriptorPool(db).FindServiceByName(SERVICE).methods_by_name
-    assert set(methods) == {"Generate", "Chat", "Tokenize", "ListModels", "LoadModel", "UnloadModel"}
+    assert set(methods) == {"Generate", "Chat", "Embed", "Tokenize", "ListModels", "LoadModel", "UnloadModel"}
 
 
 def test_list_models_and_tokenize(stub):

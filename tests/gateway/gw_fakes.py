@@ -1,7 +1,8 @@
 """Fake peers of the gateway speaking the real protobuf over real ZMQ sockets.
 
 FakeWorker binds a ROUTER like llm_worker: Hello on first contact from a peer, Heartbeat per
-Ping, scripted token streams per GenerateRequest, a final ABORT event per Abort.
+Ping, scripted token streams per GenerateRequest, a final ABORT event per Abort; as an embedding
+model (embedding=True) one EmbedResult per EmbedRequest (fake_vector of each input).
 FakeTokenizer binds a ROUTER like the tokenizer service: one token per whitespace-separated word.
 Both run as tasks on the event loop of the gateway under test.
 """
@@ -11,6 +12,8 @@ import asyncio
 import os
 import uuid
 
+import numpy as np
+
 import zmq
 import zmq.asyncio
 
@@ -18,6 +21,8 @@ from npuflow.transport import make_socket
 from npuflow.v1 import common_pb2, tokenizer_pb2, worker_pb2
 
 MODEL = "fake-model"  # the model id the fake worker serves
+EMBED_MODEL = "fake-embed"   # the embedding model of stacks made with embed=True
+EMBED_DIMS = 8
 KEY = "sk-test"       # the API key of the keyed test apps
 
 FR = common_pb2.FinishReason
@@ -25,13 +30,24 @@ IMAGE_TOKEN, IMAGE_TOKENS = 7, 4   # the fake tokenizer's image placeholder and 
 REPLY = ["Hello", " world", ",", " this", " is", " a", " test", "."]
 
 
+def fake_vector(ids, dimensions: int = EMBED_DIMS) -> np.ndarray:
+    """The fake embedding model's vector of an input: a function of its ids, L2-normalised."""
+    rng = np.random.default_rng(sum((i + 1) * (k + 7) for k, i in enumerate(ids)))
+    v = rng.standard_normal(EMBED_DIMS).astype(np.float32)[:dimensions]
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
 class FakeWorker:
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, model: str, context_length: int = 64,
-                 vision: bool = False, failed: str = ""):
+                 vision: bool = False, failed: str = "", embedding: bool = False, matryoshka: bool = True):
         self.ctx, self.endpoint, self.model = ctx, endpoint, model
         self.failed = failed          # the Hello says the model failed to load, with this reason
         self.context_length = context_length
         self.vision = vision          # the Hello says the model takes images
+        self.embedding = embedding    # an embedding model (EMBED_DIMS-long vectors)
+        self.matryoshka = matryoshka
+        self.embed_delay = 0.0        # seconds before an EmbedResult goes out
+        self.embeds: list[worker_pb2.EmbedRequest] = []
         self.worker_id = uuid.uuid4().hex
         self.reply = list(REPLY)
         self.delay = 0.001            # seconds between decode steps
@@ -69,6 +85,8 @@ class FakeWorker:
             h.model, h.worker_id, h.context_length, h.max_batch = self.model, self.worker_id, self.context_length, 2
             h.vocab_size, h.engine, h.pid, h.created_unix = 1000, "cpu", os.getpid(), 1700000000
             h.vision = self.vision
+            h.embedding, h.embedding_dimensions = self.embedding, EMBED_DIMS if self.embedding else 0
+            h.matryoshka = self.embedding and self.matryoshka
             if self.failed:
                 h.state, h.state_reason = common_pb2.MODEL_STATE_FAILED, self.failed
             h.eos_token_ids.append(2)
@@ -105,16 +123,32 @@ class FakeWorker:
                     continue
                 self._seqs[g.request_id] = n
                 self._gens[g.request_id] = asyncio.create_task(self._generate(peer, g))
+            elif kind == "embed":
+                self.embeds.append(msg.embed)
+                self._gens[msg.embed.request_id] = asyncio.create_task(self._embed(peer, msg.embed))
             elif kind == "abort":
                 rid = msg.abort.request_id
                 self.aborts.append(rid)
                 self._seqs.pop(rid, None)
                 t = self._gens.pop(rid, None)
-                if t is not None:
+                if t is not None and any(e.request_id == rid for e in self.embeds):
+                    t.cancel()      # an embed request is dropped without an answer
+                elif t is not None:
                     t.cancel()
                     out = worker_pb2.FromWorker()
                     out.events.events.add(request_id=rid, finish_reason=FR.FINISH_REASON_ABORT)
                     await self._send(peer, out)
+
+    async def _embed(self, peer: bytes, e: worker_pb2.EmbedRequest) -> None:
+        await asyncio.sleep(self.embed_delay)
+        dims = e.dimensions or EMBED_DIMS
+        vectors = np.stack([fake_vector(list(x.ids), dims) for x in e.inputs])
+        out = worker_pb2.FromWorker()
+        out.embedded.request_id, out.embedded.dimensions = e.request_id, dims
+        out.embedded.vectors = vectors.astype("<f4").tobytes()
+        out.embedded.prompt_tokens = sum(len(x.ids) for x in e.inputs)
+        self._gens.pop(e.request_id, None)
+        await self._send(peer, out)
 
     async def _generate(self, peer: bytes, g: worker_pb2.GenerateRequest) -> None:
         n = max(1, g.n)
@@ -208,6 +242,14 @@ class FakeTokenizer:
                             start = len(resp.encoded.token_ids)
                             resp.encoded.token_ids.extend([IMAGE_TOKEN] * IMAGE_TOKENS)
                             resp.encoded.images.add(start=start, end=start + IMAGE_TOKENS, placeholders=IMAGE_TOKENS)
+            elif kind == "encode" and req.encode.WhichOneof("input") == "embed":
+                em = req.encode.embed
+                if em.instruction and req.encode.model != EMBED_MODEL:
+                    resp.error.code = common_pb2.ERROR_CODE_INVALID_ARGUMENT
+                    resp.error.message, resp.error.param = "no instruction format", "instruction"
+                for t in em.texts:      # [CLS] text [SEP] as a BERT tokenizer writes it
+                    text = f"Instruct: {em.instruction} Query: {t}" if em.instruction else t
+                    resp.encoded.inputs.add().ids.extend([1, *self.ids(text), 2])
             elif kind == "encode":
                 resp.encoded.token_ids.extend(self.ids(req.encode.text))
             elif kind == "decode":

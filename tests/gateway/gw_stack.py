@@ -16,20 +16,23 @@ from aiohttp import web
 from npuflow.config import ModelSettings, ServerSettings, Settings, TokenizerSettings
 from npuflow.gateway import create_app
 
-from gw_fakes import FakeTokenizer, FakeWorker, KEY, MODEL
+from gw_fakes import EMBED_MODEL, KEY, MODEL, FakeTokenizer, FakeWorker
 
 
 class Stack:
     def __init__(self, tmp: pathlib.Path, api_keys=(KEY,), context_length: int = 64, max_queue: int = 4,
                  request_timeout_s: float = 30.0, stream_write_timeout_s: float = 30.0, vision: bool = False,
-                 **server):
+                 embed: bool = False, **server):
         self.settings = Settings(
             server=ServerSettings(host="127.0.0.1", port=8000, api_keys=tuple(api_keys), max_body_bytes=65536,
                                   request_timeout_s=request_timeout_s, stream_write_timeout_s=stream_write_timeout_s,
                                   run_dir=str(tmp), **server),
             tokenizer=TokenizerSettings(endpoint=f"ipc://{tmp}/tok.sock"),
             models=(ModelSettings(id=MODEL, endpoint=f"ipc://{tmp}/worker.sock", max_queue=max_queue,
-                                  max_batch=2),))
+                                  max_batch=2),)
+            + ((ModelSettings(id=EMBED_MODEL, endpoint=f"ipc://{tmp}/embed.sock", max_queue=max_queue,
+                              max_batch=1),) if embed else ()))
+        self.embed = embed        # a second model, EMBED_MODEL, served by an embedding FakeWorker
         self.context_length = context_length
         self.vision = vision      # the fake peers say the model takes images
         self.key = api_keys[0] if api_keys else ""
@@ -44,9 +47,12 @@ class Stack:
 
     async def _start(self) -> None:
         self.ctx = zmq.asyncio.Context()
-        self.tokenizer = FakeTokenizer(self.ctx, self.settings.tokenizer.endpoint, [MODEL],
+        self.tokenizer = FakeTokenizer(self.ctx, self.settings.tokenizer.endpoint,
+                                       [MODEL, EMBED_MODEL] if self.embed else [MODEL],
                                        (MODEL,) if self.vision else ())
         self.worker = FakeWorker(self.ctx, self.settings.models[0].endpoint, MODEL, self.context_length, self.vision)
+        self.embed_worker = FakeWorker(self.ctx, self.settings.models[1].endpoint, EMBED_MODEL, self.context_length,
+                                       embedding=True) if self.embed else None
         await self._serve_app()
 
     async def _serve_app(self) -> None:
@@ -66,6 +72,8 @@ class Stack:
 
     async def _stop_peers(self) -> None:
         await self.worker.close()
+        if self.embed_worker is not None:
+            await self.embed_worker.close()
         await self.tokenizer.close()
 
     def close(self) -> None:

@@ -72,7 +72,10 @@ def test_reflection_lists_and_describes_the_services(front):
     assert set(db.get_services()) >= {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
     pool = DescriptorPool(db)
     svc = pool.FindServiceByName(SERVICE)
-    assert [m.name for m in svc.methods] == ["Generate", "Chat", "Tokenize", "ListModels", "LoadModel", "UnloadModel"]
+    assert [m.name for m in svc.methods] == ["Generate", "Chat", "Embed", "Tokenize", "ListModels", "LoadModel",
+                                             "UnloadModel"]
+    embed = svc.methods_by_name["Embed"]
+    assert not embed.server_streaming and embed.output_type.full_name == "npuflow.v1.EmbedResponse"
     gen = svc.methods_by_name["Generate"]
     assert gen.server_streaming and gen.output_type.full_name == "npuflow.v1.GenerateResponse"
     sampling = gen.input_type.fields_by_name["sampling"].message_type
