@@ -12,7 +12,7 @@ from gw_fakes import EMBED_DIMS, EMBED_MODEL, MODEL, FakeTokenizer, fake_vector
 
 @pytest.fixture(scope="module")
 def estack(tmp_path_factory):
-    from conftest import Stack
+    from gw_stack import Stack
     s = Stack(tmp_path_factory.mktemp("emb"), embed=True)
     yield s
     s.close()

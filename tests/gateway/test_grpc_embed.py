@@ -14,7 +14,7 @@ from npuflow.v1 import common_pb2, generation_service_pb2 as gs
 
 @pytest.fixture(scope="module")
 def front(tmp_path_factory):
-    from conftest import Stack
+    from gw_stack import Stack
     s = Stack(tmp_path_factory.mktemp("gemb"), embed=True)
     f = GrpcFront(s)
     yield f
