@@ -36,7 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e")]
 
 import embed_ckpt  # noqa: E402
-from e2e_stack import Stack  # noqa: E402
+from e2e_stack import SERVER_SECTION, Stack  # noqa: E402
 
 MINILM = dict(hidden=384, layers=6, heads=12, ffn=1536, max_pos=512)
 VOCAB = 30522
@@ -46,12 +46,7 @@ INPUTS, TOKENS = 64, 32
 PAUSE_S = 0.3
 VERSION = "1"        # bump when the checkpoint below changes: the cached one is written again
 
-CONFIG = """
-[server]
-port = {port}
-run_dir = "{run_dir}"
-grpc_port = {grpc_port}
-
+CONFIG = SERVER_SECTION + """
 [[models]]
 id = "minilm-float32"
 source = "%s"

@@ -125,14 +125,15 @@ class Stack:
         return self.proc.returncode
 
 
-# The [server] section Stack fills in (HTTP and gRPC ports, run directory) and the default model on
-# one thread: the start of a config, the rest of the default model's settings and more models follow.
-SERVER_AND_DEFAULT_MODEL = """
+# The [server] section Stack fills in (HTTP and gRPC ports, run directory): the start of a config.
+SERVER_SECTION = """
 [server]
 port = {port}
 run_dir = "{run_dir}"
 grpc_port = {grpc_port}
-
+"""
+# It and the default model on one thread; the rest of the default model's settings and more models follow.
+SERVER_AND_DEFAULT_MODEL = SERVER_SECTION + """
 [[models]]
 id = "smollm2-135m-instruct"
 threads = 1

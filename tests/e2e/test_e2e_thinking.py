@@ -11,7 +11,7 @@ import sys
 import grpc
 import pytest
 
-from e2e_stack import Stack
+from e2e_stack import SERVER_SECTION, Stack
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "convert"))
 import tinymodels  # noqa: E402
@@ -26,12 +26,7 @@ THINKING_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n"
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
     "{% else %}<think>\n{% endif %}{% endif %}")
-CONFIG = """
-[server]
-port = {port}
-run_dir = "{run_dir}"
-grpc_port = {grpc_port}
-
+CONFIG = SERVER_SECTION + """
 [[models]]
 id = "tiny-thinker"
 source = "SOURCE"
