@@ -20,7 +20,7 @@ import numpy as np
 BLOCK = 32
 # Bump when the converted graph or weight layout changes: cached packages of another version are
 # converted again (npuflow.models.resolve).
-CONVERTER_VERSION = 3
+CONVERTER_VERSION = 4
 
 
 @dataclass

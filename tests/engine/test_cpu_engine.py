@@ -157,6 +157,35 @@ def test_kv_cache_types(tiny_package, tmp_path):
         CpuEngine(exact, kv_cache="int8")
 
 
+def test_int8_kv_calibration_computes_in_float32(tiny_package):
+    """The int8 cache's scales come from a float32 prefill whatever accuracy_level the graph
+    serves with (int8 activations round differently from one onnxruntime release to the next),
+    and calibrating leaves the graph as it was."""
+    import copy
+
+    import onnx
+
+    from npuflow.convert.kv_int8 import calibrate
+    d = tiny_package.dims
+    model = onnx.load(str(tiny_package.file("model")))
+    levels = [a.i for n in model.graph.node if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"]
+    assert levels and set(levels) == {4}
+    table = np.random.default_rng(0).standard_normal((d.vocab, d.hidden)).astype(np.float32)
+    kw = dict(kv_heads=d.kv_heads, head_dim=d.head_dim, rope_theta=tiny_package.extra["graph"]["rope_theta"],
+              interleaved=tiny_package.extra["graph"]["rotary_interleaved"])
+    served = calibrate(model, lambda ids: table[ids], PROMPT, **kw)
+    assert [a.i for n in model.graph.node if n.op_type == "MatMulNBits"
+            for a in n.attribute if a.name == "accuracy_level"] == levels
+    exact = copy.deepcopy(model)
+    for n in exact.graph.node:
+        for a in n.attribute:
+            if n.op_type == "MatMulNBits" and a.name == "accuracy_level":
+                a.i = 0
+    for (k, v), (k0, v0) in zip(served, calibrate(exact, lambda ids: table[ids], PROMPT, **kw)):
+        assert np.array_equal(k, k0) and np.array_equal(v, v0)
+
+
 def test_close_twice(tiny_package):
     eng = CpuEngine(tiny_package)
     eng.close()
