@@ -28,6 +28,14 @@ class _ErrorResponse(pydantic.BaseModel):
     error: ErrorObject
 
 
+try:       # openai >= 2 (the lowest version the tests run with, 1.108, has no input_tokens resource)
+    from openai.types.responses import InputTokenCountResponse as _TokenCounts
+except ImportError:
+    class _TokenCounts(pydantic.BaseModel):
+        object: Literal["response.input_tokens"]
+        input_tokens: int
+
+
 class _StreamEvent(pydantic.RootModel):
     root: ResponseStreamEvent
 
@@ -42,6 +50,7 @@ TYPES: dict[str, type[pydantic.BaseModel]] = {
     "CreateEmbeddingResponse": CreateEmbeddingResponse,
     "Response": Response,
     "ResponseStreamEvent": _StreamEvent,
+    "TokenCountsResource": _TokenCounts,
 }
 
 _TOKEN_LOGPROB = ("bytes", "top_logprobs[].bytes")     # under each entry of logprobs.content / .refusal

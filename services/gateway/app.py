@@ -19,7 +19,8 @@ from npuflow.gateway.models_routes import get_model, health, list_models, metric
 from npuflow.gateway.openai_chat import chat_completions
 from npuflow.gateway.openai_completions import completions
 from npuflow.gateway.openai_embeddings import embeddings
-from npuflow.gateway.openai_responses import create_response, delete_response, get_response, list_input_items
+from npuflow.gateway.openai_responses import (cancel_response, count_input_tokens, create_response, delete_response,
+                                              get_response, list_input_items)
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.tokenize_routes import detokenize, tokenize
 from npuflow.gateway.tokenizer_link import TokenizerLink
@@ -96,6 +97,8 @@ def create_app(settings: Settings, clients: Clients | None = None) -> web.Applic
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/responses", create_response)
+    app.router.add_post("/v1/responses/input_tokens", count_input_tokens)
+    app.router.add_post("/v1/responses/{response_id}/cancel", cancel_response)
     app.router.add_get("/v1/responses/{response_id}", get_response)
     app.router.add_delete("/v1/responses/{response_id}", delete_response)
     app.router.add_get("/v1/responses/{response_id}/input_items", list_input_items)

@@ -1,11 +1,12 @@
 """The Responses API: POST /v1/responses (whole, or streamed as typed events), GET and DELETE
-/v1/responses/{id}, GET /v1/responses/{id}/input_items.
+/v1/responses/{id}, GET /v1/responses/{id}/input_items, POST /v1/responses/input_tokens and
+POST /v1/responses/{id}/cancel.
 
 A response is a chat generation underneath: its instructions (a system turn), the conversation
 of its `previous_response_id` (from the store: that response's input and output, not its
-instructions), then its own input, rendered by the model's chat template. So a continuation
-re-sends a prompt that starts the way the previous one did, and the worker's prefix cache
-computes only the new turns. Errors before generation starts are HTTP errors as on every
+instructions), then its own input, rendered by the model's chat template (responses_prompt.py,
+which also truncates). So a continuation re-sends a prompt that starts the way the previous one
+did, and the worker's prefix cache computes only the new turns. Errors before generation starts are HTTP errors as on every
 endpoint; a failure while streaming ends the stream with `response.failed`.
 """
 from __future__ import annotations
@@ -19,9 +20,11 @@ from aiohttp import web
 
 from npuflow.gateway.client import ChatTurn, GenerateParams
 from npuflow.gateway.errors import ApiError, bad_param
-from npuflow.gateway.generation import FINISH_NAMES, Tally, admit, chat_prompt, check_model, deadline_unix_ms, metered
+from npuflow.gateway.generation import FINISH_NAMES, Tally, admit, check_model, deadline_unix_ms, metered
 from npuflow.gateway.reasoning import Reasoning
 from npuflow.gateway.responses_output import OutputItems, item_id
+from npuflow.gateway.model_state import model_states
+from npuflow.gateway.responses_prompt import context_of, encode, fits, history_of, truncated
 from npuflow.gateway.responses_request import ResponsesRequest, parse_responses
 from npuflow.gateway.sse import BoundedWriter, ClientStalled, open_stream
 from npuflow.gateway.state import STATE, GatewayState
@@ -111,18 +114,17 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     req = parse_responses(await read_json(request), st.settings.server.max_image_bytes)
     chat = req.chat
     check_model(st, chat.model)
-    history: tuple[ChatTurn, ...] = ()
-    if req.previous_response_id is not None:
-        prev = st.responses.get(req.previous_response_id)
-        if prev is None:
-            raise ApiError(400, f"Previous response with id '{req.previous_response_id[:80]}' not found.",
-                           param="previous_response_id", code="previous_response_not_found")
-        history = prev.history
-    system = [ChatTurn(role="system", content=req.instructions)] if req.instructions else []
+    history = history_of(st, req)
     deadline_ms = deadline_unix_ms(st, now)
-    cp = await chat_prompt(st, chat.model, system + list(history) + chat.messages, chat.tools_json,
-                           chat.template_kwargs_json)
-    with await admit(st, chat, [len(cp.token_ids)], deadline_ms, "input"):
+    cp = await encode(st, req, history)
+    try:
+        ticket = await admit(st, chat, [len(cp.token_ids)], deadline_ms, "input")
+    except ApiError as e:
+        if not (req.truncate and e.code == "context_length_exceeded"):
+            raise
+        cp = await truncated(st, req, history, context_of(st, chat.model), e)
+        ticket = await admit(st, chat, [len(cp.token_ids)], deadline_ms, "input")
+    with ticket:
         answer = _Answer(req, history, int(now), len(cp.token_ids), cp.opens_reasoning)
         params = GenerateParams(request_id=answer.id, model=chat.model, prompt_token_ids=cp.token_ids,
                                 sampling=chat.sampling, n=1, deadline_unix_ms=deadline_ms,
@@ -167,6 +169,44 @@ async def _stream(request: web.Request, st: GatewayState, answer: _Answer, param
     except ClientStalled:   # the connection is gone; leaving the generation aborted the request
         pass
     return resp
+
+
+async def count_input_tokens(request: web.Request) -> web.Response:
+    """POST /v1/responses/input_tokens: the input tokens a response to this body would start from
+    (instructions, the previous response's conversation, the input; truncated with "auto" once
+    the model's context is known). `model` may be left out when one language model is served."""
+    st = request.app[STATE]
+    body = await read_json(request)
+    if body.get("model") is None:
+        body = dict(body, model=_only_language_model(st))
+    req = parse_responses(body, st.settings.server.max_image_bytes)
+    check_model(st, req.chat.model, load=False, kind="generate")
+    history = history_of(st, req)
+    cp = await encode(st, req, history)
+    context = context_of(st, req.chat.model)
+    if req.truncate and context and not fits(cp, context, req.chat.max_tokens):
+        cp = await truncated(st, req, history, context, ApiError(
+            400, f"The input ({len(cp.token_ids)} tokens) exceeds the context window of this model "
+                 f"({context} tokens) even with only its last item.", param="input", code="context_length_exceeded"))
+    return web.json_response({"object": "response.input_tokens", "input_tokens": len(cp.token_ids)})
+
+
+def _only_language_model(st: GatewayState) -> str:
+    names = [m.id for m in model_states(st) if not m.embedding]
+    if len(names) != 1:
+        raise ApiError(400, "Missing required parameter: 'model' (this server serves "
+                            f"{len(names)} language models: {', '.join(names)[:200]}).",
+                       param="model", code="missing_required_parameter")
+    return names[0]
+
+
+async def cancel_response(request: web.Request) -> web.Response:
+    """POST /v1/responses/{id}/cancel: only background responses can be cancelled, and this
+    server makes none (a response is done when its request is), so a stored one is a 400."""
+    rid, _ = _stored(request)
+    raise ApiError(400, f"Response '{rid[:80]}' cannot be cancelled: only background responses can be, and this "
+                        "server answers while the request is open (close the request to stop a response).",
+                   param="response_id", code="response_not_cancellable")
 
 
 def _stored(request: web.Request):

@@ -45,6 +45,7 @@ class ResponsesRequest:
     metadata: dict = field(default_factory=dict)
     input_items: list[dict] = field(default_factory=list)   # its input as items with ids (input_items)
     echo: dict = field(default_factory=dict)    # the request's settings as a response reports them
+    truncate: bool = False             # truncation "auto": drop the oldest turns to fit (responses_prompt.py)
 
 
 def _renamed(e: ApiError, mapping: list[tuple[str, str]]) -> ApiError:
@@ -209,9 +210,10 @@ def parse_responses(body: dict, max_image_bytes: int | None = None) -> Responses
     for key, why in UNSUPPORTED.items():
         if body.get(key) not in (None, False):
             raise bad_param(key, why, code="unsupported_parameter")
-    if body.get("truncation") not in (None, "disabled"):
-        raise bad_param("truncation", "Only truncation 'disabled' is supported: an input over the model's "
-                                      "context is a 400.", code="unsupported_value")
+    truncation = body.get("truncation")
+    if truncation not in (None, "disabled", "auto"):
+        raise bad_param("truncation", f"Invalid value: {str(truncation)[:40]!r}. Supported values are: 'auto' and "
+                                      "'disabled'.", code="invalid_value")
     stream = f.bool("stream")
     if body.get("stream_options") is not None and not stream:
         raise bad_param("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
@@ -258,9 +260,10 @@ def parse_responses(body: dict, max_image_bytes: int | None = None) -> Responses
             "tools": [dict(t["function"], type="function", strict=t["function"].get("strict", True),
                            parameters=t["function"].get("parameters"))
                       for t in tools],
-            "top_logprobs": top or 0, "truncation": "disabled"}
+            "top_logprobs": top or 0, "truncation": truncation or "disabled"}
     if f.str("user") is not None:
         echo["user"] = body["user"]
     return ResponsesRequest(chat=chat, store=f.bool("store", True), previous_response_id=previous,
+                            truncate=truncation == "auto",
                             instructions=instructions, metadata=_metadata(body.get("metadata")), echo=echo,
                             input_items=input_items(body["input"]) if body.get("input") is not None else [])

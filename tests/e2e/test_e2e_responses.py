@@ -85,3 +85,22 @@ def test_text_format_json_schema(client):
     assert r.status == "completed", r
     got = json.loads(r.output_text)
     assert set(got) == {"colour", "count"} and isinstance(got["count"], int)
+
+
+def test_truncation_auto_and_input_tokens(client):
+    """A conversation over the model's 2,048-token context: input_tokens counts it whole, "disabled"
+    refuses it, "auto" answers from its newest turns within the context."""
+    import openai
+    turns = [{"role": "user" if i % 2 == 0 else "assistant",
+              "content": f"Part {i}: " + "the quick brown fox jumps over the lazy dog. " * 25} for i in range(12)]
+    turns.append({"role": "user", "content": "Say hello."})
+    args = dict(model=DEFAULT_ID, input=turns, instructions="Be brief.")
+    whole = client.responses.input_tokens.count(**args).input_tokens
+    fitted = client.responses.input_tokens.count(**args, truncation="auto").input_tokens
+    assert whole > 2048 and 0 < fitted <= 2048
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(**args, temperature=0, max_output_tokens=16)
+    assert e.value.body["code"] == "context_length_exceeded"
+    r = client.responses.create(**args, temperature=0, max_output_tokens=16, truncation="auto")
+    assert r.status in ("completed", "incomplete") and r.output_text and r.truncation == "auto"
+    assert 0 < r.usage.input_tokens <= min(fitted, 2048 - 16)

@@ -272,7 +272,8 @@ def test_text_format_json_schema_reaches_the_worker(stack):
     ({"model": MODEL, "input": "hi", "max_output_tokens": 8}, "max_output_tokens", 400),
     ({"model": MODEL, "input": "hi", "temperature": 3}, "temperature", 400),
     ({"model": MODEL, "input": "hi", "background": True}, "background", 400),
-    ({"model": MODEL, "input": "hi", "truncation": "auto"}, "truncation", 400),
+    ({"model": MODEL, "input": "hi", "truncation": "sometimes"}, "truncation", 400),
+    ({"model": MODEL, "input": "word " * 80, "truncation": "auto"}, "input", 400),
     ({"model": MODEL, "input": "hi", "include": ["everything"]}, "include[0]", 400),
     ({"model": MODEL, "input": "hi", "stream_options": {}}, "stream_options", 400),
     ({"model": "no-such-model", "input": "hi"}, "model", 404),
@@ -364,3 +365,83 @@ def test_input_items_of_a_stored_response(stack, schema):
     assert st == 400 and body["error"]["param"] == "limit"
     st, _, body = stack.request("GET", "/v1/responses/resp_nope/input_items")
     assert st == 404
+
+
+def _turns(n: int, words: int = 12) -> list[dict]:
+    """n alternating user / assistant messages of `words` words each (the fake tokenizer: a token a word)."""
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": " ".join(f"w{i}" for _ in range(words))}
+            for i in range(n)]
+
+
+def test_truncation_auto_drops_the_oldest_turns(stack, schema):
+    """Over the context (64 tokens here) "disabled" is a 400; "auto" drops the fewest leading turns
+    that make it fit, keeps the instructions and the developer turns, and the echo says "auto"."""
+    turns = [{"role": "developer", "content": "Be brief."}] + _turns(7)
+    st, _, out = stack.request("POST", "/v1/responses", {"model": MODEL, "input": turns, "max_output_tokens": 16})
+    assert st == 400 and out["error"]["code"] == "context_length_exceeded" and out["error"]["param"] == "input"
+    r = _client(stack).responses.create(model=MODEL, input=turns, instructions="Answer.", truncation="auto",
+                                        max_output_tokens=16)
+    assert r.status == "completed" and r.truncation == "auto" and r.output_text == TEXT
+    assert not schema("Response", r.model_dump(mode="json"))
+    sent = [(m.role, m.content.split()[0]) for m in stack.tokenizer.chats[-1].messages]
+    # a token a word, roles included: instructions (2) + developer (3) + the last three turns (3 x 13)
+    # + <assistant> = 45; a fourth turn (58) would leave fewer than the 16 tokens asked for the answer
+    assert sent == [("system", "Answer."), ("developer", "Be"), ("user", "w4"), ("assistant", "w5"), ("user", "w6")]
+    assert r.usage.input_tokens == 45
+    # the stored conversation stays whole: a continuation is truncated again from all of it
+    r2 = _client(stack).responses.create(model=MODEL, input="and?", previous_response_id=r.id, truncation="auto",
+                                         max_output_tokens=16)
+    assert r2.status == "completed"
+    assert [m.content.split()[0] for m in stack.tokenizer.chats[-1].messages][-2:] == TEXT.split()[:1] + ["and?"]
+
+
+def test_truncation_auto_drops_a_tool_result_with_its_call(stack):
+    """A tool result too long to keep goes with the call it answers, never alone."""
+    turns = [{"role": "user", "content": "weather in Oslo?"},
+             {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+             {"type": "function_call_output", "call_id": "c1", "output": "sunny " * 50},
+             {"role": "user", "content": "thanks, and tomorrow?"}]
+    r = _client(stack).responses.create(model=MODEL, input=turns, tools=[WEATHER], truncation="auto",
+                                        max_output_tokens=16)
+    assert r.status == "completed"
+    assert [m.role for m in stack.tokenizer.chats[-1].messages] == ["user"]
+
+
+def test_input_tokens_count(stack, schema):
+    """POST /v1/responses/input_tokens counts what a response would start from: instructions, the
+    previous response's conversation and the input, as usage.input_tokens reports it."""
+    c = _client(stack)
+
+    def count(**body) -> int:
+        st, _, out = stack.request("POST", "/v1/responses/input_tokens", body)
+        assert st == 200 and not schema("TokenCountsResource", out), out
+        return out["input_tokens"]
+
+    body = dict(model=MODEL, input="what is the weather in Oslo", instructions="Be brief.")
+    assert count(**body) == c.responses.create(**body).usage.input_tokens
+    if hasattr(c.responses, "input_tokens"):       # the SDK's own call (openai >= 2)
+        assert c.responses.input_tokens.count(**body).input_tokens == count(**body)
+    assert count(input="hi") == 3                   # `model` left out: this server has one language model
+    first = c.responses.create(model=MODEL, input="hi")
+    more = count(model=MODEL, input="and?", previous_response_id=first.id)
+    assert more == c.responses.create(model=MODEL, input="and?", previous_response_id=first.id).usage.input_tokens
+    assert count(model=MODEL, input=_turns(7)) > 64 >= count(model=MODEL, input=_turns(7), truncation="auto")
+    for bad, param, status in [({"model": MODEL, "input": "hi", "previous_response_id": "resp_none"},
+                                "previous_response_id", 400),
+                               ({"model": "no-such-model", "input": "hi"}, "model", 404),
+                               ({"model": MODEL, "input": 3}, "input", 400)]:
+        st, _, out = stack.request("POST", "/v1/responses/input_tokens", bad)
+        assert st == status and out["error"]["param"] == param, out
+        assert not schema("ErrorResponse", out)
+
+
+def test_cancel_is_for_background_responses_only(stack, schema):
+    import openai
+    c = _client(stack)
+    r = c.responses.create(model=MODEL, input="hi")
+    with pytest.raises(openai.BadRequestError) as e:
+        c.responses.cancel(r.id)
+    assert e.value.body["code"] == "response_not_cancellable" and e.value.body["param"] == "response_id"
+    assert c.responses.retrieve(r.id).status == "completed"
+    with pytest.raises(openai.NotFoundError):
+        c.responses.cancel("resp_none")
