@@ -2,7 +2,8 @@
 
 Order of one request: model known and an embedding model (404; 400 model_not_embedding naming
 `model`; an unloaded model starts loading now) -> texts tokenized in one batch by the tokenizer
-service (the model's special tokens; token-id inputs skip it) -> queue room (429, one job per
+service (the model's special tokens; token-id inputs skip it) -> all inputs together within
+server.max_embedding_tokens_per_request (400 naming `input`) -> queue room (429, one job per
 request: admission.py) -> worker ready (bounded wait for its load, 503) -> `dimensions` allowed by
 the model and every input within its context (400 naming `dimensions` / `input[3]`) -> one
 EmbedRequest with every input to the worker, which computes them in batches. A client that goes
@@ -58,6 +59,11 @@ async def embed(st: GatewayState, req: EmbedInput, now: float, remaining_s: floa
         if not x:
             raise ApiError(400, f"Invalid '{req.param}[{k}]': the input is empty.", param=f"{req.param}[{k}]",
                            code="empty_input")
+    tokens, cap = sum(len(x) for x in ids), st.settings.server.max_embedding_tokens_per_request
+    if tokens > cap:
+        raise ApiError(400, f"The inputs have {tokens} tokens together; one request may have at most {cap} "
+                            f"(server.max_embedding_tokens_per_request). Send them in several requests.",
+                       param=req.param, code="max_tokens_per_request")
     ms = getattr(st.models, "model_settings", st.settings.model)(req.model)
     info = next((m for m in st.models.models() if m.id == req.model), None)
     with st.admission.take(req.model, 1, info.max_batch if info and info.max_batch else ms.max_batch, ms.max_queue):
@@ -72,7 +78,6 @@ async def embed(st: GatewayState, req: EmbedInput, now: float, remaining_s: floa
                 raise ApiError(400, f"This model's maximum context length is {info.context_length} tokens, however "
                                     f"'{req.param}[{k}]' has {len(x)} tokens. Please reduce the length of the input.",
                                param=f"{req.param}[{k}]", code="context_length_exceeded")
-        tokens = sum(len(x) for x in ids)
         st.metrics.prompt_tokens.labels(req.model).inc(tokens)
         out = await st.models.embed(EmbedParams(request_id="emb-" + uuid.uuid4().hex, model=req.model, inputs=ids,
                                                 dimensions=dims, deadline_unix_ms=deadline_ms))

@@ -180,3 +180,18 @@ def test_deadline_ends_the_request(make_stack):
         time.sleep(0.02)
     assert rid in s.embed_worker.aborts
     assert s.embed_worker.embeds[-1].deadline_unix_ms > 0
+
+
+def test_tokens_per_request_cap(make_stack, schema):
+    """All inputs of one request together within server.max_embedding_tokens_per_request: more is a
+    400 naming `input` before the worker gets any of them."""
+    s = make_stack(embed=True, max_embedding_tokens_per_request=20)
+    c = openai.OpenAI(base_url=s.base_url, api_key=s.key, max_retries=0, timeout=10)
+    assert len(c.embeddings.create(model=EMBED_MODEL, input=["one two three"] * 4).data) == 4   # 4 x 5 tokens
+    jobs = len(s.embed_worker.embeds)
+    st, _, err = s.request("POST", "/v1/embeddings", {"model": EMBED_MODEL, "input": ["one two three"] * 5})
+    assert st == 400 and err["error"]["code"] == "max_tokens_per_request" and err["error"]["param"] == "input"
+    assert "25 tokens" in err["error"]["message"] and not schema("ErrorResponse", err)
+    st, _, err = s.request("POST", "/v1/embeddings", {"model": EMBED_MODEL, "input": [list(range(5, 26))]})
+    assert st == 400 and err["error"]["code"] == "max_tokens_per_request"
+    assert len(s.embed_worker.embeds) == jobs
