@@ -56,7 +56,7 @@ def _cmd_models(a: argparse.Namespace) -> int:
     from npuflow.models.resolve import resolve_model
     s = _settings(a)
     for m in s.models:
-        pkg = resolve_model(m.source, s.server.cache_dir, m.id)
+        pkg = resolve_model(m.source, s.server.cache_dir, m.id, int8=m.int8)
         print(f"{m.id}\t{m.engine}\t{pkg.architecture}\tctx={min(m.context_length, pkg.context_length)}\t{pkg.path}")
     return 0
 

@@ -73,6 +73,8 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     prefix_cache = true         # a new prompt reuses the KV of a finished one it starts like
     kv_cache = "float32"        # engine "cpu": "float32" | "int8" (a quarter of the memory, faster attention,
                                 # log-probabilities a little further from the float model: README)
+    int8 = false                # an embedding model's checkpoint converted on first use: int8 projections
+                                # (convert --int8: about 2x faster on a CPU, vectors no longer exact)
     preload = true              # load at start; false = on the first request (models found in models_dir: false)
     keep_alive = ""             # as server.keep_alive; "" = "forever" when preloaded, else server.keep_alive
     endpoint = "ipc://{run_dir}/worker-{id}.sock"
@@ -170,6 +172,7 @@ class ModelSettings:
     max_queue: int = 64
     prefix_cache: bool = True    # reuse a free slot's KV for a prompt that starts the same way
     kv_cache: str = "float32"    # engine "cpu": KV cache type, float32 | int8 (convert/kv_int8.py)
+    int8: bool = False           # an embedding checkpoint converted on first use gets int8 projections
     endpoint: str = ""
     device_id: int = -1          # engine "ax": AXCL card to use (-1 = the runtime's default)
     ax_provider: str = ""        # engine "ax": AxEngineExecutionProvider | AXCLRTExecutionProvider

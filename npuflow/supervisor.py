@@ -113,7 +113,7 @@ class Supervisor:
         for m in self._configured():
             t = time.monotonic()
             try:
-                pkg = resolve_model(m.source, self.settings.server.cache_dir, m.id)
+                pkg = resolve_model(m.source, self.settings.server.cache_dir, m.id, int8=m.int8)
             except Exception as e:
                 failed[m.id] = f"{type(e).__name__}: {' '.join(str(e).split())}"
                 log.error("cannot prepare model; serving the others", model=m.id, error=failed[m.id])

@@ -67,13 +67,6 @@ def permanent_start_error(model: ModelSettings, e: BaseException) -> str | None:
     return reason[len(prefix):] if reason.startswith(prefix) else reason
 
 
-def load_package(settings: Settings, model: ModelSettings) -> ModelPackage:
-    from npuflow.models.resolve import resolve_model
-    package = resolve_model(model.source, settings.server.cache_dir, model.id)
-    return package.with_overrides(id=model.id, context_length=model.context_length,
-                                  sampling_defaults=dict(model.sampling))
-
-
 def build_engine(package: ModelPackage, model: ModelSettings) -> Engine:
     if model.engine == "cpu":
         from npuflow.engine.base import EngineError
@@ -319,7 +312,8 @@ def _load(settings: Settings, model: ModelSettings):
     the weights, without the GIL) runs alone: a thread holding the GIL beside it would make it
     wait for the GIL after every block. The token table and the imports that only serving needs
     run on a thread while onnxruntime builds its session, which holds the GIL for little."""
-    package = load_package(settings, model)
+    from npuflow.models.resolve import serving_package
+    package = serving_package(settings, model)
     if is_embedding(package):
         engine = build_embed_engine(package, model)
         _import_quietly(SERVING_MODULES)

@@ -12,7 +12,7 @@ import threading
 
 from npuflow.config import ModelSettings, Settings
 from npuflow.logs import get_logger
-from npuflow.models.package import ModelPackage
+from npuflow.models.resolve import serving_package
 from npuflow.process import start_process
 
 from .encoder import ModelTokenizer
@@ -20,14 +20,6 @@ from .loading import Loader, UnknownModel, failure_reason
 from .service import TokenizerService
 
 log = get_logger("tokenizer")
-
-
-def load_package(settings: Settings, model: ModelSettings) -> ModelPackage:
-    """The model's package with the serving config applied (the same view the worker has)."""
-    from npuflow.models.resolve import resolve_model
-    package = resolve_model(model.source, settings.server.cache_dir, model.id)
-    return package.with_overrides(id=model.id, context_length=model.context_length,
-                                  sampling_defaults=dict(model.sampling))
 
 
 def preloaded(settings: Settings) -> list[ModelSettings]:
@@ -44,7 +36,7 @@ def loader(settings: Settings) -> Loader:
         model = next((m for m in current.models if m.id == model_id), None)
         if model is None:
             raise UnknownModel(model_id)
-        return ModelTokenizer.from_package(load_package(current, model))
+        return ModelTokenizer.from_package(serving_package(current, model))
     return load
 
 
@@ -56,7 +48,7 @@ def load_tokenizers(settings: Settings) -> tuple[dict[str, ModelTokenizer], dict
     models, failed = {}, {}
     for m in preloaded(settings):
         try:
-            models[m.id] = ModelTokenizer.from_package(load_package(settings, m))
+            models[m.id] = ModelTokenizer.from_package(serving_package(settings, m))
         except DownloadError as e:
             log.error("cannot load tokenizers", model=m.id, error=f"{type(e).__name__}: {e}")
             sys.exit(1)

@@ -52,9 +52,10 @@ def _settings(tmp_path, ax_dir, **kw):
 
 
 def test_worker_builds_the_ax_engine_with_simulated_timing(tmp_path, ax_dir):
-    from npuflow.llm_worker.run import build_engine, load_package
+    from npuflow.llm_worker.run import build_engine
+    from npuflow.models.resolve import serving_package
     settings, model = _settings(tmp_path, ax_dir, simulate_timing="ax650n")
-    package = load_package(settings, model)
+    package = serving_package(settings, model)
     assert (package.engine, package.context_length, package.id) == ("ax", KV, AX_ID)
     eng = build_engine(package, model)
     try:
@@ -72,14 +73,15 @@ def test_worker_builds_the_ax_engine_with_simulated_timing(tmp_path, ax_dir):
 
 def test_worker_refuses_a_model_that_does_not_fit(tmp_path, ax_dir, monkeypatch):
     from npuflow.engine import ax_build
-    from npuflow.llm_worker.run import WorkerStartError, build_engine, load_package
+    from npuflow.llm_worker.run import WorkerStartError, build_engine
+    from npuflow.models.resolve import serving_package
     proc = tmp_path / "mem_cmm_info"
     proc.write_text(" total size=1048576KB(1024MB),used=1040000KB(1015MB),remain=8576KB(8MB),block_number=3\n")
     real = ax_build.build_ax_engine
     monkeypatch.setattr(ax_build, "build_ax_engine", lambda p, m: real(p, m, cmm_info=str(proc)))
     settings, model = _settings(tmp_path, ax_dir)
     with pytest.raises(WorkerStartError) as e:
-        build_engine(load_package(settings, model), model)
+        build_engine(serving_package(settings, model), model)
     msg = str(e.value)
     assert "\n" not in msg and re.fullmatch(
         rf"model '{AX_ID}': the model needs about \d+ MiB of NPU memory \(CMM; an estimate from the size of its "

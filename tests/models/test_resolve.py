@@ -86,3 +86,29 @@ def test_concurrent_resolvers_convert_once(gguf, tmp_path):
     logs = "".join(o[1] for o in outs)
     assert logs.count("convert done") == 1
     assert logs.count("using cached model") == 2
+
+
+def test_int8_embedding_source_gets_its_own_entry(tmp_path, gguf):
+    """A model's `int8` setting: an embedding checkpoint converts with int8 projections into an
+    entry of its own beside the float32 one; on a source that is not converted it is an error."""
+    import pathlib
+
+    from npuflow.config import load_settings
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1]))
+    import embed_ckpt
+    src = embed_ckpt.write_bert(tmp_path / "bert")
+    cache = tmp_path / "cache"
+    exact, fast = resolve_model(str(src), cache, "b"), resolve_model(str(src), cache, "b", int8=True)
+    assert exact.path != fast.path and fast.path.name.endswith("-int8") and len(_entries(cache)) == 2
+    assert exact.extra["embedding"]["weights"] == "float32" and fast.extra["embedding"]["weights"] == "int8"
+    assert resolve_model(str(src), cache, "b", int8=True).path == fast.path
+    with pytest.raises(PackageError, match="int8 applies to an embedding model's"):
+        resolve_model(str(exact.path), cache, "b", int8=True)
+    with pytest.raises(PackageError, match="int8 applies"):
+        resolve_model("default", cache, "b", int8=True)
+    from npuflow.convert import ConvertError
+    with pytest.raises(ConvertError, match="for embedding models"):
+        resolve_model(str(gguf), cache, "lm", int8=True)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[models]]\nid = "b"\nsource = "{src}"\nint8 = true\n')
+    assert load_settings(str(cfg)).model("b").int8 is True
