@@ -107,7 +107,7 @@ def footprint(model, cache_dir: str | os.PathLike, *, cmm_info: str = CMM_INFO,
     if is_ax_dir(path):
         return _from_package(read_ax_package(path, model.id), model, cmm_info, smi)
     if path.is_file() or (path.is_dir() and (path / "config.json").is_file()):
-        converted = converted_package(path, cache, model.id)
+        converted = converted_package(path, cache, model.id, int8=model.int8)
         if converted is not None:
             return _cpu(_package_sizes(converted), model, estimated=False)
         sizes = gguf_sizes(path) if path.is_file() else hf_sizes(path)
@@ -169,16 +169,20 @@ def _embedding_sizes(weights: int, hidden: int, ffn: int, heads: int, context: i
     return _Sizes(weights=weights, vision=0, layers=0, kv_heads=0, head_dim=0, context=context, activations=acts)
 
 
-def converted_package(source: pathlib.Path, cache: pathlib.Path, model_id: str) -> ModelPackage | None:
+def converted_package(source: pathlib.Path, cache: pathlib.Path, model_id: str, *,
+                      int8: bool = False) -> ModelPackage | None:
     """The package the cache holds for this GGUF file or checkpoint folder, without hashing it:
     one named for the model id whose manifest records this source path, converted after the
-    source last changed, by this converter version (else the worker converts it again)."""
+    source last changed, by this converter version (else the worker converts it again), and of
+    the kind the model's `int8` setting asks for (resolve.py names an int8 entry `...-int8`)."""
     from ..convert.weights import CONVERTER_VERSION
     from .resolve import _safe
     src = source.expanduser().resolve()
     files = [src] if src.is_file() else [*src.glob("*.safetensors"), src / "config.json"]
     changed = max((f.stat().st_mtime for f in files if f.is_file()), default=math.inf)
     for folder in sorted((cache / "models").glob(f"{_safe(model_id)}-*")):
+        if folder.name.endswith("-int8") != int8:
+            continue
         try:
             m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
             if ((m.get("source") or {}).get("path") == str(src) and int(m.get("created", 0)) >= int(changed)

@@ -201,3 +201,22 @@ def test_a_missing_source_is_a_package_error(tmp_path):
     bad.write_bytes(b"not a gguf at all")
     with pytest.raises(PackageError, match="not a readable GGUF file"):
         footprint(ModelSettings(id="x", source=str(bad)), tmp_path)
+
+
+def test_a_converted_entry_counts_only_for_its_own_int8_setting(tmp_path):
+    """An embedding source converted with int8 projections only: a model with `int8 = true` is
+    read off that entry, one without it is still an estimate (its float32 entry is not there)."""
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1]))
+    import embed_ckpt
+    from npuflow.models.resolve import resolve_model
+    src = embed_ckpt.write_bert(tmp_path / "bert")
+    cache = tmp_path / "cache"
+    fast = resolve_model(str(src), cache, "b", int8=True)
+    with_int8 = footprint(ModelSettings(id="b", source=str(src), int8=True), cache, **NO_NPU)
+    assert not with_int8.estimated and with_int8.parts["weights"] == F._package_sizes(fast).weights
+    assert F.converted_package(src, cache, "b") is None
+    assert footprint(ModelSettings(id="b", source=str(src)), cache, **NO_NPU).estimated
+    exact = resolve_model(str(src), cache, "b")
+    assert F.converted_package(src, cache, "b").path == exact.path
+    assert F.converted_package(src, cache, "b", int8=True).path == fast.path
