@@ -70,7 +70,7 @@ KEEP: dict[str, tuple[str, ...]] = {
         *(f"choices[].logprobs.{k}[].{p}" for k in ("content", "refusal") for p in _TOKEN_LOGPROB)),
     "CreateCompletionResponse": ("choices[].logprobs",),
     "ErrorResponse": ("error.code", "error.param"),
-    "Response": ("error", "incomplete_details", "instructions", "metadata", "temperature", "top_p", "usage"),
+    "Response": ("error", "incomplete_details", "instructions", "metadata", "temperature", "top_p"),
 }
 # NOT_NULL: keys that may be left out but, when sent, must not be null (the SDK types accept None).
 NOT_NULL: dict[str, tuple[str, ...]] = {
@@ -83,6 +83,7 @@ NOT_NULL: dict[str, tuple[str, ...]] = {
         "choices[].delta.tool_calls[].function.*", "choices[].delta.function_call",
         "choices[].delta.function_call.*"),
     "CreateCompletionResponse": ("system_fingerprint", "usage", *_USAGE_DETAILS, "choices[].logprobs.*"),
+    "Response": ("usage",),     # absent while a response is queued or in progress
 }
 
 

@@ -88,6 +88,7 @@ def create_app(settings: Settings, clients: Clients | None = None) -> web.Applic
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await clients.start()
         yield
+        await app[STATE].background.close()   # background responses still running end cancelled
         await clients.stop()
         await app[STATE].image_fetcher.close()
 

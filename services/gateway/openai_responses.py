@@ -1,6 +1,6 @@
 """The Responses API: POST /v1/responses (whole, or streamed as typed events), GET and DELETE
 /v1/responses/{id}, GET /v1/responses/{id}/input_items, POST /v1/responses/input_tokens and
-POST /v1/responses/{id}/cancel.
+POST /v1/responses/{id}/cancel (of a background response: responses_background.py).
 
 A response is a chat generation underneath: its instructions (a system turn), the conversation
 of its `previous_response_id` (from the store: that response's input and output, not its
@@ -11,6 +11,7 @@ endpoint; a failure while streaming ends the stream with `response.failed`.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -78,8 +79,9 @@ class _Answer:
 
     def body(self, status: str, error: ApiError | None = None) -> dict:
         r = self.req
-        extra = {}
-        if status != "in_progress":
+        extra = {}   # no usage while running (the specification does not allow a null one)
+        running = status in ("queued", "in_progress")
+        if not running:
             out_tokens, cached = self.tally.completion_tokens(), self.tally.cached_prompt_tokens(1)
             # the prompt tokens computed now stay in the worker's KV slot for a prompt that starts the same way
             extra["usage"] = {
@@ -88,17 +90,19 @@ class _Answer:
                 "output_tokens": out_tokens, "output_tokens_details": {"reasoning_tokens": sum(self.thinking.tokens)},
                 "total_tokens": self.prompt_tokens + out_tokens}
         return {"id": self.id, "object": "response", "created_at": self.created, "status": status,
-                "background": False, "completed_at": int(time.time()) if status == "completed" else None,
+                "background": r.background, "completed_at": int(time.time()) if status == "completed" else None,
                 "error": {"code": _error_code(error), "message": error.message} if error is not None else None,
                 "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
                 "instructions": r.instructions, "metadata": r.metadata, "model": r.chat.model,
-                "output": self.out.items if status != "in_progress" else [],
+                "output": [] if running else self.out.items,
                 "previous_response_id": r.previous_response_id, "service_tier": "default", "store": r.store,
                 **r.echo, **extra}
 
-    def done(self, st: GatewayState, error: ApiError | None = None) -> dict:
+    def done(self, st: GatewayState, error: ApiError | None = None, cancelled: bool = False) -> dict:
         """Close the output, store the response (with its conversation) when asked, and return it."""
         status = "failed" if error is not None else ("incomplete" if self.finish == "length" else "completed")
+        if cancelled:
+            status = "cancelled"
         self.out.finish("incomplete" if status != "completed" else "completed")
         body = self.body(status, error)
         if self.req.store:
@@ -124,12 +128,21 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             raise
         cp = await truncated(st, req, history, context_of(st, chat.model), e)
         ticket = await admit(st, chat, [len(cp.token_ids)], deadline_ms, "input")
+    answer = _Answer(req, history, int(now), len(cp.token_ids), cp.opens_reasoning)
+    params = GenerateParams(request_id=answer.id, model=chat.model, prompt_token_ids=cp.token_ids,
+                            sampling=chat.sampling, n=1, deadline_unix_ms=deadline_ms,
+                            grammar=cp.grammar(chat.structured.grammar),
+                            grammar_param=chat.structured.grammar_param, images=cp.images)
+    if req.background:
+        queued = answer.body("queued")
+        if not st.responses.put(queued, (), tuple(req.input_items)):
+            ticket.release()
+            raise bad_param("background", "This background response cannot be stored (the server's response store "
+                                          "is off, or the input is larger than it holds), so it could not be "
+                                          "retrieved: send it without 'background'.", code="invalid_value")
+        st.background.start(answer.id, lambda: _in_background(st, answer, ticket, params, arrived))
+        return web.json_response(queued)
     with ticket:
-        answer = _Answer(req, history, int(now), len(cp.token_ids), cp.opens_reasoning)
-        params = GenerateParams(request_id=answer.id, model=chat.model, prompt_token_ids=cp.token_ids,
-                                sampling=chat.sampling, n=1, deadline_unix_ms=deadline_ms,
-                                grammar=cp.grammar(chat.structured.grammar),
-                                grammar_param=chat.structured.grammar_param, images=cp.images)
         if chat.stream:
             return await _stream(request, st, answer, params, arrived)
         await _generate(st, answer, params, arrived)
@@ -145,6 +158,31 @@ async def _generate(st: GatewayState, answer: _Answer, params: GenerateParams, a
                     answer.feed(d)
             if emit is not None:
                 await emit(answer.out.take_events())
+
+
+async def _in_background(st: GatewayState, answer: _Answer, ticket, params: GenerateParams, arrived: float) -> None:
+    """A background response's run: stored `in_progress` at its first tokens, then as it ended."""
+    started = False
+
+    async def progress(_events: list[dict]) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            st.responses.put(answer.body("in_progress"), (), tuple(answer.req.input_items))
+
+    with ticket:
+        try:
+            await _generate(st, answer, params, arrived, progress)
+        except asyncio.CancelledError:
+            answer.done(st, cancelled=True)
+            raise
+        except ApiError as e:
+            answer.done(st, e)
+        except Exception as e:  # noqa: BLE001 (the run has no request to fail: its stored state says it)
+            answer.done(st, ApiError(500, f"The response failed: {type(e).__name__}.", code="server_error"))
+            raise
+        else:
+            answer.done(st)
 
 
 async def _stream(request: web.Request, st: GatewayState, answer: _Answer, params: GenerateParams,
@@ -201,12 +239,21 @@ def _only_language_model(st: GatewayState) -> str:
 
 
 async def cancel_response(request: web.Request) -> web.Response:
-    """POST /v1/responses/{id}/cancel: only background responses can be cancelled, and this
-    server makes none (a response is done when its request is), so a stored one is a 400."""
-    rid, _ = _stored(request)
-    raise ApiError(400, f"Response '{rid[:80]}' cannot be cancelled: only background responses can be, and this "
-                        "server answers while the request is open (close the request to stop a response).",
-                   param="response_id", code="response_not_cancellable")
+    """POST /v1/responses/{id}/cancel: a background response still running stops and is stored
+    `cancelled`; one already cancelled is returned as it is. Any other is a 400: a response
+    made in the foreground ends with its request, and one that has ended cannot be cancelled."""
+    st = request.app[STATE]
+    rid, stored = _stored(request)
+    if not stored.response.get("background"):
+        raise ApiError(400, f"Response '{rid[:80]}' cannot be cancelled: only background responses can be (close the "
+                            "request to stop a response made in the foreground).",
+                       param="response_id", code="response_not_cancellable")
+    if await st.background.cancel(rid):
+        stored = st.responses.get(rid) or stored
+    elif stored.response["status"] != "cancelled":
+        raise ApiError(400, f"Response '{rid[:80]}' cannot be cancelled: it has already ended "
+                            f"({stored.response['status']}).", param="response_id", code="response_not_cancellable")
+    return web.json_response(stored.response)
 
 
 def _stored(request: web.Request):
@@ -223,7 +270,9 @@ async def get_response(request: web.Request) -> web.Response:
 
 
 async def delete_response(request: web.Request) -> web.Response:
+    """Forget a stored response; a background one still running is cancelled first."""
     rid, _ = _stored(request)
+    await request.app[STATE].background.cancel(rid)
     request.app[STATE].responses.delete(rid)
     return web.json_response({"id": rid, "object": "response", "deleted": True})
 

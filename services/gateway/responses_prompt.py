@@ -23,13 +23,18 @@ KEPT = ("system", "developer")     # roles truncation never drops
 
 
 def history_of(st: GatewayState, req: ResponsesRequest) -> tuple[ChatTurn, ...]:
-    """The conversation `previous_response_id` continues; 400 for an unknown or evicted id."""
+    """The conversation `previous_response_id` continues; 400 for an unknown or evicted id, or one
+    still being generated in the background."""
     if req.previous_response_id is None:
         return ()
     prev = st.responses.get(req.previous_response_id)
     if prev is None:
         raise ApiError(400, f"Previous response with id '{req.previous_response_id[:80]}' not found.",
                        param="previous_response_id", code="previous_response_not_found")
+    if prev.response["status"] in ("queued", "in_progress"):
+        raise ApiError(400, f"Previous response with id '{req.previous_response_id[:80]}' is still "
+                            f"{prev.response['status'].replace('_', ' ')}: continue it once it has completed.",
+                       param="previous_response_id", code="previous_response_in_progress")
     return prev.history
 
 

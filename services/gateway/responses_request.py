@@ -29,7 +29,6 @@ INCLUDE = ("message.output_text.logprobs", "reasoning.encrypted_content", "messa
            "web_search_call.action.sources", "code_interpreter_call.outputs", "computer_call_output.output.image_url",
            "file_search_call.results")
 UNSUPPORTED = {   # fields whose feature this server does not have: a 400, never silently dropped
-    "background": "Background responses are not supported: this server answers while the request is open.",
     "conversation": "The Conversations API is not supported: continue a conversation with "
                     "'previous_response_id' or send the whole 'input'.",
     "prompt": "Reusable prompt templates ('prompt') are not supported: send 'instructions' and 'input'.",
@@ -46,6 +45,7 @@ class ResponsesRequest:
     input_items: list[dict] = field(default_factory=list)   # its input as items with ids (input_items)
     echo: dict = field(default_factory=dict)    # the request's settings as a response reports them
     truncate: bool = False             # truncation "auto": drop the oldest turns to fit (responses_prompt.py)
+    background: bool = False           # answered at once, generated on (responses_background.py)
 
 
 def _renamed(e: ApiError, mapping: list[tuple[str, str]]) -> ApiError:
@@ -215,6 +215,13 @@ def parse_responses(body: dict, max_image_bytes: int | None = None) -> Responses
         raise bad_param("truncation", f"Invalid value: {str(truncation)[:40]!r}. Supported values are: 'auto' and "
                                       "'disabled'.", code="invalid_value")
     stream = f.bool("stream")
+    background = f.bool("background")
+    if background and stream:
+        raise bad_param("background", "Streaming a background response is not supported: create it without "
+                                      "'stream' and poll GET /v1/responses/{id}.", code="unsupported_parameter")
+    if background and not f.bool("store", True):
+        raise bad_param("background", "Background responses must be stored: 'background' requires 'store' to be "
+                                      "true.", code="invalid_value")
     if body.get("stream_options") is not None and not stream:
         raise bad_param("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
     previous = f.str("previous_response_id")
@@ -264,6 +271,6 @@ def parse_responses(body: dict, max_image_bytes: int | None = None) -> Responses
     if f.str("user") is not None:
         echo["user"] = body["user"]
     return ResponsesRequest(chat=chat, store=f.bool("store", True), previous_response_id=previous,
-                            truncate=truncation == "auto",
+                            truncate=truncation == "auto", background=background,
                             instructions=instructions, metadata=_metadata(body.get("metadata")), echo=echo,
                             input_items=input_items(body["input"]) if body.get("input") is not None else [])

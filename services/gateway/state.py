@@ -10,6 +10,7 @@ from npuflow.gateway.admission import Admission
 from npuflow.gateway.client import Clients, ModelClient, TokenizerClient
 from npuflow.gateway.image_fetch import ImageFetcher
 from npuflow.gateway.metrics import Metrics
+from npuflow.gateway.responses_background import BackgroundRuns
 from npuflow.gateway.responses_store import ResponseStore
 
 
@@ -21,6 +22,7 @@ class GatewayState:
     admission: Admission = field(default_factory=Admission)   # queue room per model
     image_fetcher: ImageFetcher | None = None                  # http(s) image URLs (one client session)
     responses: ResponseStore | None = None                     # the Responses API's stored responses
+    background: BackgroundRuns = field(default_factory=BackgroundRuns)   # background responses still running
 
     def __post_init__(self) -> None:
         if self.responses is None:

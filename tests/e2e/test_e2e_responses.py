@@ -104,3 +104,29 @@ def test_truncation_auto_and_input_tokens(client):
     r = client.responses.create(**args, temperature=0, max_output_tokens=16, truncation="auto")
     assert r.status in ("completed", "incomplete") and r.output_text and r.truncation == "auto"
     assert 0 < r.usage.input_tokens <= min(fitted, 2048 - 16)
+
+
+def test_background_response_polled_and_cancelled(client):
+    """background=True on the real stack: queued at once, polled to the same greedy answer as a
+    foreground response, and a long one cancelled while it runs."""
+    import time
+    kw = dict(model=DEFAULT_ID, input="Name a colour.", instructions="Answer in one word.", temperature=0,
+              max_output_tokens=16)
+    fg = client.responses.create(**kw)
+    bg = client.responses.create(background=True, **kw)
+    assert bg.status in ("queued", "in_progress") and bg.background is True
+    end = time.monotonic() + 60
+    while bg.status in ("queued", "in_progress") and time.monotonic() < end:
+        time.sleep(0.1)
+        bg = client.responses.retrieve(bg.id)
+    assert bg.status == fg.status and bg.output_text == fg.output_text
+    assert bg.usage.output_tokens == fg.usage.output_tokens
+
+    long = client.responses.create(model=DEFAULT_ID, input="Tell a very long story about a ship.", background=True,
+                                   max_output_tokens=1500, extra_body={"ignore_eos": True})
+    while client.responses.retrieve(long.id).status == "queued" and time.monotonic() < end:
+        time.sleep(0.05)
+    cancelled = client.responses.cancel(long.id)
+    assert cancelled.status == "cancelled"
+    assert client.responses.retrieve(long.id).status == "cancelled"
+    assert cancelled.usage.output_tokens < 1500

@@ -54,6 +54,7 @@ class FakeWorker:
         self.silent = False           # stop answering anything (a hung or dead worker)
         self.capacity = 0             # > 0: refuse (OVERLOADED) past this many sequences, as the scheduler does
         self.overloaded: list[str] = []   # request ids refused so
+        self.fail_with: str | None = None   # end each generation at its first step with an INTERNAL error
         self._seqs: dict[str, int] = {}
         self.requests: list[worker_pb2.GenerateRequest] = []
         self.aborts: list[str] = []
@@ -160,6 +161,14 @@ class FakeWorker:
             if self.silent:
                 return
             out = worker_pb2.FromWorker()
+            if self.fail_with is not None:
+                for i in range(n):
+                    ev = out.events.events.add(request_id=g.request_id, index=i, finish_reason=FR.FINISH_REASON_ERROR)
+                    ev.error.code, ev.error.message = common_pb2.ERROR_CODE_INTERNAL, self.fail_with
+                self._seqs.pop(g.request_id, None)
+                self._gens.pop(g.request_id, None)
+                await self._send(peer, out)
+                return
             for i in range(n):
                 if done[i]:
                     continue
