@@ -21,6 +21,7 @@ from npuflow.gateway.openai_completions import completions
 from npuflow.gateway.openai_embeddings import embeddings
 from npuflow.gateway.openai_responses import (cancel_response, count_input_tokens, create_response, delete_response,
                                               get_response, list_input_items)
+from npuflow.gateway.openai_responses_compact import compact_response
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.tokenize_routes import detokenize, tokenize
 from npuflow.gateway.tokenizer_link import TokenizerLink
@@ -99,6 +100,7 @@ def create_app(settings: Settings, clients: Clients | None = None) -> web.Applic
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/responses", create_response)
     app.router.add_post("/v1/responses/input_tokens", count_input_tokens)
+    app.router.add_post("/v1/responses/compact", compact_response)
     app.router.add_post("/v1/responses/{response_id}/cancel", cancel_response)
     app.router.add_get("/v1/responses/{response_id}", get_response)
     app.router.add_delete("/v1/responses/{response_id}", delete_response)

@@ -54,7 +54,7 @@ def _error_code(e: ApiError) -> str:
     return "invalid_prompt" if e.status < 500 else "server_error"
 
 
-class _Answer:
+class Answer:
     """One response being made: its request, ids, output items and token accounting."""
 
     def __init__(self, req: ResponsesRequest, history: tuple[ChatTurn, ...], created: int, prompt_tokens: int,
@@ -112,14 +112,11 @@ class _Answer:
         return body
 
 
-async def create_response(request: web.Request) -> web.StreamResponse:
-    st = request.app[STATE]
-    arrived, now = time.perf_counter(), time.time()
-    req = parse_responses(await read_json(request), st.settings.server.max_image_bytes)
+async def prepared(st: GatewayState, req: ResponsesRequest, history: tuple[ChatTurn, ...], now: float,
+                   deadline_ms: int):
+    """The prompt encoded (truncated to fit with `truncation: "auto"`) and admitted into the
+    model's queue: the response to make, its worker request, and the queue ticket it holds."""
     chat = req.chat
-    check_model(st, chat.model)
-    history = history_of(st, req)
-    deadline_ms = deadline_unix_ms(st, now)
     cp = await encode(st, req, history)
     try:
         ticket = await admit(st, chat, [len(cp.token_ids)], deadline_ms, "input")
@@ -128,11 +125,23 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             raise
         cp = await truncated(st, req, history, context_of(st, chat.model), e)
         ticket = await admit(st, chat, [len(cp.token_ids)], deadline_ms, "input")
-    answer = _Answer(req, history, int(now), len(cp.token_ids), cp.opens_reasoning)
+    answer = Answer(req, history, int(now), len(cp.token_ids), cp.opens_reasoning)
     params = GenerateParams(request_id=answer.id, model=chat.model, prompt_token_ids=cp.token_ids,
                             sampling=chat.sampling, n=1, deadline_unix_ms=deadline_ms,
                             grammar=cp.grammar(chat.structured.grammar),
                             grammar_param=chat.structured.grammar_param, images=cp.images)
+    return answer, params, ticket
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    st = request.app[STATE]
+    arrived, now = time.perf_counter(), time.time()
+    req = parse_responses(await read_json(request), st.settings.server.max_image_bytes)
+    chat = req.chat
+    check_model(st, chat.model)
+    history = history_of(st, req)
+    deadline_ms = deadline_unix_ms(st, now)
+    answer, params, ticket = await prepared(st, req, history, now, deadline_ms)
     if req.background:
         queued = answer.body("queued")
         if not st.responses.put(queued, (), tuple(req.input_items)):
@@ -145,11 +154,11 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     with ticket:
         if chat.stream:
             return await _stream(request, st, answer, params, arrived)
-        await _generate(st, answer, params, arrived)
+        await generate(st, answer, params, arrived)
         return web.json_response(answer.done(st))
 
 
-async def _generate(st: GatewayState, answer: _Answer, params: GenerateParams, arrived: float,
+async def generate(st: GatewayState, answer: Answer, params: GenerateParams, arrived: float,
                     emit: Callable[[list[dict]], Awaitable[None]] | None = None) -> None:
     async with contextlib.aclosing(metered(st, params, arrived)) as it:
         async for batch in it:
@@ -160,7 +169,7 @@ async def _generate(st: GatewayState, answer: _Answer, params: GenerateParams, a
                 await emit(answer.out.take_events())
 
 
-async def _in_background(st: GatewayState, answer: _Answer, ticket, params: GenerateParams, arrived: float) -> None:
+async def _in_background(st: GatewayState, answer: Answer, ticket, params: GenerateParams, arrived: float) -> None:
     """A background response's run: stored `in_progress` at its first tokens, then as it ended."""
     started = False
 
@@ -172,7 +181,7 @@ async def _in_background(st: GatewayState, answer: _Answer, ticket, params: Gene
 
     with ticket:
         try:
-            await _generate(st, answer, params, arrived, progress)
+            await generate(st, answer, params, arrived, progress)
         except asyncio.CancelledError:
             answer.done(st, cancelled=True)
             raise
@@ -185,7 +194,7 @@ async def _in_background(st: GatewayState, answer: _Answer, ticket, params: Gene
             answer.done(st)
 
 
-async def _stream(request: web.Request, st: GatewayState, answer: _Answer, params: GenerateParams,
+async def _stream(request: web.Request, st: GatewayState, answer: Answer, params: GenerateParams,
                   arrived: float) -> web.StreamResponse:
     resp = await open_stream(request)
     w = EventWriter(request, resp, deadline_unix_ms=params.deadline_unix_ms,
@@ -195,7 +204,7 @@ async def _stream(request: web.Request, st: GatewayState, answer: _Answer, param
         await w.send([{"type": "response.created", "response": start},
                       {"type": "response.in_progress", "response": start}])
         try:
-            await _generate(st, answer, params, arrived, w.send)
+            await generate(st, answer, params, arrived, w.send)
         except ApiError as e:
             body = answer.done(st, e)
             await w.send(answer.out.take_events() + [{"type": "response.failed", "response": body}])

@@ -8,7 +8,8 @@ Input items: messages (`{"role", "content"}` with or without `"type": "message"`
 string or `input_text` / `input_image` parts, `output_text` / `refusal` parts in assistant
 turns), `function_call` (joined with the assistant turn before it, as chat's `tool_calls`) and
 `function_call_output` (a tool turn). `reasoning` items are accepted and left out of the prompt,
-as chat templates leave out earlier turns' thinking.
+as chat templates leave out earlier turns' thinking; a `compaction` item (responses_compaction.py)
+is its summary as an assistant turn.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from npuflow.gateway.client import ChatTurn
 from npuflow.gateway.errors import ApiError, bad_param
+from npuflow.gateway.responses_compaction import listed, summary_turn
 from npuflow.gateway.responses_output import item_id
 from npuflow.gateway.structured import parse_structured, tools_json
 from npuflow.gateway.validation import (ChatRequest, Fields, message_content, parse_sampling, template_kwargs,
@@ -32,6 +34,8 @@ UNSUPPORTED = {   # fields whose feature this server does not have: a 400, never
     "conversation": "The Conversations API is not supported: continue a conversation with "
                     "'previous_response_id' or send the whole 'input'.",
     "prompt": "Reusable prompt templates ('prompt') are not supported: send 'instructions' and 'input'.",
+    "context_management": "Compaction within a response ('context_management') is not supported: compact the "
+                          "conversation with POST /v1/responses/compact and send its output as the next 'input'.",
 }
 
 
@@ -149,9 +153,12 @@ def parse_input(v: Any, max_image_bytes: int | None = None, param: str = "input"
             turns.append(ChatTurn(role="tool", content=out, tool_call_id=call_id))
         elif kind == "reasoning":
             continue
+        elif kind == "compaction":
+            turns.append(summary_turn(item, p))
         else:
             raise bad_param(p + ".type", f"Input items of type {str(kind)[:40]!r} are not supported: items are "
-                                         "'message', 'function_call', 'function_call_output' and 'reasoning'.",
+                                         "'message', 'function_call', 'function_call_output', 'reasoning' and "
+                                         "'compaction'.",
                             code="unsupported_value")
     return turns
 
@@ -176,6 +183,9 @@ def input_items(v: Any) -> list[dict]:
                  "arguments": it["arguments"]}
         elif kind == "function_call_output":
             d = {"id": it.get("id") or item_id("fco"), "type": kind, "call_id": it["call_id"], "output": it["output"]}
+        elif kind == "compaction":
+            out.append(listed(it))
+            continue
         else:
             d = {"id": it.get("id") or item_id("rs"), "type": "reasoning", "summary": it.get("summary") or []}
         out.append(dict(d, status="completed"))

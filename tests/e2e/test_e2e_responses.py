@@ -130,3 +130,21 @@ def test_background_response_polled_and_cancelled(client):
     assert cancelled.status == "cancelled"
     assert client.responses.retrieve(long.id).status == "cancelled"
     assert cancelled.usage.output_tokens < 1500
+
+
+def test_compacted_conversation_continues(client):
+    """client.responses.compact on the real model: the user turns kept, the rest one compaction
+    item holding the model's summary, and that output, passed back as the docs show, continues."""
+    from npuflow.gateway.responses_compaction import summary_of
+    first = client.responses.create(model=DEFAULT_ID, input="My name is Ada and I keep bees.", temperature=0,
+                                    max_output_tokens=32)
+    got = client.responses.with_raw_response.compact(model=DEFAULT_ID, input="What do I keep?",
+                                                     previous_response_id=first.id)
+    raw, out = got.http_response.json()["output"], got.parse()
+    assert out.object == "response.compaction" and [i["type"] for i in raw] == ["message", "message", "compaction"]
+    assert [i["content"][0]["text"] for i in raw[:2]] == ["My name is Ada and I keep bees.", "What do I keep?"]
+    assert summary_of(raw[2], "output[2]") and out.usage.output_tokens > 0
+    assert out.usage.input_tokens > first.usage.input_tokens
+    nxt = client.responses.create(model=DEFAULT_ID, input=raw + [{"role": "user", "content": "Thanks."}],
+                                  temperature=0, max_output_tokens=16)
+    assert nxt.status in ("completed", "incomplete") and nxt.output_text
