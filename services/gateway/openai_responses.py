@@ -1,6 +1,7 @@
-"""The Responses API: POST /v1/responses (whole, or streamed as typed events), GET and DELETE
-/v1/responses/{id}, GET /v1/responses/{id}/input_items, POST /v1/responses/input_tokens and
-POST /v1/responses/{id}/cancel (of a background response: responses_background.py).
+"""The Responses API: POST /v1/responses (whole, or streamed as typed events), GET (with
+`stream=true`, a background response's events) and DELETE /v1/responses/{id}, GET
+/v1/responses/{id}/input_items, POST /v1/responses/input_tokens and POST
+/v1/responses/{id}/cancel (background responses: responses_background.py).
 
 A response is a chat generation underneath: its instructions (a system turn), the conversation
 of its `previous_response_id` (from the store: that response's input and output, not its
@@ -23,6 +24,7 @@ from npuflow.gateway.client import ChatTurn, GenerateParams
 from npuflow.gateway.errors import ApiError, bad_param
 from npuflow.gateway.generation import FINISH_NAMES, Tally, admit, check_model, deadline_unix_ms, metered
 from npuflow.gateway.reasoning import Reasoning
+from npuflow.gateway.responses_background import STREAMABLE_S, EventLog
 from npuflow.gateway.responses_output import OutputItems, item_id
 from npuflow.gateway.model_state import model_states
 from npuflow.gateway.responses_prompt import context_of, encode, fits, history_of, truncated
@@ -36,15 +38,24 @@ class EventWriter(BoundedWriter):
     """`event: <type>` / `data: <json>` pairs, numbered by sequence_number from 0."""
     seq = 0
 
-    async def send(self, events: list[dict]) -> None:
+    async def send(self, events: list[dict], numbered: bool = False) -> None:
+        """Write events, numbering them unless they are `numbered` already (a background run's log)."""
         if not events:
             return
         chunks = []
         for ev in events:
-            ev["sequence_number"] = self.seq
-            self.seq += 1
+            if not numbered:
+                ev["sequence_number"] = self.seq
+                self.seq += 1
             chunks.append(f"event: {ev['type']}\ndata: {json.dumps(ev)}\n\n")
         await self.write("".join(chunks).encode())
+
+
+def _last_event(body: dict) -> list[dict]:
+    """The event that ends a response's stream: none for a cancelled one (the API has no such event)."""
+    kind = {"completed": "response.completed", "incomplete": "response.incomplete",
+            "failed": "response.failed"}.get(body["status"])
+    return [{"type": kind, "response": body}] if kind else []
 
 
 def _error_code(e: ApiError) -> str:
@@ -149,7 +160,12 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             raise bad_param("background", "This background response cannot be stored (the server's response store "
                                           "is off, or the input is larger than it holds), so it could not be "
                                           "retrieved: send it without 'background'.", code="invalid_value")
-        st.background.start(answer.id, lambda: _in_background(st, answer, ticket, params, arrived))
+        events = st.background.start(
+            answer.id, lambda log: _in_background(st, answer, ticket, params, arrived, log),
+            [{"type": "response.created", "response": queued}, {"type": "response.queued", "response": queued}],
+            deadline_ms)
+        if chat.stream:
+            return await _follow(request, st, events, -1)
         return web.json_response(queued)
     with ticket:
         if chat.stream:
@@ -169,29 +185,52 @@ async def generate(st: GatewayState, answer: Answer, params: GenerateParams, arr
                 await emit(answer.out.take_events())
 
 
-async def _in_background(st: GatewayState, answer: Answer, ticket, params: GenerateParams, arrived: float) -> None:
-    """A background response's run: stored `in_progress` at its first tokens, then as it ended."""
+async def _in_background(st: GatewayState, answer: Answer, ticket, params: GenerateParams, arrived: float,
+                         log: EventLog) -> None:
+    """A background response's run: stored `in_progress` at its first tokens, then as it ended;
+    its stream events go to its log."""
     started = False
 
-    async def progress(_events: list[dict]) -> None:
+    async def progress(events: list[dict]) -> None:
         nonlocal started
         if not started:
             started = True
-            st.responses.put(answer.body("in_progress"), (), tuple(answer.req.input_items))
+            running = answer.body("in_progress")
+            st.responses.put(running, (), tuple(answer.req.input_items))
+            events = [{"type": "response.in_progress", "response": running}] + events
+        log.add(events)
+
+    def ended(body: dict) -> None:
+        log.add(answer.out.take_events() + _last_event(body))
 
     with ticket:
         try:
             await generate(st, answer, params, arrived, progress)
         except asyncio.CancelledError:
-            answer.done(st, cancelled=True)
+            ended(answer.done(st, cancelled=True))
             raise
         except ApiError as e:
-            answer.done(st, e)
+            ended(answer.done(st, e))
         except Exception as e:  # noqa: BLE001 (the run has no request to fail: its stored state says it)
-            answer.done(st, ApiError(500, f"The response failed: {type(e).__name__}.", code="server_error"))
+            ended(answer.done(st, ApiError(500, f"The response failed: {type(e).__name__}.", code="server_error")))
             raise
         else:
-            answer.done(st)
+            ended(answer.done(st))
+
+
+async def _follow(request: web.Request, st: GatewayState, log: EventLog, after: int) -> web.StreamResponse:
+    """Stream a background run's events after sequence number `after` until it ends. A client
+    that leaves only stops its own stream: the run goes on."""
+    resp = await open_stream(request)
+    w = EventWriter(request, resp, deadline_unix_ms=log.deadline_unix_ms,
+                    write_timeout_s=st.settings.server.stream_write_timeout_s)
+    try:
+        async for events in log.follow(after):
+            await w.send(events, numbered=True)
+        await w.end()
+    except ClientStalled:
+        pass
+    return resp
 
 
 async def _stream(request: web.Request, st: GatewayState, answer: Answer, params: GenerateParams,
@@ -207,11 +246,10 @@ async def _stream(request: web.Request, st: GatewayState, answer: Answer, params
             await generate(st, answer, params, arrived, w.send)
         except ApiError as e:
             body = answer.done(st, e)
-            await w.send(answer.out.take_events() + [{"type": "response.failed", "response": body}])
+            await w.send(answer.out.take_events() + _last_event(body))
         else:
             body = answer.done(st)
-            kind = "response.completed" if body["status"] == "completed" else "response.incomplete"
-            await w.send(answer.out.take_events() + [{"type": kind, "response": body}])
+            await w.send(answer.out.take_events() + _last_event(body))
         await w.end()
     except ClientStalled:   # the connection is gone; leaving the generation aborted the request
         pass
@@ -273,15 +311,33 @@ def _stored(request: web.Request):
     return rid, stored
 
 
-async def get_response(request: web.Request) -> web.Response:
-    _, stored = _stored(request)
-    return web.json_response(stored.response)
+async def get_response(request: web.Request) -> web.StreamResponse:
+    """A stored response; with `stream=true`, a background response's stream events (after
+    `starting_after`), live until it ends."""
+    rid, stored = _stored(request)
+    q = request.query
+    if q.get("stream", "false").lower() not in ("true", "1"):
+        return web.json_response(stored.response)
+    if not stored.response.get("background"):
+        raise bad_param("stream", f"Response '{rid[:80]}' cannot be streamed: only background responses can be "
+                                  "streamed again (GET it without 'stream').", code="invalid_value")
+    try:
+        after = int(q.get("starting_after", "-1"))
+    except ValueError:
+        raise bad_param("starting_after", "Invalid 'starting_after': expected an integer.") from None
+    log = request.app[STATE].background.events(rid)
+    if log is None:
+        raise bad_param("stream", f"Response '{rid[:80]}' can no longer be streamed: its events are held for "
+                                  f"{STREAMABLE_S / 60:g} minutes after it was created (GET it without 'stream').",
+                        code="invalid_value")
+    return await _follow(request, request.app[STATE], log, after)
 
 
 async def delete_response(request: web.Request) -> web.Response:
     """Forget a stored response; a background one still running is cancelled first."""
     rid, _ = _stored(request)
     await request.app[STATE].background.cancel(rid)
+    request.app[STATE].background.forget(rid)
     request.app[STATE].responses.delete(rid)
     return web.json_response({"id": rid, "object": "response", "deleted": True})
 

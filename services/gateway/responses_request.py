@@ -226,9 +226,6 @@ def parse_responses(body: dict, max_image_bytes: int | None = None) -> Responses
                                       "'disabled'.", code="invalid_value")
     stream = f.bool("stream")
     background = f.bool("background")
-    if background and stream:
-        raise bad_param("background", "Streaming a background response is not supported: create it without "
-                                      "'stream' and poll GET /v1/responses/{id}.", code="unsupported_parameter")
     if background and not f.bool("store", True):
         raise bad_param("background", "Background responses must be stored: 'background' requires 'store' to be "
                                       "true.", code="invalid_value")

@@ -107,8 +107,8 @@ def test_truncation_auto_and_input_tokens(client):
 
 
 def test_background_response_polled_and_cancelled(client):
-    """background=True on the real stack: queued at once, polled to the same greedy answer as a
-    foreground response, and a long one cancelled while it runs."""
+    """background=True on the real stack: queued at once, polled (or streamed, and streamed again)
+    to the same greedy answer as a foreground response, and a long one cancelled while it runs."""
     import time
     kw = dict(model=DEFAULT_ID, input="Name a colour.", instructions="Answer in one word.", temperature=0,
               max_output_tokens=16)
@@ -121,6 +121,11 @@ def test_background_response_polled_and_cancelled(client):
         bg = client.responses.retrieve(bg.id)
     assert bg.status == fg.status and bg.output_text == fg.output_text
     assert bg.usage.output_tokens == fg.usage.output_tokens
+    with client.responses.create(background=True, stream=True, **kw) as s:      # streamed from its event log
+        events = list(s)
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == fg.output_text
+    resumed = list(client.responses.retrieve(events[0].response.id, stream=True, starting_after=2))
+    assert [e.sequence_number for e in resumed] == [e.sequence_number for e in events[3:]]
 
     long = client.responses.create(model=DEFAULT_ID, input="Tell a very long story about a ship.", background=True,
                                    max_output_tokens=1500, extra_body={"ignore_eos": True})

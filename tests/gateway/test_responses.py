@@ -271,7 +271,6 @@ def test_text_format_json_schema_reaches_the_worker(stack):
     ({"model": MODEL, "input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format.type", 400),
     ({"model": MODEL, "input": "hi", "max_output_tokens": 8}, "max_output_tokens", 400),
     ({"model": MODEL, "input": "hi", "temperature": 3}, "temperature", 400),
-    ({"model": MODEL, "input": "hi", "background": True, "stream": True}, "background", 400),
     ({"model": MODEL, "input": "hi", "background": True, "store": False}, "background", 400),
     ({"model": MODEL, "input": "hi", "background": "yes"}, "background", 400),
     ({"model": MODEL, "input": "hi", "conversation": "conv_1"}, "conversation", 400),
@@ -436,87 +435,6 @@ def test_input_tokens_count(stack, schema):
         st, _, out = stack.request("POST", "/v1/responses/input_tokens", bad)
         assert st == status and out["error"]["param"] == param, out
         assert not schema("ErrorResponse", out)
-
-
-def _poll(c, rid, until=("completed", "incomplete", "failed", "cancelled"), timeout=10):
-    import time
-    end = time.monotonic() + timeout
-    while True:
-        r = c.responses.retrieve(rid)
-        if r.status in until or time.monotonic() > end:
-            return r
-        time.sleep(0.02)
-
-
-def test_background_response_is_polled_to_its_end(stack, schema):
-    """background: the reply is the response queued, at once; GET shows it run and complete, with
-    its output and usage, and it continues a conversation once done (not before)."""
-    c = _client(stack)
-    stack.worker.reply, stack.worker.delay = ["slow "] * 40, 0.02
-    try:
-        st, _, body = stack.request("POST", "/v1/responses", {"model": MODEL, "input": "hi", "background": True})
-        assert st == 200 and body["status"] == "queued" and body["background"] is True, body
-        assert body["output"] == [] and not schema("Response", body), schema("Response", body)
-        st, _, early = stack.request("POST", "/v1/responses", {"model": MODEL, "input": "more",
-                                                               "previous_response_id": body["id"]})
-        assert st == 400 and early["error"]["code"] == "previous_response_in_progress", early
-        assert _poll(c, body["id"], ("in_progress",)).status == "in_progress"
-        done = _poll(c, body["id"])
-        assert done.status == "completed" and done.background is True and done.output_text == "slow " * 40
-        assert done.usage.output_tokens == 40
-        st, _, raw = stack.request("GET", f"/v1/responses/{body['id']}")
-        assert not schema("Response", raw), schema("Response", raw)
-    finally:
-        stack.worker.reply, stack.worker.delay = list(REPLY), 0.001
-    nxt = c.responses.create(model=MODEL, input="and then?", previous_response_id=done.id)
-    assert nxt.status == "completed"
-    assert [m.role for m in stack.tokenizer.chats[-1].messages] == ["user", "assistant", "user"]
-
-
-def test_background_response_cancelled_aborts_the_worker(stack, schema):
-    import openai
-    c = _client(stack)
-    stack.worker.reply, stack.worker.delay = ["slow "] * 500, 0.02
-    try:
-        r = c.responses.create(model=MODEL, input="hi", background=True)
-        assert r.status == "queued"
-        _poll(c, r.id, ("in_progress",))
-        out = c.responses.cancel(r.id)
-        assert out.status == "cancelled" and out.id == r.id
-        import time
-        end = time.monotonic() + 5
-        while r.id not in stack.worker.aborts and time.monotonic() < end:
-            time.sleep(0.02)
-        assert r.id in stack.worker.aborts
-        assert c.responses.retrieve(r.id).status == "cancelled"
-        assert c.responses.cancel(r.id).status == "cancelled"     # again: as it is
-        # DELETE of one still running cancels it too, and it stays gone
-        r2 = c.responses.create(model=MODEL, input="hi", background=True)
-        _poll(c, r2.id, ("in_progress",))
-        c.responses.delete(r2.id)
-        time.sleep(0.1)
-        with pytest.raises(openai.NotFoundError):
-            c.responses.retrieve(r2.id)
-        assert r2.id in stack.worker.aborts
-    finally:
-        stack.worker.reply, stack.worker.delay = list(REPLY), 0.001
-    done = c.responses.create(model=MODEL, input="hi", background=True)
-    assert _poll(c, done.id).status == "completed"
-    with pytest.raises(openai.BadRequestError) as e:
-        c.responses.cancel(done.id)
-    assert e.value.body["code"] == "response_not_cancellable" and "already ended" in e.value.body["message"]
-
-
-def test_background_response_that_fails_is_stored_failed(stack, schema):
-    """A worker error during a background run: its stored state is failed, with the error."""
-    stack.worker.fail_with = "boom"
-    try:
-        st, _, body = stack.request("POST", "/v1/responses", {"model": MODEL, "input": "hi", "background": True})
-        assert st == 200
-        r = _poll(_client(stack), body["id"], ("failed", "completed"))
-    finally:
-        stack.worker.fail_with = None
-    assert r.status == "failed" and r.error.code == "server_error" and r.error.message, r
 
 
 def test_cancel_is_for_background_responses_only(stack, schema):

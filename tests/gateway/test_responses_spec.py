@@ -33,6 +33,7 @@ BODIES = [
     {"model": MODEL, "input": "hi", "text": {"format": {"type": "json_schema", "name": "a", "schema": SCHEMA,
                                                         "strict": True}}},
     {"model": MODEL, "input": "hi", "text": {"format": {"type": "json_object"}}},
+    {"model": MODEL, "input": "hi", "background": True},     # answered queued; streamed from its event log
 ]
 
 
