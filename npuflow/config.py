@@ -54,6 +54,10 @@ to each service explicitly. Precedence: defaults < TOML file < environment.
     responses_store_ttl_s = 3600  # NPUFLOW_RESPONSES_STORE_TTL_S: a stored response is forgotten after this
     responses_store_max_bytes = 67108864  # NPUFLOW_RESPONSES_STORE_MAX_BYTES: all stored responses together
                                 # (their JSON and conversations, images included); the oldest go first
+    conversations_max = 1000    # NPUFLOW_CONVERSATIONS_MAX: conversations of the Conversations API kept (0 = none)
+    conversations_ttl_s = 86400  # NPUFLOW_CONVERSATIONS_TTL_S: a conversation not used for this long is forgotten
+    conversations_max_bytes = 67108864  # NPUFLOW_CONVERSATIONS_MAX_BYTES: all conversations' items together;
+                                # the least recently used go first
     max_embedding_tokens_per_request = 300000  # NPUFLOW_MAX_EMBEDDING_TOKENS_PER_REQUEST: the tokens of all the
                                 # inputs of one /v1/embeddings request together (OpenAI's limit); more is a 400
     web_ui = true               # NPUFLOW_WEB_UI: the chat page at / and /chat (services/gateway/web_ui.py);
@@ -152,6 +156,9 @@ class ServerSettings:
     responses_store_max: int = 1000          # stored Responses API responses (0 = none are kept)
     responses_store_ttl_s: float = 3600.0    # ... kept at most this long
     responses_store_max_bytes: int = 64 * 1024 * 1024   # ... holding at most this together
+    conversations_max: int = 1000            # Conversations API conversations (0 = none are kept)
+    conversations_ttl_s: float = 86400.0     # ... each forgotten this long after its last use
+    conversations_max_bytes: int = 64 * 1024 * 1024     # ... holding at most this together
     max_embedding_tokens_per_request: int = 300_000   # all inputs of one embeddings request together
     web_ui: bool = True            # the chat page (GET /, /chat, /ui/*)
 
@@ -409,11 +416,13 @@ _HOST_NAME = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z
 def _check_images(server: ServerSettings) -> ServerSettings:
     for key, lo in (("max_images_per_request", 0), ("max_image_pixels", 1), ("max_image_bytes", 1),
                     ("responses_store_max", 0), ("responses_store_max_bytes", 0),
+                    ("conversations_max", 0), ("conversations_max_bytes", 0),
                     ("max_embedding_tokens_per_request", 1)):
         if getattr(server, key) < lo:
             raise ConfigError(f"server.{key}: {getattr(server, key)} must be at least {lo}")
-    if not server.responses_store_ttl_s > 0:
-        raise ConfigError(f"server.responses_store_ttl_s: {server.responses_store_ttl_s} must be more than 0 seconds")
+    for key in ("responses_store_ttl_s", "conversations_ttl_s"):
+        if not getattr(server, key) > 0:
+            raise ConfigError(f"server.{key}: {getattr(server, key)} must be more than 0 seconds")
     if not server.image_fetch_timeout_s > 0:
         raise ConfigError(f"server.image_fetch_timeout_s: {server.image_fetch_timeout_s} must be more than 0 seconds")
     hosts = []

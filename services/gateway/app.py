@@ -18,6 +18,7 @@ from npuflow.gateway.metrics import Metrics
 from npuflow.gateway.models_routes import get_model, health, list_models, metrics
 from npuflow.gateway.openai_chat import chat_completions
 from npuflow.gateway.openai_completions import completions
+from npuflow.gateway import openai_conversations as conversations
 from npuflow.gateway.openai_embeddings import embeddings
 from npuflow.gateway.openai_responses import (cancel_response, count_input_tokens, create_response, delete_response,
                                               get_response, list_input_items)
@@ -105,6 +106,14 @@ def create_app(settings: Settings, clients: Clients | None = None) -> web.Applic
     app.router.add_get("/v1/responses/{response_id}", get_response)
     app.router.add_delete("/v1/responses/{response_id}", delete_response)
     app.router.add_get("/v1/responses/{response_id}/input_items", list_input_items)
+    app.router.add_post("/v1/conversations", conversations.create_conversation)
+    app.router.add_get("/v1/conversations/{conversation_id}", conversations.get_conversation)
+    app.router.add_post("/v1/conversations/{conversation_id}", conversations.update_conversation)
+    app.router.add_delete("/v1/conversations/{conversation_id}", conversations.delete_conversation)
+    app.router.add_post("/v1/conversations/{conversation_id}/items", conversations.add_items)
+    app.router.add_get("/v1/conversations/{conversation_id}/items", conversations.list_items)
+    app.router.add_get("/v1/conversations/{conversation_id}/items/{item_id}", conversations.get_item)
+    app.router.add_delete("/v1/conversations/{conversation_id}/items/{item_id}", conversations.delete_item)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/detokenize", detokenize)

@@ -23,6 +23,7 @@ from aiohttp import web
 from npuflow.gateway.client import ChatTurn, GenerateParams
 from npuflow.gateway.errors import ApiError, bad_param
 from npuflow.gateway.generation import FINISH_NAMES, Tally, admit, check_model, deadline_unix_ms, metered
+from npuflow.gateway.item_pages import item_page
 from npuflow.gateway.reasoning import Reasoning
 from npuflow.gateway.responses_background import STREAMABLE_S, EventLog
 from npuflow.gateway.responses_output import OutputItems, item_id
@@ -32,6 +33,9 @@ from npuflow.gateway.responses_request import ResponsesRequest, parse_responses
 from npuflow.gateway.sse import BoundedWriter, ClientStalled, open_stream
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.validation import read_json
+from npuflow.logs import get_logger
+
+log = get_logger("gateway")
 
 
 class EventWriter(BoundedWriter):
@@ -107,7 +111,7 @@ class Answer:
                 "instructions": r.instructions, "metadata": r.metadata, "model": r.chat.model,
                 "output": [] if running else self.out.items,
                 "previous_response_id": r.previous_response_id, "service_tier": "default", "store": r.store,
-                **r.echo, **extra}
+                **({"conversation": {"id": r.conversation}} if r.conversation else {}), **r.echo, **extra}
 
     def done(self, st: GatewayState, error: ApiError | None = None, cancelled: bool = False) -> dict:
         """Close the output, store the response (with its conversation) when asked, and return it."""
@@ -116,6 +120,10 @@ class Answer:
             status = "cancelled"
         self.out.finish("incomplete" if status != "completed" else "completed")
         body = self.body(status, error)
+        if self.req.conversation is not None and status in ("completed", "incomplete"):
+            if not st.conversations.add(self.req.conversation, list(self.req.input_items) + body["output"]):
+                log.warning("response not added to its conversation (gone, or over conversations_max_bytes)",
+                            response=self.id, conversation=self.req.conversation)
         if self.req.store:
             reply = ChatTurn(role="assistant", content=self.out.text(), tool_calls=tuple(self.out.calls_made()))
             st.responses.put(body, self.history + tuple(self.req.chat.messages) + (reply,),
@@ -151,6 +159,12 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     chat = req.chat
     check_model(st, chat.model)
     history = history_of(st, req)
+    conv = st.conversations.get(req.conversation) if req.conversation is not None else None
+    if conv is not None and not st.conversations.fits(conv, req.input_items):
+        raise bad_param("conversation", f"Conversation '{req.conversation[:80]}' is full: with this input its items "
+                                        "would be over the server's conversations_max_bytes; start a new "
+                                        "conversation (POST /v1/responses/compact can summarize this one).",
+                        code="conversation_full")
     deadline_ms = deadline_unix_ms(st, now)
     answer, params, ticket = await prepared(st, req, history, now, deadline_ms)
     if req.background:
@@ -343,26 +357,6 @@ async def delete_response(request: web.Request) -> web.Response:
 
 
 async def list_input_items(request: web.Request) -> web.Response:
-    """A stored response's own input items, `order` desc (the default) or asc, `limit` 1-100
-    (20), after the item `after`."""
+    """A stored response's own input items, a page at a time (item_pages.py)."""
     _, stored = _stored(request)
-    q = request.query
-    try:
-        limit = int(q.get("limit", "20"))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise bad_param("limit", "Invalid 'limit': expected an integer from 1 to 100.")
-    order = q.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise bad_param("order", f"Invalid value: {order[:40]!r}. Supported values are: 'asc' and 'desc'.")
-    items = list(stored.input_items)[::-1 if order == "desc" else 1]
-    start = 0
-    if "after" in q:
-        start = next((i + 1 for i, it in enumerate(items) if it["id"] == q["after"]), None)
-        if start is None:
-            raise bad_param("after", f"No input item with id '{q['after'][:80]}' in this response.")
-    page = items[start:start + limit]
-    return web.json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else "",
-                              "last_id": page[-1]["id"] if page else "", "has_more": start + limit < len(items)})
-
+    return web.json_response(item_page(stored.input_items, request.query, "in this response's input"))

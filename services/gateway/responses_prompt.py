@@ -1,5 +1,6 @@
 """The prompt of a Responses request: its instructions (a system turn), the conversation of its
-`previous_response_id` (from the store), then its own input, encoded by the model's chat template.
+`previous_response_id` (from the store) or the items of its `conversation` (conversations.py),
+then its own input, encoded by the model's chat template.
 
 With `truncation: "auto"` a conversation over the model's context loses turns from its start
 until it fits: system and developer turns stay, and a tool result whose call was dropped goes
@@ -12,9 +13,10 @@ from __future__ import annotations
 from typing import Sequence
 
 from npuflow.gateway.client import ChatTurn
+from npuflow.gateway.conversations import Conversation
 from npuflow.gateway.errors import ApiError
 from npuflow.gateway.generation import ChatPrompt, chat_prompt, check_context
-from npuflow.gateway.responses_request import ResponsesRequest
+from npuflow.gateway.responses_request import ResponsesRequest, parse_input
 from npuflow.gateway.state import GatewayState
 from npuflow.logs import get_logger
 
@@ -23,8 +25,11 @@ KEPT = ("system", "developer")     # roles truncation never drops
 
 
 def history_of(st: GatewayState, req: ResponsesRequest) -> tuple[ChatTurn, ...]:
-    """The conversation `previous_response_id` continues; 400 for an unknown or evicted id, or one
-    still being generated in the background."""
+    """The conversation `previous_response_id` continues (400 for an unknown or evicted id, or one
+    still being generated in the background), or the items of its `conversation` (404 unknown)."""
+    if req.conversation is not None:
+        return tuple(parse_input(conversation_of(st, req.conversation, "conversation").items,
+                                 st.settings.server.max_image_bytes, "conversation.items"))
     if req.previous_response_id is None:
         return ()
     prev = st.responses.get(req.previous_response_id)
@@ -36,6 +41,13 @@ def history_of(st: GatewayState, req: ResponsesRequest) -> tuple[ChatTurn, ...]:
                             f"{prev.response['status'].replace('_', ' ')}: continue it once it has completed.",
                        param="previous_response_id", code="previous_response_in_progress")
     return prev.history
+
+
+def conversation_of(st: GatewayState, conv_id: str, param: str) -> Conversation:
+    conv = st.conversations.get(conv_id)
+    if conv is None:
+        raise ApiError(404, f"Conversation with id '{conv_id[:80]}' not found.", param=param, code="not_found")
+    return conv
 
 
 def without_first(turns: Sequence[ChatTurn], k: int) -> list[ChatTurn]:

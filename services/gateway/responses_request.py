@@ -31,8 +31,6 @@ INCLUDE = ("message.output_text.logprobs", "reasoning.encrypted_content", "messa
            "web_search_call.action.sources", "code_interpreter_call.outputs", "computer_call_output.output.image_url",
            "file_search_call.results")
 UNSUPPORTED = {   # fields whose feature this server does not have: a 400, never silently dropped
-    "conversation": "The Conversations API is not supported: continue a conversation with "
-                    "'previous_response_id' or send the whole 'input'.",
     "prompt": "Reusable prompt templates ('prompt') are not supported: send 'instructions' and 'input'.",
     "context_management": "Compaction within a response ('context_management') is not supported: compact the "
                           "conversation with POST /v1/responses/compact and send its output as the next 'input'.",
@@ -44,6 +42,7 @@ class ResponsesRequest:
     chat: ChatRequest                  # the generation: messages = this request's own turns (no history yet)
     store: bool = True
     previous_response_id: str | None = None
+    conversation: str | None = None    # a Conversations API conversation it starts from and adds to
     instructions: str | None = None
     metadata: dict = field(default_factory=dict)
     input_items: list[dict] = field(default_factory=list)   # its input as items with ids (input_items)
@@ -192,14 +191,31 @@ def input_items(v: Any) -> list[dict]:
     return out
 
 
-def _metadata(v: Any) -> dict:
+def metadata_of(v: Any, param: str = "metadata") -> dict:
+    """Metadata as the API bounds it: at most 16 string values, keys of at most 64 characters,
+    values of at most 512."""
     if v is None:
         return {}
     if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
-        raise type_error("metadata", "an object of strings", v)
+        raise type_error(param, "an object of strings", v)
     if len(v) > MAX_METADATA:
-        raise bad_param("metadata", f"Invalid 'metadata': at most {MAX_METADATA} keys.")
+        raise bad_param(param, f"Invalid '{param}': at most {MAX_METADATA} keys.")
+    for k, x in v.items():
+        if len(k) > 64:
+            raise bad_param(param, f"Invalid '{param}': key {k[:70]!r}... is longer than 64 characters.")
+        if len(x) > 512:
+            raise bad_param(f"{param}.{k}", f"Invalid '{param}.{k}': a value is at most 512 characters "
+                                            f"(got {len(x)}).")
     return v
+
+
+def _conversation(v: Any) -> str | None:
+    """`conversation`: its id, or {"id": ...}."""
+    if v is None or isinstance(v, str):
+        return v
+    if not isinstance(v, dict):
+        raise type_error("conversation", "a string or an object with an 'id'", v)
+    return Fields(v, "conversation.").str("id", required=True)
 
 
 def _include(v: Any) -> list[str]:
@@ -232,7 +248,11 @@ def parse_responses(body: dict, max_image_bytes: int | None = None) -> Responses
     if body.get("stream_options") is not None and not stream:
         raise bad_param("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
     previous = f.str("previous_response_id")
-    if body.get("input") is None and previous is None:
+    conversation = _conversation(body.get("conversation"))
+    if previous is not None and conversation is not None:
+        raise bad_param("conversation", "Mutually exclusive parameters: send either 'previous_response_id' or "
+                                        "'conversation', not both.", code="mutually_exclusive_parameters")
+    if body.get("input") is None and previous is None and conversation is None:
         raise bad_param("input", "Missing required parameter: 'input'.", code="missing_required_parameter")
     turns = parse_input(body["input"], max_image_bytes) if body.get("input") is not None else []
     instructions = f.str("instructions")
@@ -278,6 +298,7 @@ def parse_responses(body: dict, max_image_bytes: int | None = None) -> Responses
     if f.str("user") is not None:
         echo["user"] = body["user"]
     return ResponsesRequest(chat=chat, store=f.bool("store", True), previous_response_id=previous,
+                            conversation=conversation,
                             truncate=truncation == "auto", background=background,
-                            instructions=instructions, metadata=_metadata(body.get("metadata")), echo=echo,
+                            instructions=instructions, metadata=metadata_of(body.get("metadata")), echo=echo,
                             input_items=input_items(body["input"]) if body.get("input") is not None else [])

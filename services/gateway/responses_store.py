@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
+from npuflow.gateway.bounded_store import BoundedStore
 from npuflow.gateway.client import ChatTurn, ImagePart
 
 
@@ -21,8 +21,6 @@ class Stored:
     response: dict                   # the response object as it was returned
     history: tuple[ChatTurn, ...]    # the conversation a continuation starts from (its input, then its output)
     input_items: tuple[dict, ...]    # its own input, as GET .../input_items lists it
-    size: int
-    at: float
 
 
 def _size(response: dict, history: tuple[ChatTurn, ...], items: tuple[dict, ...]) -> int:
@@ -35,50 +33,18 @@ def _size(response: dict, history: tuple[ChatTurn, ...], items: tuple[dict, ...]
 
 class ResponseStore:
     def __init__(self, max_items: int, ttl_s: float, max_bytes: int, clock=time.monotonic):
-        self.max_items = max_items
-        self.ttl_s = ttl_s
-        self.max_bytes = max_bytes
-        self._clock = clock
-        self._items: OrderedDict[str, Stored] = OrderedDict()
-        self._bytes = 0
+        self._store: BoundedStore[Stored] = BoundedStore(max_items, ttl_s, max_bytes, clock)
 
     def __len__(self) -> int:
-        self._expire()
-        return len(self._items)
+        return len(self._store)
 
     def put(self, response: dict, history: tuple[ChatTurn, ...], input_items: tuple[dict, ...] = ()) -> bool:
         """Keep it (False when it alone is larger than the byte bound, or storing is off)."""
-        if self.max_items <= 0:
-            return False
         size = _size(response, history, input_items)
-        if size > self.max_bytes:
-            return False
-        self._drop(response["id"])
-        self._items[response["id"]] = Stored(response, history, input_items, size, self._clock())
-        self._bytes += size
-        while len(self._items) > self.max_items or self._bytes > self.max_bytes:
-            self._drop(next(iter(self._items)))
-        return True
+        return self._store.put(response["id"], Stored(response, history, input_items), size)
 
     def get(self, id_: str) -> Stored | None:
-        self._expire()
-        return self._items.get(id_)
+        return self._store.get(id_)
 
     def delete(self, id_: str) -> bool:
-        self._expire()
-        return self._drop(id_)
-
-    def _drop(self, id_: str) -> bool:
-        s = self._items.pop(id_, None)
-        if s is None:
-            return False
-        self._bytes -= s.size
-        return True
-
-    def _expire(self) -> None:
-        limit = self._clock() - self.ttl_s
-        while self._items:
-            first = next(iter(self._items.values()))
-            if first.at >= limit:
-                break
-            self._drop(first.response["id"])
+        return self._store.delete(id_)

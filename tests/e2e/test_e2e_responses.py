@@ -1,6 +1,6 @@
 """The Responses API on the real stack with the official client: create, the stream helper,
-previous_response_id chains (which reuse the worker's KV), stored responses, function calls and
-text.format."""
+previous_response_id chains and Conversations API conversations (which reuse the worker's KV),
+stored responses, function calls and text.format."""
 import json
 
 import pytest
@@ -56,6 +56,33 @@ def test_previous_response_id_chain_reuses_the_kv(client):
     # the chain after the deleted one still continues (a response holds its whole conversation)
     assert client.responses.create(model=DEFAULT_ID, input="Bye.", previous_response_id=third.id,
                                    max_output_tokens=16).status in ("completed", "incomplete")
+
+
+def test_conversation_continues_and_reuses_the_kv(client):
+    """A Conversations API conversation: each response starts from its items and adds its own,
+    and the same chain through previous_response_id gives the same answers."""
+    system = "You are a helpful assistant."
+    conv = client.conversations.create(items=[{"type": "message", "role": "user",
+                                               "content": "My name is Ada. Please remember it."}])
+    first = client.responses.create(model=DEFAULT_ID, conversation=conv.id, instructions=system, temperature=0,
+                                    max_output_tokens=24)
+    second = client.responses.create(model=DEFAULT_ID, conversation=conv.id, input="What is my name?",
+                                     instructions=system, temperature=0, max_output_tokens=24)
+    assert first.conversation.id == second.conversation.id == conv.id
+    assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 2
+    items = client.conversations.items.list(conv.id, order="asc").data
+    assert [i.role for i in items] == ["user", "assistant", "user", "assistant"]
+    assert items[1].content[0].text == first.output_text and items[3].content[0].text == second.output_text
+    a = client.responses.create(model=DEFAULT_ID, input="My name is Ada. Please remember it.", instructions=system,
+                                temperature=0, max_output_tokens=24)
+    b = client.responses.create(model=DEFAULT_ID, input="What is my name?", previous_response_id=a.id,
+                                instructions=system, temperature=0, max_output_tokens=24)
+    assert (a.output_text, b.output_text) == (first.output_text, second.output_text)
+    client.conversations.delete(conv.id)
+    from openai import NotFoundError
+    with pytest.raises(NotFoundError) as e:
+        client.responses.create(model=DEFAULT_ID, conversation=conv.id, input="again")
+    assert e.value.body["param"] == "conversation"
 
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Get the weather in a city.",

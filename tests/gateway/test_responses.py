@@ -273,7 +273,7 @@ def test_text_format_json_schema_reaches_the_worker(stack):
     ({"model": MODEL, "input": "hi", "temperature": 3}, "temperature", 400),
     ({"model": MODEL, "input": "hi", "background": True, "store": False}, "background", 400),
     ({"model": MODEL, "input": "hi", "background": "yes"}, "background", 400),
-    ({"model": MODEL, "input": "hi", "conversation": "conv_1"}, "conversation", 400),
+    ({"model": MODEL, "input": "hi", "conversation": "conv_1"}, "conversation", 404),
     ({"model": MODEL, "input": "hi", "truncation": "sometimes"}, "truncation", 400),
     ({"model": MODEL, "input": "word " * 80, "truncation": "auto"}, "input", 400),
     ({"model": MODEL, "input": "hi", "include": ["everything"]}, "include[0]", 400),

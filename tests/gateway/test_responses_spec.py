@@ -77,3 +77,34 @@ def test_input_items_list_is_a_spec_list(stack):
     st, _, listed = stack.request("GET", f"/v1/responses/{out['id']}/input_items")
     assert st == 200 and len(listed["data"]) == 4
     assert not openapi_spec.errors("ResponseItemList", listed), openapi_spec.errors("ResponseItemList", listed)
+
+
+def test_conversations_api_answers_are_spec_objects(stack):
+    """The Conversations API's bodies and answers, and a response made in a conversation."""
+    create = {"metadata": {"topic": "demo"}, "items": [
+        {"type": "message", "role": "user", "content": "Hello!"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}]}
+    assert not openapi_spec.errors("CreateConversationBody", create), openapi_spec.errors("CreateConversationBody", create)
+    st, _, conv = stack.request("POST", "/v1/conversations", create)
+    assert st == 200 and not openapi_spec.errors("ConversationResource", conv), openapi_spec.errors(
+        "ConversationResource", conv)
+    body = {"model": MODEL, "input": "hi", "conversation": conv["id"]}
+    assert not openapi_spec.errors("CreateResponse", body)
+    st, _, out = stack.request("POST", "/v1/responses", body)
+    assert st == 200 and not openapi_spec.errors("Response", out), openapi_spec.errors("Response", out)
+    st, _, items = stack.request("GET", f"/v1/conversations/{conv['id']}/items")
+    assert st == 200 and len(items["data"]) == 5
+    assert not openapi_spec.errors("ConversationItemList", items), openapi_spec.errors("ConversationItemList", items)
+    for it in items["data"]:
+        st, _, one = stack.request("GET", f"/v1/conversations/{conv['id']}/items/{it['id']}")
+        assert st == 200 and one == it and not openapi_spec.errors("ConversationItem", one), (
+            it["type"], openapi_spec.errors("ConversationItem", one))
+    update = {"metadata": {"topic": "other"}}
+    assert not openapi_spec.errors("UpdateConversationBody", update)
+    st, _, conv2 = stack.request("POST", f"/v1/conversations/{conv['id']}", update)
+    assert st == 200 and not openapi_spec.errors("ConversationResource", conv2)
+    st, _, gone = stack.request("DELETE", f"/v1/conversations/{conv['id']}")
+    assert st == 200 and not openapi_spec.errors("DeletedConversationResource", gone)
+    st, _, err = stack.request("GET", f"/v1/conversations/{conv['id']}")
+    assert st == 404 and not openapi_spec.errors("ErrorResponse", err)
