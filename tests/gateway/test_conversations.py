@@ -211,3 +211,14 @@ def test_store_ttl_counts_from_last_use():
     assert store.get(a.id) is a and store.get(b.id) is None and len(store) == 1
     assert store.add(a.id, [{"id": "msg_1", "type": "message"}]) and a.item("msg_1") is not None
     assert not store.add(b.id, [])
+
+
+def test_input_tokens_counts_the_conversation(stack):
+    c = _client(stack)
+    conv = c.conversations.create(items=[{"type": "message", "role": "user", "content": "one two three"}])
+    alone = c.responses.input_tokens.count(model=MODEL, input="four")
+    within = c.responses.input_tokens.count(model=MODEL, input="four", conversation=conv.id)
+    assert within.input_tokens == alone.input_tokens + 4      # "<user> one two three" in the fake tokenizer
+    st, _, out = stack.request("POST", "/v1/responses/input_tokens", {"model": MODEL, "input": "x",
+                                                                      "conversation": "conv_gone"})
+    assert st == 404 and out["error"]["param"] == "conversation"
