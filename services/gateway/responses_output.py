@@ -45,6 +45,13 @@ class OutputItems:
         self.events.append({"type": "response.output_item.added", "output_index": i, "item": shown})
         return i
 
+    def add_done(self, item: dict) -> None:
+        """An item that is whole already (a compaction item): added and done at once."""
+        self.items.append(item)
+        i = len(self.items) - 1
+        self.events += [{"type": "response.output_item.added", "output_index": i, "item": item},
+                        {"type": "response.output_item.done", "output_index": i, "item": item}]
+
     def _part_event(self, kind: str, i: int, part: dict) -> None:
         self.events.append({"type": kind, "item_id": self.items[i]["id"], "output_index": i, "content_index": 0,
                             "part": part})

@@ -18,7 +18,7 @@ from typing import Any
 
 from npuflow.gateway.client import ChatTurn
 from npuflow.gateway.errors import ApiError, bad_param
-from npuflow.gateway.responses_compaction import listed, summary_turn
+from npuflow.gateway.responses_compaction import listed, replaces_all, summary_turn
 from npuflow.gateway.responses_output import item_id
 from npuflow.gateway.structured import parse_structured, tools_json
 from npuflow.gateway.validation import (ChatRequest, Fields, message_content, parse_sampling, template_kwargs,
@@ -32,8 +32,6 @@ INCLUDE = ("message.output_text.logprobs", "reasoning.encrypted_content", "messa
            "file_search_call.results")
 UNSUPPORTED = {   # fields whose feature this server does not have: a 400, never silently dropped
     "prompt": "Reusable prompt templates ('prompt') are not supported: send 'instructions' and 'input'.",
-    "context_management": "Compaction within a response ('context_management') is not supported: compact the "
-                          "conversation with POST /v1/responses/compact and send its output as the next 'input'.",
 }
 
 
@@ -48,6 +46,7 @@ class ResponsesRequest:
     input_items: list[dict] = field(default_factory=list)   # its input as items with ids (input_items)
     echo: dict = field(default_factory=dict)    # the request's settings as a response reports them
     truncate: bool = False             # truncation "auto": drop the oldest turns to fit (responses_prompt.py)
+    compact_at: int | None = None      # context_management compaction: its threshold in tokens (0 = the default)
     background: bool = False           # answered at once, generated on (responses_background.py)
 
 
@@ -153,13 +152,23 @@ def parse_input(v: Any, max_image_bytes: int | None = None, param: str = "input"
         elif kind == "reasoning":
             continue
         elif kind == "compaction":
-            turns.append(summary_turn(item, p))
+            turns[:] = with_compaction(turns, summary_turn(item, p), replaces_all(item))
         else:
             raise bad_param(p + ".type", f"Input items of type {str(kind)[:40]!r} are not supported: items are "
                                          "'message', 'function_call', 'function_call_output', 'reasoning' and "
                                          "'compaction'.",
                             code="unsupported_value")
     return turns
+
+
+def with_compaction(turns: list[ChatTurn], summary: ChatTurn, replaces_all: bool) -> list[ChatTurn]:
+    """turns followed by a compaction item's summary turn. One made by context_management stands
+    for every turn before the last user turn (system and developer turns stay, ahead of it): the
+    prompt it was made in, [kept, summary, the last user turn and what followed it], is rebuilt."""
+    if not replaces_all:
+        return turns + [summary]
+    last = max((j for j, t in enumerate(turns) if t.role == "user"), default=len(turns))
+    return [t for t in turns[:last] if t.role in ("system", "developer")] + [summary] + turns[last:]
 
 
 def input_items(v: Any) -> list[dict]:
@@ -216,6 +225,26 @@ def _conversation(v: Any) -> str | None:
     if not isinstance(v, dict):
         raise type_error("conversation", "a string or an object with an 'id'", v)
     return Fields(v, "conversation.").str("id", required=True)
+
+
+def _context_management(v: Any) -> int | None:
+    """context_management: [{"type": "compaction", "compact_threshold": N >= 1000 or null}] ->
+    the threshold (0 for null: responses_context.py's default), or None when absent."""
+    if v is None:
+        return None
+    if not isinstance(v, list) or not v:
+        raise type_error("context_management", "a non-empty array", v)
+    at = None
+    for i, entry in enumerate(v):
+        if not isinstance(entry, dict):
+            raise type_error(f"context_management[{i}]", "an object", entry)
+        f = Fields(entry, f"context_management[{i}].")
+        kind = f.str("type", required=True)
+        if kind != "compaction":
+            raise bad_param(f"context_management[{i}].type", f"Invalid value: {kind[:40]!r}. Supported values "
+                                                             "are: 'compaction'.", code="invalid_value")
+        at = f.int("compact_threshold", lo=1000) or 0
+    return at
 
 
 def _include(v: Any) -> list[str]:
@@ -300,5 +329,6 @@ def parse_responses(body: dict, max_image_bytes: int | None = None) -> Responses
     return ResponsesRequest(chat=chat, store=f.bool("store", True), previous_response_id=previous,
                             conversation=conversation,
                             truncate=truncation == "auto", background=background,
+                            compact_at=_context_management(body.get("context_management")),
                             instructions=instructions, metadata=metadata_of(body.get("metadata")), echo=echo,
                             input_items=input_items(body["input"]) if body.get("input") is not None else [])

@@ -8,9 +8,8 @@ import pytest
 import openapi_spec
 from gw_fakes import EMBED_MODEL, MODEL, REPLY
 from gw_stack import Stack
-from test_responses import WEATHER
 
-from npuflow.gateway.openai_responses_compact import PROMPT
+from npuflow.gateway.responses_summary import PROMPT
 from npuflow.gateway.responses_compaction import INTRO
 
 SUMMARY = "".join(REPLY).strip()
@@ -132,12 +131,7 @@ def test_compact_bad_requests(big, body, status, param, code):
     assert not _spec_errors("ErrorResponse", out)
 
 
-def test_forged_compaction_items_and_context_management_are_refused_by_responses(big):
+def test_forged_compaction_items_are_refused_by_responses(big):
     st, _, out = big.request("POST", "/v1/responses", {"model": MODEL, "input": [
         {"role": "user", "content": "hi"}, {"type": "compaction", "encrypted_content": "x"}]})
     assert st == 400 and out["error"]["param"] == "input[1].encrypted_content", out
-    st, _, out = big.request("POST", "/v1/responses", {"model": MODEL, "input": "hi", "tools": [WEATHER],
-                                                       "context_management": [{"type": "compaction",
-                                                                               "compact_threshold": 1000}]})
-    assert st == 400 and out["error"]["param"] == "context_management", out
-    assert "/v1/responses/compact" in out["error"]["message"]

@@ -1,0 +1,51 @@
+"""`context_management: [{"type": "compaction", "compact_threshold": N}]` on a response: when its
+prompt (instructions, the conversation it continues, its input) is over N tokens (by default
+DEFAULT_SHARE of the model's context), the turns before its last user turn are summarized by the
+model first (responses_summary.py) and the response is made from [system and developer turns,
+the summary, the last user turn and what follows it]. The summary is the response's first output
+item, a compaction item that stands for every turn before that user turn: sent back in a later
+input, or held by a stored response or a conversation, it rebuilds the same prompt
+(responses_request.with_compaction), so the conversation stays short from then on.
+"""
+from __future__ import annotations
+
+from npuflow.gateway.client import ChatTurn
+from npuflow.gateway.responses_compaction import compaction_item, summary_turn
+from npuflow.gateway.responses_prompt import KEPT, context_of, encode
+from npuflow.gateway.responses_request import ResponsesRequest
+from npuflow.gateway.responses_summary import summarize
+from npuflow.gateway.state import GatewayState
+from npuflow.logs import get_logger
+
+log = get_logger("gateway")
+DEFAULT_SHARE = 0.8     # compact_threshold null: compaction once the prompt is over this share of the context
+
+
+class Compaction:
+    def __init__(self, item: dict, usage: dict):
+        self.item = item      # the compaction output item
+        self.usage = usage    # the summary's own usage (added to the response's)
+
+
+async def compacted(st: GatewayState, req: ResponsesRequest, history: tuple[ChatTurn, ...], now: float,
+                    arrived: float) -> tuple[tuple[ChatTurn, ...], Compaction | None]:
+    """(the history to make the response from, the compaction made or None). When it compacts,
+    req.chat.messages becomes the turns from the last user turn on."""
+    if req.compact_at is None:
+        return history, None
+    threshold = req.compact_at or int(context_of(st, req.chat.model) * DEFAULT_SHARE)
+    if threshold <= 0:
+        return history, None
+    prompt = await encode(st, req, history)
+    turns = list(history) + list(req.chat.messages)
+    last = max((i for i, t in enumerate(turns) if t.role == "user"), default=len(turns))
+    if len(prompt.token_ids) <= threshold or all(t.role in KEPT for t in turns[:last]):
+        return history, None
+    answer = await summarize(st, req.chat.model, req.instructions, turns[:last], now, arrived)
+    item = compaction_item(answer.out.text().strip(), replaces_all=True)
+    rebuilt = [t for t in turns[:last] if t.role in KEPT] + [summary_turn(item, "compaction")]
+    req.chat.messages = turns[last:]
+    usage = answer.body("completed")["usage"]
+    log.info("response context compacted", model=req.chat.model, prompt_tokens=len(prompt.token_ids),
+             threshold=threshold, summarized_turns=last, summary_tokens=usage["output_tokens"])
+    return tuple(rebuilt), Compaction(item, usage)
