@@ -1,8 +1,9 @@
 """A conversation summarized by its own model, for POST /v1/responses/compact and for
 `context_management` compaction inside a response (responses_context.py): the turns, then a last
 user turn asking for a summary (PROMPT), answered greedily with thinking off in at most
-SUMMARY_TOKENS tokens (a quarter of the context on a smaller model), cut from its start as
-`truncation: "auto"` cuts a conversation over the context. Nothing is stored.
+SUMMARY_TOKENS tokens (a quarter of the context on a smaller model, and no more than the context
+leaves after the prompt, but at least 16), cut from its start as `truncation: "auto"` cuts a
+conversation that still does not fit. Nothing is stored.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Sequence
 from npuflow.gateway.client import ChatTurn
 from npuflow.gateway.generation import deadline_unix_ms
 from npuflow.gateway.responses_answer import Answer, generate, prepared
-from npuflow.gateway.responses_prompt import context_of
+from npuflow.gateway.responses_prompt import context_of, encode
 from npuflow.gateway.responses_request import MIN_OUTPUT_TOKENS, parse_responses
 from npuflow.gateway.state import GatewayState
 
@@ -28,7 +29,11 @@ async def summarize(st: GatewayState, model: str, instructions: str | None, turn
                            "truncation": "auto", "temperature": 0, "reasoning": {"effort": "none"}})
     req.chat.messages = list(turns) + [ChatTurn(role="user", content=PROMPT)]
     context = context_of(st, model)
-    req.chat.max_tokens = min(SUMMARY_TOKENS, max(MIN_OUTPUT_TOKENS, context // 4)) if context else SUMMARY_TOKENS
+    budget = min(SUMMARY_TOKENS, max(MIN_OUTPUT_TOKENS, context // 4)) if context else SUMMARY_TOKENS
+    if context:   # a shorter summary rather than turns dropped from a conversation that nearly fills the context
+        room = context - len((await encode(st, req, ())).token_ids)
+        budget = max(MIN_OUTPUT_TOKENS, min(budget, room))
+    req.chat.max_tokens = budget
     answer, params, ticket = await prepared(st, req, (), now, deadline_unix_ms(st, now))
     with ticket:
         await generate(st, answer, params, arrived)

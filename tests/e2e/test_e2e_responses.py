@@ -180,3 +180,24 @@ def test_compacted_conversation_continues(client):
     nxt = client.responses.create(model=DEFAULT_ID, input=raw + [{"role": "user", "content": "Thanks."}],
                                   temperature=0, max_output_tokens=16)
     assert nxt.status in ("completed", "incomplete") and nxt.output_text
+
+
+def test_context_management_compacts_a_long_conversation(client):
+    """context_management on the real model: a conversation over the threshold is summarized
+    first, the answer follows the compaction item, and the continuation starts from the summary."""
+    from npuflow.gateway.responses_compaction import summary_of
+    notes = " ".join(f"Note {i}: the hive in row {i} was checked and found healthy." for i in range(90))
+    long = [{"role": "user", "content": f"My name is Ada and I keep bees. {notes}"},
+            {"role": "assistant", "content": "Noted."}, {"role": "user", "content": "What do I keep?"}]
+    cm = [{"type": "compaction", "compact_threshold": 1000}]
+    plain = client.responses.input_tokens.count(model=DEFAULT_ID, input=long)
+    assert plain.input_tokens > 1000
+    r = client.responses.create(model=DEFAULT_ID, input=long, context_management=cm, temperature=0,
+                                max_output_tokens=24)
+    assert [o.type for o in r.output] == ["compaction", "message"] and r.output_text
+    assert summary_of(r.output[0].model_dump(), "output[0]")
+    assert r.usage.input_tokens > plain.input_tokens      # the summary's prompt and the answer's
+    nxt = client.responses.create(model=DEFAULT_ID, input="Thanks.", previous_response_id=r.id,
+                                  context_management=cm, temperature=0, max_output_tokens=16)
+    assert [o.type for o in nxt.output] == ["message"]
+    assert nxt.usage.input_tokens < plain.input_tokens // 2
