@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 CHAT, COMPL, RESP = "/v1/chat/completions", "/v1/completions", "/v1/responses"
+CONV = "/v1/conversations"
 
 
 @dataclass
@@ -72,7 +73,7 @@ CHAT_FIELDS = ["model", "messages", "max_tokens", "max_completion_tokens", "temp
 RESP_FIELDS = ["model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "top_logprobs",
                "include", "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning", "store",
                "previous_response_id", "metadata", "stream", "stream_options", "background", "truncation",
-               "conversation", "prompt", "user", "chat_template_kwargs"]
+               "conversation", "prompt", "user", "chat_template_kwargs", "context_management"]
 COMPL_FIELDS = ["model", "prompt", "max_tokens", "temperature", "top_p", "logprobs", "echo", "suffix", "best_of",
                 "n", "stop", "seed", "logit_bias", "stream", "stream_options"]
 
@@ -215,6 +216,20 @@ def cases(model: str, max_body_bytes: int = 4 * 1024 * 1024) -> Iterator[Case]:
     for rid in ("resp_nope", "x" * 5000, "%00", "../../etc"):
         for method in ("GET", "DELETE"):
             yield Case(f"{method} {RESP}/{rid[:20]}", method, f"{RESP}/{urllib.parse.quote(rid)}")
+    # the Conversations API: every field with every junk value, items as a response's input, ids
+    for key in ("metadata", "items"):
+        for label, v in values:
+            yield Case(f"{CONV} {key}={label}", "POST", CONV, _dumps({key: v}))
+            yield Case(f"{CONV}/x {key}={label}", "POST", f"{CONV}/conv_nope", _dumps({key: v}))
+            yield Case(f"{CONV}/x/items {key}={label}", "POST", f"{CONV}/conv_nope/items", _dumps({key: v}))
+    for label, items in {**bad_items, **{f"msg {k}": m for k, m in bad_messages.items()}}.items():
+        yield Case(f"{CONV} items {label}", "POST", CONV, _dumps({"items": items}))
+    for cid in ("conv_nope", "x" * 5000, "%00", "../../etc", "%ED%A0%80"):
+        for method, sub in (("GET", ""), ("DELETE", ""), ("GET", "/items"), ("GET", "/items/msg_x"),
+                            ("DELETE", "/items/msg_x")):
+            yield Case(f"{method} {CONV}/{cid[:20]}{sub}", method, f"{CONV}/{cid}{sub}")
+    for q in ("limit=0", "limit=x", "limit=101", "order=up", "after=%00", "include=nope", "limit=" + "9" * 400):
+        yield Case(f"GET {CONV}/x/items?{q[:30]}", "GET", f"{CONV}/conv_nope/items?{q}")
     for label, rf in {"type-int": {"type": 5}, "type-unknown": {"type": "yaml"}, "no-schema": {"type": "json_schema"},
                       "schema-str": {"type": "json_schema", "json_schema": {"name": "x", "schema": "{}"}}}.items():
         yield Case(f"{CHAT} response_format {label}", "POST", CHAT, _dumps({**chat, "response_format": rf}))
@@ -235,7 +250,7 @@ def cases(model: str, max_body_bytes: int = 4 * 1024 * 1024) -> Iterator[Case]:
                        "dup-keys": b'{"model": 1, "model": "%s", "messages": []}' % model.encode(),
                        "bigint": b'{"seed": 1' + b"0" * 5000 + b"}", "lone-surrogate-key": b'{"\\ud800": 1}',
                        "nul": b'{"model": "\x00"}'}.items():
-        for path in (CHAT, COMPL, RESP, "/tokenize", "/detokenize"):
+        for path in (CHAT, COMPL, RESP, CONV, "/tokenize", "/detokenize"):
             yield Case(f"{path} body {label}", "POST", path, raw)
     body = _dumps(chat)
     for ct in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
