@@ -222,3 +222,10 @@ def test_input_tokens_counts_the_conversation(stack):
     st, _, out = stack.request("POST", "/v1/responses/input_tokens", {"model": MODEL, "input": "x",
                                                                       "conversation": "conv_gone"})
     assert st == 404 and out["error"]["param"] == "conversation"
+
+
+def test_needs_the_api_key(stack):
+    for method, path in (("POST", "/v1/conversations"), ("GET", "/v1/conversations/conv_x"),
+                         ("GET", "/v1/conversations/conv_x/items")):
+        st, _, out = stack.request(method, path, {} if method == "POST" else None, auth=False)
+        assert st == 401 and out["error"]["type"] == "invalid_request_error", out
