@@ -1,5 +1,6 @@
 """context_management compaction inside a response (fake worker and tokenizer: one token per
-word): under the threshold nothing changes; over it the turns before the last user turn are
+word; the field goes in extra_body, as the oldest openai package the tests run with has no
+such argument): under the threshold nothing changes; over it the turns before the last user turn are
 summarized first, the response is made from the summary and that turn, its first output item is
 the compaction item, and the item (sent back, stored, or in a conversation) rebuilds the same
 prompt; the errors."""
@@ -31,14 +32,14 @@ def _long_history(n=700):
 
 
 def test_under_the_threshold_nothing_is_compacted(big):
-    r = _client(big).responses.create(model=MODEL, input="short question", context_management=CM)
+    r = _client(big).responses.create(model=MODEL, input="short question", extra_body={"context_management": CM})
     assert [o.type for o in r.output] == ["message"] and r.output_text == "".join(REPLY)
 
 
 def test_over_the_threshold_the_earlier_turns_are_summarized(big):
     c = _client(big)
     n = len(big.tokenizer.chats)
-    r = c.responses.create(model=MODEL, instructions="Be kind.", context_management=CM,
+    r = c.responses.create(model=MODEL, instructions="Be kind.", extra_body={"context_management": CM},
                            input=_long_history() + [{"role": "user", "content": "So what now?"}])
     chats = big.tokenizer.chats[n:]
     summary_chat = next(ch for ch in chats if ch.messages[-1].content == PROMPT)
@@ -58,7 +59,7 @@ def test_over_the_threshold_the_earlier_turns_are_summarized(big):
         assert not openapi_spec.errors("Response", raw), openapi_spec.errors("Response", raw)
 
     # previous_response_id continues from the compacted context, not the long one
-    nxt = c.responses.create(model=MODEL, input="And then?", previous_response_id=r.id, context_management=CM,
+    nxt = c.responses.create(model=MODEL, input="And then?", previous_response_id=r.id, extra_body={"context_management": CM},
                              instructions="Be kind.")
     assert [o.type for o in nxt.output] == ["message"]
     again = [(m.role, m.content) for m in big.tokenizer.chats[-1].messages]
@@ -77,7 +78,7 @@ def test_streamed_and_in_a_conversation(big):
     c = _client(big)
     conv = c.conversations.create(items=_long_history(1700))     # over 80 % of the context: 3,400 tokens
     events = list(c.responses.create(model=MODEL, conversation=conv.id, input="So what now?", stream=True,
-                                     context_management=[{"type": "compaction"}]))    # null threshold: 80 %
+                                     extra_body={"context_management": [{"type": "compaction"}]}))  # null: 80 %
     added = [e for e in events if e.type == "response.output_item.added"]
     assert added[0].item.type == "compaction" and added[0].output_index == 0
     assert [o.type for o in events[-1].response.output] == ["compaction", "message"]
