@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from serve import PROMPT  # noqa: E402
-from stack import MODEL, free_port, serve, stop_stack, wait_healthy  # noqa: E402
+from stack import MODEL, free_port, serve, stack_process, stop_stack, wait_healthy  # noqa: E402
 
 ASK = "Write a short essay about its consequences."
 TEXT = PROMPT.removesuffix(ASK)             # bench/serve.py's text, repeated to the length asked
@@ -133,25 +133,6 @@ def start_llama(binary, gguf, threads, slots, tmp):
                              "-t", str(threads), "-c", str(slots * 2048), "-np", str(slots), "--jinja"],
                             stdout=log, stderr=subprocess.STDOUT)
     return proc, wait_healthy(proc, port, 120, "llama-server", tmp / "llama-server.log")
-
-
-def worker_pid(root: int) -> int:
-    """The model's worker among the stack's descendants (it names itself npuflow-worker)."""
-    parent, cmds = {}, {}
-    for d in pathlib.Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmds[int(d.name)] = (d / "cmdline").read_bytes().split(b"\0")
-                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-    for pid, cmd in cmds.items():
-        p = pid
-        while p > 1 and p != root:
-            p = parent.get(p, 1)
-        if p == root and b"npuflow-worker" in b" ".join(cmd):
-            return pid
-    raise SystemExit("no worker process found under the stack")
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -246,7 +227,7 @@ def main():
         stack, base = serve(tmp, models, request_timeout=600, env=env)
         llama, lbase = start_llama(binary, gguf, a.threads, a.slots, tmp)
         try:
-            pids = {"npuflow": worker_pid(stack.pid), "llama": llama.pid}
+            pids = {"npuflow": stack_process(stack.pid, "npuflow-worker"), "llama": llama.pid}
             if "rss" in a.only:
                 asyncio.run(warm({"npuflow": base, "llama": lbase}, prompts))
                 (nr, _), (lr, _) = rss_mib(pids["npuflow"]), rss_mib(pids["llama"])

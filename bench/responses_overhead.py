@@ -8,6 +8,8 @@ sent as a streamed /v1/chat/completions and as a streamed /v1/responses (store o
 ignore_eos, --max-tokens), one after the other in alternating rounds with --streams requests at
 once, read by one aiohttp client. Per request: time to first token and the time per token after
 it ((last delta - first delta) / (deltas - 1)); the ratios are responses / chat of the medians.
+Per round, also the gateway's CPU time per token delta (all its threads, from /proc schedstat):
+the wall-clock ratio moves by a few percent from run to run with the machine, this one does not.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from stack import MODEL, start_stack, stop_stack  # noqa: E402
+from stack import MODEL, cpu_seconds, stack_process, start_stack, stop_stack  # noqa: E402
 
 SYSTEM = "You are a helpful assistant who writes long, careful answers."
 USER = "Explain how a bicycle stays upright while it moves, step by step."
@@ -58,9 +60,12 @@ async def one(session, base: str, kind: str, path: str, body: dict) -> tuple[flo
     return stamps[0] - t0, (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1), len(stamps)
 
 
-async def run(base: str, rounds: int, max_tokens: int, streams: int) -> dict[str, list[tuple[float, float, int]]]:
+async def run(base: str, rounds: int, max_tokens: int, streams: int, gateway: int
+              ) -> tuple[dict[str, list[tuple[float, float, int]]], dict[str, list[float]]]:
+    """(each kind's (TTFT, s per token, deltas) per request, its gateway CPU s per delta per round)."""
     import aiohttp
     got: dict[str, list] = {"chat": [], "responses": []}
+    cpu: dict[str, list] = {"chat": [], "responses": []}
     reqs = bodies(max_tokens)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         for kind, (path, body) in reqs.items():        # warm both paths
@@ -69,8 +74,11 @@ async def run(base: str, rounds: int, max_tokens: int, streams: int) -> dict[str
             order = list(reqs) if r % 2 == 0 else list(reversed(reqs))
             for kind in order:
                 path, body = reqs[kind]
-                got[kind] += await asyncio.gather(*(one(session, base, kind, path, body) for _ in range(streams)))
-    return got
+                c0 = cpu_seconds(gateway)
+                done = await asyncio.gather(*(one(session, base, kind, path, body) for _ in range(streams)))
+                cpu[kind].append((cpu_seconds(gateway) - c0) / max(1, sum(x[2] for x in done)))
+                got[kind] += done
+    return got, cpu
 
 
 def main() -> None:
@@ -82,7 +90,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, base = start_stack(pathlib.Path(tmp), max_batch=8, max_queue=64, request_timeout=600)
         try:
-            got = asyncio.run(run(base, a.rounds, a.max_tokens, a.streams))
+            got, cpu = asyncio.run(run(base, a.rounds, a.max_tokens, a.streams,
+                                       stack_process(proc.pid, "npuflow-gateway")))
         finally:
             stop_stack(proc)
     med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in got.items()}
@@ -94,6 +103,9 @@ def main() -> None:
         print(f"{k:10}{ttft * 1000:10.1f}{per * 1000:10.3f}")
     print(f"responses / chat: TTFT {med['responses'][0] / med['chat'][0]:.3f}x, "
           f"per token {med['responses'][1] / med['chat'][1]:.3f}x")
+    gw = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"gateway CPU per token delta: chat {gw['chat'] * 1e3:.3f} ms, responses {gw['responses'] * 1e3:.3f} ms "
+          f"({gw['responses'] / gw['chat']:.3f}x)")
 
 
 if __name__ == "__main__":

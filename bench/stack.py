@@ -67,3 +67,35 @@ def stop_stack(proc: subprocess.Popen) -> None:
         proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def stack_process(root: int, name: str) -> int:
+    """The pid of the process under `root` (the `npuflow serve` process) whose command line starts
+    with `name` (the stack's processes name themselves: npuflow-worker, npuflow-gateway, ...)."""
+    parent, cmds = {}, {}
+    for d in pathlib.Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmds[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    for pid, cmd in cmds.items():
+        p = pid
+        while p > 1 and p != root:
+            p = parent.get(p, 1)
+        if p == root and cmd.startswith(name):
+            return pid
+    raise SystemExit(f"no {name} process found under the stack")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all of a process's threads so far (/proc schedstat: nanoseconds, no tick rounding)."""
+    tasks = pathlib.Path(f"/proc/{pid}/task")
+    total = 0
+    for t in tasks.iterdir():
+        try:
+            total += int((t / "schedstat").read_text().split()[0])
+        except OSError:
+            continue
+    return total / 1e9

@@ -25,7 +25,7 @@ import urllib.request
 
 import aiohttp
 
-from stack import MODEL, start_stack, stop_stack  # noqa: E402  (bench/ is the script's folder)
+from stack import MODEL, stack_process, start_stack, stop_stack  # noqa: E402  (bench/ is the script's folder)
 
 
 def rss_mib(pid: int) -> float:
@@ -33,17 +33,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def worker_pid(serve_pid: int) -> int:
-    import psutil
-    for p in psutil.Process(serve_pid).children(recursive=True):
-        try:
-            if " ".join(p.cmdline()).split()[:2] == ["npuflow-worker", MODEL]:
-                return p.pid
-        except psutil.Error:
-            continue
-    raise SystemExit("no worker process found")
 
 
 WORDS = ("alpha beta gamma delta river stone cloud paper window garden silver orange "
@@ -183,7 +172,7 @@ def main() -> None:
     else:
         tmp = pathlib.Path(tempfile.mkdtemp(prefix="npuflow-rss-"))
         proc, base = start_stack(tmp, max_batch=a.max_batch, max_queue=64, request_timeout=120)
-        pid = worker_pid(proc.pid)
+        pid = stack_process(proc.pid, f"npuflow-worker {MODEL}")
     try:
         rng = random.Random(a.seed)
         long_prompt = long_prompt_text(base, a.context)
