@@ -8,8 +8,10 @@ sent as a streamed /v1/chat/completions and as a streamed /v1/responses (store o
 ignore_eos, --max-tokens), one after the other in alternating rounds with --streams requests at
 once, read by one aiohttp client. Per request: time to first token and the time per token after
 it ((last delta - first delta) / (deltas - 1)); the ratios are responses / chat of the medians.
-Per round, also the gateway's CPU time per token delta (all its threads, from /proc schedstat):
-the wall-clock ratio moves by a few percent from run to run with the machine, this one does not.
+Per round, also the gateway's CPU time per token delta (all its threads, from /proc schedstat)
+and this client's (it shares the cores, and a Responses stream has three lines per event where
+chat has two): the wall-clock ratio moves by a few percent from run to run with the machine,
+these do not.
 """
 from __future__ import annotations
 
@@ -61,11 +63,13 @@ async def one(session, base: str, kind: str, path: str, body: dict) -> tuple[flo
 
 
 async def run(base: str, rounds: int, max_tokens: int, streams: int, gateway: int
-              ) -> tuple[dict[str, list[tuple[float, float, int]]], dict[str, list[float]]]:
-    """(each kind's (TTFT, s per token, deltas) per request, its gateway CPU s per delta per round)."""
+              ) -> tuple[dict[str, list[tuple[float, float, int]]], dict[str, list[float]], dict[str, list[float]]]:
+    """(each kind's (TTFT, s per token, deltas) per request, and per round its gateway's and this
+    client's CPU s per delta)."""
     import aiohttp
     got: dict[str, list] = {"chat": [], "responses": []}
     cpu: dict[str, list] = {"chat": [], "responses": []}
+    client: dict[str, list] = {"chat": [], "responses": []}
     reqs = bodies(max_tokens)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         for kind, (path, body) in reqs.items():        # warm both paths
@@ -74,11 +78,13 @@ async def run(base: str, rounds: int, max_tokens: int, streams: int, gateway: in
             order = list(reqs) if r % 2 == 0 else list(reversed(reqs))
             for kind in order:
                 path, body = reqs[kind]
-                c0 = cpu_seconds(gateway)
+                c0, p0 = cpu_seconds(gateway), time.process_time()
                 done = await asyncio.gather(*(one(session, base, kind, path, body) for _ in range(streams)))
-                cpu[kind].append((cpu_seconds(gateway) - c0) / max(1, sum(x[2] for x in done)))
+                deltas = max(1, sum(x[2] for x in done))
+                cpu[kind].append((cpu_seconds(gateway) - c0) / deltas)
+                client[kind].append((time.process_time() - p0) / deltas)
                 got[kind] += done
-    return got, cpu
+    return got, cpu, client
 
 
 def main() -> None:
@@ -90,7 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, base = start_stack(pathlib.Path(tmp), max_batch=8, max_queue=64, request_timeout=600)
         try:
-            got, cpu = asyncio.run(run(base, a.rounds, a.max_tokens, a.streams,
+            got, cpu, client = asyncio.run(run(base, a.rounds, a.max_tokens, a.streams,
                                        stack_process(proc.pid, "npuflow-gateway")))
         finally:
             stop_stack(proc)
@@ -103,9 +109,10 @@ def main() -> None:
         print(f"{k:10}{ttft * 1000:10.1f}{per * 1000:10.3f}")
     print(f"responses / chat: TTFT {med['responses'][0] / med['chat'][0]:.3f}x, "
           f"per token {med['responses'][1] / med['chat'][1]:.3f}x")
-    gw = {k: statistics.median(v) for k, v in cpu.items()}
-    print(f"gateway CPU per token delta: chat {gw['chat'] * 1e3:.3f} ms, responses {gw['responses'] * 1e3:.3f} ms "
-          f"({gw['responses'] / gw['chat']:.3f}x)")
+    for who, per in (("gateway", cpu), ("client", client)):
+        m = {k: statistics.median(v) for k, v in per.items()}
+        print(f"{who} CPU per token delta: chat {m['chat'] * 1e3:.3f} ms, responses {m['responses'] * 1e3:.3f} ms "
+              f"({m['responses'] / m['chat']:.3f}x)")
 
 
 if __name__ == "__main__":
