@@ -3,12 +3,14 @@
 /v1/responses/{id}/input_items, POST /v1/responses/input_tokens and POST
 /v1/responses/{id}/cancel (background responses: responses_background.py).
 
-A response is a chat generation underneath: its instructions (a system turn), the conversation
-of its `previous_response_id` (from the store: that response's input and output, not its
-instructions), then its own input, rendered by the model's chat template (responses_prompt.py,
-which also truncates). So a continuation re-sends a prompt that starts the way the previous one
-did, and the worker's prefix cache computes only the new turns. Errors before generation starts are HTTP errors as on every
-endpoint; a failure while streaming ends the stream with `response.failed`.
+A response is a chat generation underneath (responses_answer.py): its instructions (a system
+turn), the conversation of its `previous_response_id` (from the store: that response's input and
+output, not its instructions) or of its `conversation` (conversations.py), then its own input,
+rendered by the model's chat template (responses_prompt.py, which also truncates;
+responses_context.py compacts it first under `context_management`). So a continuation re-sends a
+prompt that starts the way the previous one did, and the worker's prefix cache computes only the
+new turns. Errors before generation starts are HTTP errors as on every endpoint; a failure while
+streaming ends the stream with `response.failed`.
 """
 from __future__ import annotations
 
@@ -31,9 +33,6 @@ from npuflow.gateway.responses_request import parse_responses
 from npuflow.gateway.sse import BoundedWriter, ClientStalled, open_stream
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.validation import read_json
-from npuflow.logs import get_logger
-
-log = get_logger("gateway")
 
 
 class EventWriter(BoundedWriter):

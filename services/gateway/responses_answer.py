@@ -21,6 +21,7 @@ from npuflow.logs import get_logger
 
 log = get_logger("gateway")
 
+
 def _error_code(e: ApiError) -> str:
     """A Responses error code (the API's short list) for e; e's own code goes in the message."""
     if e.status == 429:
