@@ -16,18 +16,35 @@ from dataclasses import dataclass, field
 from npuflow.gateway.bounded_store import BoundedStore
 
 
+def items_size(items: list[dict]) -> int:
+    """What items count against conversations_max_bytes: their JSON."""
+    return sum(len(json.dumps(it)) + 2 for it in items)
+
+
 @dataclass
 class Conversation:
     id: str
     created_at: int
     metadata: dict
-    items: list[dict] = field(default_factory=list)    # oldest first
+    items: list[dict] = field(default_factory=list)    # oldest first: change them with extend / remove
+    _items_size: int = field(default=0, init=False, repr=False)   # items_size(items), kept as they change
+
+    def __post_init__(self) -> None:
+        self._items_size = items_size(self.items)
 
     def resource(self) -> dict:
         return {"id": self.id, "object": "conversation", "created_at": self.created_at, "metadata": self.metadata}
 
     def size(self) -> int:
-        return len(json.dumps(self.items)) + len(json.dumps(self.metadata)) + 64
+        return self._items_size + len(json.dumps(self.metadata)) + 64
+
+    def extend(self, items: list[dict]) -> None:
+        self.items.extend(items)
+        self._items_size += items_size(items)
+
+    def remove(self, item: dict) -> None:
+        self.items.remove(item)
+        self._items_size -= items_size([item])
 
     def item(self, item_id_: str) -> dict | None:
         return next((it for it in self.items if it.get("id") == item_id_), None)
@@ -45,7 +62,7 @@ class ConversationStore:
 
     def fits(self, conv: Conversation, more: list[dict] = ()) -> bool:
         """Whether conv with `more` items added is within the byte bound on its own."""
-        return conv.size() + (len(json.dumps(list(more))) if more else 0) <= self._store.max_bytes
+        return conv.size() + items_size(list(more)) <= self._store.max_bytes
 
     def save(self, conv: Conversation) -> bool:
         """Keep conv (new or changed) as the most recently used; False when it alone is over the
@@ -61,7 +78,7 @@ class ConversationStore:
         conv = self._store.get(id_)
         if conv is None or not self.fits(conv, items):
             return False
-        conv.items.extend(items)
+        conv.extend(items)
         return self.save(conv)
 
     def delete(self, id_: str) -> bool:

@@ -25,6 +25,10 @@ def item_page(items: Sequence[dict], query: Mapping[str, str], where: str) -> di
         start = next((i + 1 for i, it in enumerate(ordered) if it["id"] == query["after"]), None)
         if start is None:
             raise bad_param("after", f"No item with id '{query['after'][:80]}' {where}.")
-    page = ordered[start:start + limit]
-    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else "",
-            "last_id": page[-1]["id"] if page else "", "has_more": start + limit < len(ordered)}
+    return list_object(ordered[start:start + limit], start + limit < len(ordered))
+
+
+def list_object(page: Sequence[dict], has_more: bool) -> dict:
+    """The API's list of items: the page, its first and last ids ("" when empty), has_more."""
+    return {"object": "list", "data": list(page), "first_id": page[0]["id"] if page else "",
+            "last_id": page[-1]["id"] if page else "", "has_more": has_more}

@@ -15,9 +15,9 @@ from aiohttp import web
 
 from npuflow.gateway.conversations import Conversation
 from npuflow.gateway.errors import ApiError, bad_param
-from npuflow.gateway.item_pages import item_page
+from npuflow.gateway.item_pages import item_page, list_object
 from npuflow.gateway.responses_prompt import conversation_of
-from npuflow.gateway.responses_request import INCLUDE, input_items, metadata_of, parse_input
+from npuflow.gateway.responses_request import check_include, input_items, metadata_of, parse_input
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.validation import read_json, type_error
 
@@ -46,10 +46,7 @@ def _items(st: GatewayState, v: Any, param: str) -> list[dict]:
 
 
 def _include(request: web.Request) -> None:
-    for x in request.query.getall("include", []) + request.query.getall("include[]", []):
-        if x not in INCLUDE:
-            raise bad_param("include", f"Invalid value: {x[:60]!r}. Supported values are: "
-                                       + ", ".join(f"'{k}'" for k in INCLUDE) + ".")
+    check_include(request.query.getall("include", []) + request.query.getall("include[]", []), "include")
 
 
 def _saved(st: GatewayState, conv: Conversation, param: str) -> None:
@@ -104,8 +101,7 @@ async def add_items(request: web.Request) -> web.Response:
     if not st.conversations.add(conv.id, items):
         raise bad_param("items", f"Conversation '{conv.id}' is full: with these items it would be over the server's "
                                  "conversations_max_bytes.", code="conversation_full")
-    return web.json_response({"object": "list", "data": items, "first_id": items[0]["id"] if items else "",
-                              "last_id": items[-1]["id"] if items else "", "has_more": False})
+    return web.json_response(list_object(items, False))
 
 
 async def list_items(request: web.Request) -> web.Response:
@@ -131,6 +127,6 @@ async def get_item(request: web.Request) -> web.Response:
 async def delete_item(request: web.Request) -> web.Response:
     """DELETE /v1/conversations/{id}/items/{item_id}: the conversation, without that item."""
     conv, item = _item(request)
-    conv.items.remove(item)
+    conv.remove(item)
     _saved(request.app[STATE], conv, "item_id")
     return web.json_response(conv.resource())

@@ -72,9 +72,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                         "would be over the server's conversations_max_bytes; start a new "
                                         "conversation (POST /v1/responses/compact can summarize this one).",
                         code="conversation_full")
-    history, compaction = await compacted(st, req, history, now, arrived)
+    history, compaction, encoded = await compacted(st, req, history, now, arrived)
     deadline_ms = deadline_unix_ms(st, now)
-    answer, params, ticket = await prepared(st, req, history, now, deadline_ms)
+    answer, params, ticket = await prepared(st, req, history, now, deadline_ms, encoded)
     if compaction is not None:
         answer.compacted(compaction.item, compaction.usage)
     if req.background:

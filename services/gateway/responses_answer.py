@@ -11,7 +11,7 @@ from typing import Awaitable, Callable
 
 from npuflow.gateway.client import ChatTurn, GenerateParams
 from npuflow.gateway.errors import ApiError
-from npuflow.gateway.generation import FINISH_NAMES, Tally, admit, metered
+from npuflow.gateway.generation import FINISH_NAMES, ChatPrompt, Tally, admit, metered
 from npuflow.gateway.reasoning import Reasoning
 from npuflow.gateway.responses_output import OutputItems, item_id
 from npuflow.gateway.responses_prompt import context_of, encode, truncated
@@ -105,11 +105,12 @@ class Answer:
 
 
 async def prepared(st: GatewayState, req: ResponsesRequest, history: tuple[ChatTurn, ...], now: float,
-                   deadline_ms: int):
-    """The prompt encoded (truncated to fit with `truncation: "auto"`) and admitted into the
-    model's queue: the response to make, its worker request, and the queue ticket it holds."""
+                   deadline_ms: int, encoded: ChatPrompt | None = None):
+    """The prompt encoded (or `encoded`, when the caller has encoded this history and request
+    already; truncated to fit with `truncation: "auto"`) and admitted into the model's queue: the
+    response to make, its worker request, and the queue ticket it holds."""
     chat = req.chat
-    cp = await encode(st, req, history)
+    cp = encoded if encoded is not None else await encode(st, req, history)
     try:
         ticket = await admit(st, chat, [len(cp.token_ids)], deadline_ms, "input")
     except ApiError as e:

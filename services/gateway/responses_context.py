@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from npuflow.gateway.client import ChatTurn
 from npuflow.gateway.responses_compaction import compaction_item, summary_turn
-from npuflow.gateway.responses_prompt import KEPT, context_of, encode
-from npuflow.gateway.responses_request import ResponsesRequest
+from npuflow.gateway.generation import ChatPrompt
+from npuflow.gateway.responses_prompt import context_of, encode
+from npuflow.gateway.responses_request import KEPT, ResponsesRequest, with_compaction
 from npuflow.gateway.responses_summary import summarize
 from npuflow.gateway.state import GatewayState
 from npuflow.logs import get_logger
@@ -28,24 +29,27 @@ class Compaction:
 
 
 async def compacted(st: GatewayState, req: ResponsesRequest, history: tuple[ChatTurn, ...], now: float,
-                    arrived: float) -> tuple[tuple[ChatTurn, ...], Compaction | None]:
-    """(the history to make the response from, the compaction made or None). When it compacts,
+                    arrived: float) -> tuple[tuple[ChatTurn, ...], Compaction | None, ChatPrompt | None]:
+    """(the history to make the response from, the compaction made or None, the prompt encoded
+    for the threshold when it was not compacted, for `prepared` to use). When it compacts,
     req.chat.messages becomes the turns from the last user turn on."""
     if req.compact_at is None:
-        return history, None
+        return history, None, None
     threshold = req.compact_at or int(context_of(st, req.chat.model) * DEFAULT_SHARE)
     if threshold <= 0:
-        return history, None
+        return history, None, None
     prompt = await encode(st, req, history)
     turns = list(history) + list(req.chat.messages)
     last = max((i for i, t in enumerate(turns) if t.role == "user"), default=len(turns))
     if len(prompt.token_ids) <= threshold or all(t.role in KEPT for t in turns[:last]):
-        return history, None
+        return history, None, prompt
     answer = await summarize(st, req.chat.model, req.instructions, turns[:last], now, arrived)
     item = compaction_item(answer.out.text().strip(), replaces_all=True)
-    rebuilt = [t for t in turns[:last] if t.role in KEPT] + [summary_turn(item, "compaction")]
-    req.chat.messages = turns[last:]
+    # the prompt a later input holding the item rebuilds (with_compaction), cut after the summary
+    rebuilt = with_compaction(turns, summary_turn(item, "compaction"), True)
+    cut = sum(1 for t in turns[:last] if t.role in KEPT) + 1
+    req.chat.messages = rebuilt[cut:]
     usage = answer.body("completed")["usage"]
     log.info("response context compacted", model=req.chat.model, prompt_tokens=len(prompt.token_ids),
              threshold=threshold, summarized_turns=last, summary_tokens=usage["output_tokens"])
-    return tuple(rebuilt), Compaction(item, usage)
+    return tuple(rebuilt[:cut]), Compaction(item, usage), None

@@ -16,12 +16,11 @@ from npuflow.gateway.client import ChatTurn
 from npuflow.gateway.conversations import Conversation
 from npuflow.gateway.errors import ApiError
 from npuflow.gateway.generation import ChatPrompt, chat_prompt, check_context
-from npuflow.gateway.responses_request import ResponsesRequest, parse_input
+from npuflow.gateway.responses_request import KEPT, ResponsesRequest, parse_input
 from npuflow.gateway.state import GatewayState
 from npuflow.logs import get_logger
 
 log = get_logger("gateway")
-KEPT = ("system", "developer")     # roles truncation never drops
 
 
 def history_of(st: GatewayState, req: ResponsesRequest) -> tuple[ChatTurn, ...]:

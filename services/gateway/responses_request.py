@@ -25,6 +25,7 @@ from npuflow.gateway.validation import (ChatRequest, Fields, message_content, pa
                                         type_error)
 
 MIN_OUTPUT_TOKENS = 16            # the API's minimum for max_output_tokens
+KEPT = ("system", "developer")    # roles that truncation and compaction never drop
 MAX_METADATA = 16
 ROLES = ("user", "assistant", "system", "developer")
 INCLUDE = ("message.output_text.logprobs", "reasoning.encrypted_content", "message.input_image.image_url",
@@ -168,7 +169,7 @@ def with_compaction(turns: list[ChatTurn], summary: ChatTurn, replaces_all: bool
     if not replaces_all:
         return turns + [summary]
     last = max((j for j, t in enumerate(turns) if t.role == "user"), default=len(turns))
-    return [t for t in turns[:last] if t.role in ("system", "developer")] + [summary] + turns[last:]
+    return [t for t in turns[:last] if t.role in KEPT] + [summary] + turns[last:]
 
 
 def input_items(v: Any) -> list[dict]:
@@ -252,11 +253,16 @@ def _include(v: Any) -> list[str]:
         return []
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise type_error("include", "an array of strings", v)
-    for i, x in enumerate(v):
-        if x not in INCLUDE:
-            raise bad_param(f"include[{i}]", f"Invalid value: {x[:60]!r}. Supported values are: "
-                                             + ", ".join(f"'{k}'" for k in INCLUDE) + ".")
+    check_include(v)
     return v
+
+
+def check_include(values: list[str], param: str | None = None) -> None:
+    """A 400 for the first value that is not one of INCLUDE, naming `param` (else include[i])."""
+    for i, x in enumerate(values):
+        if x not in INCLUDE:
+            raise bad_param(param or f"include[{i}]", f"Invalid value: {x[:60]!r}. Supported values are: "
+                                                      + ", ".join(f"'{k}'" for k in INCLUDE) + ".")
 
 
 def parse_responses(body: dict, max_image_bytes: int | None = None) -> ResponsesRequest:

@@ -30,11 +30,12 @@ async def summarize(st: GatewayState, model: str, instructions: str | None, turn
     req.chat.messages = list(turns) + [ChatTurn(role="user", content=PROMPT)]
     context = context_of(st, model)
     budget = min(SUMMARY_TOKENS, max(MIN_OUTPUT_TOKENS, context // 4)) if context else SUMMARY_TOKENS
+    encoded = None
     if context:   # a shorter summary rather than turns dropped from a conversation that nearly fills the context
-        room = context - len((await encode(st, req, ())).token_ids)
-        budget = max(MIN_OUTPUT_TOKENS, min(budget, room))
-    req.chat.max_tokens = budget
-    answer, params, ticket = await prepared(st, req, (), now, deadline_unix_ms(st, now))
+        encoded = await encode(st, req, ())
+        budget = max(MIN_OUTPUT_TOKENS, min(budget, context - len(encoded.token_ids)))
+    req.chat.max_tokens = budget     # (the prompt's encoding does not depend on it)
+    answer, params, ticket = await prepared(st, req, (), now, deadline_unix_ms(st, now), encoded)
     with ticket:
         await generate(st, answer, params, arrived)
     answer.out.finish("completed")
