@@ -72,6 +72,7 @@ def test_forced_tool_choice_sends_the_call_schema(stack):
 
 def test_tool_calls_whole_and_streamed(stack):
     stack.worker.reply = ["Let me check. "] + CALL
+    delay = stack.worker.delay
     try:
         st, _, body = chat(stack, tools=TOOLS)
         assert st == 200, body
@@ -97,6 +98,9 @@ def test_tool_calls_whole_and_streamed(stack):
         assert json.loads(fc.message.tool_calls[0].function.arguments) == {"city": "Paris"}
 
         # the call streams as it is written: id, type and name first, then the arguments in pieces
+        # (tokens paced, as a model writes them: deltas that pile up behind a slow reader are merged,
+        # and on a loaded machine the whole call could otherwise arrive as one piece)
+        stack.worker.delay = 0.01
         chunks = list(client.chat.completions.create(model=MODEL, messages=HI, tools=TOOLS, stream=True))
         parts = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls for tc in c.choices[0].delta.tool_calls]
         assert len(parts) >= 2 and {p.index for p in parts} == {0}
@@ -107,6 +111,7 @@ def test_tool_calls_whole_and_streamed(stack):
     finally:
         from gw_fakes import REPLY
         stack.worker.reply = list(REPLY)
+        stack.worker.delay = delay
 
 
 def test_tokenize_and_detokenize(stack):
