@@ -114,11 +114,13 @@ CALL = ['<tool_call>', '\n{"name": "get_weather", ', '"arguments": {"city": ', '
 
 def test_chat_tool_calls_stream_as_written(front):
     front.stack.worker.reply = ["Let me check. "] + CALL
+    delay, front.stack.worker.delay = front.stack.worker.delay, 0.01   # paced: piled-up deltas are merged
     try:
         msgs = front.chat(model=MODEL, messages=HI, tools_json=WEATHER)
         none = front.chat(model=MODEL, messages=HI, tools_json=WEATHER, tool_choice="none")
     finally:
         front.stack.worker.reply = list(REPLY)
+        front.stack.worker.delay = delay
     assert texts(msgs) == ["Let me check. "] and finishes(msgs) == {0: FR.FINISH_REASON_TOOL_CALLS}
     pieces = [t for m in msgs for c in m.choices for t in c.tool_calls]
     assert len(pieces) >= 2 and {t.index for t in pieces} == {0}
