@@ -61,13 +61,13 @@ def test_reasoning_is_shown_folded(fpage, fake):
         fpage.wait_answer_done(10)
     finally:
         fake.worker.reply = list(REPLY)
-    answer = fpage.answers()[-1]
-    details = answer.find_element("css selector", "details.reasoning")
-    assert details.get_attribute("open") is None
-    assert details.find_element("css selector", "summary").text.startswith("Reasoning")
+    def details():   # found again at each use: the page may render the ended answer once more
+        return fpage.answers()[-1].find_element("css selector", "details.reasoning")
+    assert details().get_attribute("open") is None
+    assert details().find_element("css selector", "summary").text.startswith("Reasoning")
     assert fpage.last_answer_text() == "Hello!"
-    details.find_element("css selector", "summary").click()
-    assert details.find_element("css selector", ".md").text == "The user greets me."
+    details().find_element("css selector", "summary").click()
+    assert details().find_element("css selector", ".md").text == "The user greets me."
 
 
 def test_images_from_the_file_picker_and_pasted(fpage, fake, tmp_path):
