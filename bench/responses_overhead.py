@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """What the Responses API's stream costs per token against chat completions' for the same prompt.
 
-    python bench/responses_overhead.py [--rounds 8] [--max-tokens 128] [--streams 1]
+    python bench/responses_overhead.py [--rounds 20] [--max-tokens 128] [--streams 1]
 
 `npuflow serve` of the default model; the same conversation (instructions = the system turn)
 sent as a streamed /v1/chat/completions and as a streamed /v1/responses (store off, temperature 0,
 ignore_eos, --max-tokens), one after the other in alternating rounds with --streams requests at
 once, read by one aiohttp client. Per request: time to first token and the time per token after
-it ((last delta - first delta) / (deltas - 1)); the ratios are responses / chat of the medians.
+it ((last delta - first delta) / (deltas - 1)); the ratios are responses / chat of the medians,
+and the median (with quartiles) of each round's own ratio: a round's two runs are seconds apart,
+so a machine that drifts over minutes moves both alike and the paired ratio stays put.
 Per round, also the gateway's CPU time per token delta (all its threads, from /proc schedstat)
 and this client's (it shares the cores, and a Responses stream has three lines per event where
 chat has two): the wall-clock ratio moves by a few percent from run to run with the machine,
@@ -87,9 +89,17 @@ async def run(base: str, rounds: int, max_tokens: int, streams: int, gateway: in
     return got, cpu, client
 
 
+def paired_ratios(got: dict[str, list[tuple[float, float, int]]], streams: int) -> list[float]:
+    """Per round, the responses / chat ratio of that round's median time per token."""
+    def per_round(kind: str) -> list[float]:
+        v = got[kind]
+        return [statistics.median(x[1] for x in v[i:i + streams]) for i in range(0, len(v), streams)]
+    return [r / c for r, c in zip(per_round("responses"), per_round("chat"))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--streams", type=int, default=1)
     a = ap.parse_args()
@@ -109,6 +119,10 @@ def main() -> None:
         print(f"{k:10}{ttft * 1000:10.1f}{per * 1000:10.3f}")
     print(f"responses / chat: TTFT {med['responses'][0] / med['chat'][0]:.3f}x, "
           f"per token {med['responses'][1] / med['chat'][1]:.3f}x")
+    paired = sorted(paired_ratios(got, a.streams))
+    q1, q2, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+    print(f"per token, each round's own ratio: median {q2:.3f}x (quartiles {q1:.3f}x - {q3:.3f}x, "
+          f"{len(paired)} rounds)")
     for who, per in (("gateway", cpu), ("client", client)):
         m = {k: statistics.median(v) for k, v in per.items()}
         print(f"{who} CPU per token delta: chat {m['chat'] * 1e3:.3f} ms, responses {m['responses'] * 1e3:.3f} ms "
