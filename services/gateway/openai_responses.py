@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Coroutine
 
 from aiohttp import web
 
@@ -27,7 +28,7 @@ from npuflow.gateway.item_pages import item_page
 from npuflow.gateway.model_state import model_states
 from npuflow.gateway.responses_answer import Answer, generate, prepared
 from npuflow.gateway.responses_background import STREAMABLE_S, EventLog
-from npuflow.gateway.responses_context import compacted
+from npuflow.gateway.responses_context import compact, over_threshold
 from npuflow.gateway.responses_prompt import context_of, encode, fits, history_of, truncated
 from npuflow.gateway.responses_request import parse_responses
 from npuflow.gateway.sse import BoundedWriter, ClientStalled, open_stream
@@ -72,25 +73,38 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                         "would be over the server's conversations_max_bytes; start a new "
                                         "conversation (POST /v1/responses/compact can summarize this one).",
                         code="conversation_full")
-    history, compaction, encoded = await compacted(st, req, history, now, arrived)
+    to_compact, encoded = await over_threshold(st, req, history)
     deadline_ms = deadline_unix_ms(st, now)
-    answer, params, ticket = await prepared(st, req, history, now, deadline_ms, encoded)
-    if compaction is not None:
-        answer.compacted(compaction.item, compaction.usage)
     if req.background:
+        ticket = None
+        if to_compact:      # the summary is made in the run: the request is answered `queued` at once
+            answer = Answer(req, history, int(now), 0, False)
+            make = _compacting(st, answer, now, arrived, deadline_ms)
+        else:
+            answer, params, ticket = await prepared(st, req, history, now, deadline_ms, encoded)
+            make = _ready(answer, params, ticket)
         queued = answer.body("queued")
         if not st.responses.put(queued, (), tuple(req.input_items)):
-            ticket.release()
+            make.close()
+            if ticket is not None:
+                ticket.release()
             raise bad_param("background", "This background response cannot be stored (the server's response store "
                                           "is off, or the input is larger than it holds), so it could not be "
                                           "retrieved: send it without 'background'.", code="invalid_value")
         events = st.background.start(
-            answer.id, lambda log: _in_background(st, answer, ticket, params, arrived, log),
+            answer.id, lambda log: _in_background(st, answer, make, arrived, log, working=to_compact),
             [{"type": "response.created", "response": queued}, {"type": "response.queued", "response": queued}],
             deadline_ms)
         if chat.stream:
             return await _follow(request, st, events, -1)
         return web.json_response(queued)
+    compaction = None
+    if to_compact:
+        history, compaction = await compact(st, req, history, now, arrived)
+        encoded = None
+    answer, params, ticket = await prepared(st, req, history, now, deadline_ms, encoded)
+    if compaction is not None:
+        answer.compacted(compaction.item, compaction.usage)
     with ticket:
         if chat.stream:
             return await _stream(request, st, answer, params, arrived)
@@ -98,10 +112,24 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         return web.json_response(answer.done(st))
 
 
-async def _in_background(st: GatewayState, answer: Answer, ticket, params: GenerateParams, arrived: float,
-                         log: EventLog) -> None:
-    """A background response's run: stored `in_progress` at its first tokens, then as it ended;
-    its stream events go to its log."""
+async def _ready(answer: Answer, params: GenerateParams, ticket):
+    return answer, params, ticket
+
+
+async def _compacting(st: GatewayState, first: Answer, now: float, arrived: float, deadline_ms: int):
+    """A background response's compaction, then its prompt prepared under first's id."""
+    history, compaction = await compact(st, first.req, first.history, now, arrived)
+    answer, params, ticket = await prepared(st, first.req, history, now, deadline_ms, rid=first.id)
+    answer.compacted(compaction.item, compaction.usage)
+    return answer, params, ticket
+
+
+async def _in_background(st: GatewayState, answer: Answer, make: Coroutine, arrived: float, log: EventLog,
+                         working: bool) -> None:
+    """A background response's run: `make` gives (the answer to make, its worker request, its
+    queue ticket), after a compaction when there is one to make. Stored `in_progress` at its first
+    tokens (at once when it starts `working` on a summary), then as it ended; its stream events
+    go to its log."""
     started = False
 
     async def progress(events: list[dict]) -> None:
@@ -116,19 +144,22 @@ async def _in_background(st: GatewayState, answer: Answer, ticket, params: Gener
     def ended(body: dict) -> None:
         log.add(answer.out.take_events() + _last_event(body))
 
-    with ticket:
-        try:
+    try:
+        if working:
+            await progress([])
+        answer, params, ticket = await make
+        with ticket:
             await generate(st, answer, params, arrived, progress)
-        except asyncio.CancelledError:
-            ended(answer.done(st, cancelled=True))
-            raise
-        except ApiError as e:
-            ended(answer.done(st, e))
-        except Exception as e:  # noqa: BLE001 (the run has no request to fail: its stored state says it)
-            ended(answer.done(st, ApiError(500, f"The response failed: {type(e).__name__}.", code="server_error")))
-            raise
-        else:
-            ended(answer.done(st))
+    except asyncio.CancelledError:
+        ended(answer.done(st, cancelled=True))
+        raise
+    except ApiError as e:
+        ended(answer.done(st, e))
+    except Exception as e:  # noqa: BLE001 (the run has no request to fail: its stored state says it)
+        ended(answer.done(st, ApiError(500, f"The response failed: {type(e).__name__}.", code="server_error")))
+        raise
+    else:
+        ended(answer.done(st))
 
 
 async def _follow(request: web.Request, st: GatewayState, log: EventLog, after: int) -> web.StreamResponse:

@@ -33,9 +33,9 @@ class Answer:
     """One response being made: its request, ids, output items and token accounting."""
 
     def __init__(self, req: ResponsesRequest, history: tuple[ChatTurn, ...], created: int, prompt_tokens: int,
-                 opens_reasoning: bool):
+                 opens_reasoning: bool, rid: str | None = None):
         self.req = req
-        self.id = item_id("resp")
+        self.id = rid or item_id("resp")
         self.created = created
         self.history = history
         self.prompt_tokens = prompt_tokens
@@ -105,10 +105,11 @@ class Answer:
 
 
 async def prepared(st: GatewayState, req: ResponsesRequest, history: tuple[ChatTurn, ...], now: float,
-                   deadline_ms: int, encoded: ChatPrompt | None = None):
+                   deadline_ms: int, encoded: ChatPrompt | None = None, rid: str | None = None):
     """The prompt encoded (or `encoded`, when the caller has encoded this history and request
     already; truncated to fit with `truncation: "auto"`) and admitted into the model's queue: the
-    response to make, its worker request, and the queue ticket it holds."""
+    response to make (with the id `rid` when given), its worker request, and the queue ticket it
+    holds."""
     chat = req.chat
     cp = encoded if encoded is not None else await encode(st, req, history)
     try:
@@ -118,7 +119,7 @@ async def prepared(st: GatewayState, req: ResponsesRequest, history: tuple[ChatT
             raise
         cp = await truncated(st, req, history, context_of(st, chat.model), e)
         ticket = await admit(st, chat, [len(cp.token_ids)], deadline_ms, "input")
-    answer = Answer(req, history, int(now), len(cp.token_ids), cp.opens_reasoning)
+    answer = Answer(req, history, int(now), len(cp.token_ids), cp.opens_reasoning, rid)
     params = GenerateParams(request_id=answer.id, model=chat.model, prompt_token_ids=cp.token_ids,
                             sampling=chat.sampling, n=1, deadline_unix_ms=deadline_ms,
                             grammar=cp.grammar(chat.structured.grammar),

@@ -101,3 +101,34 @@ def test_streamed_and_in_a_conversation(big):
 def test_bad_context_management(big, cm, param):
     st, _, out = big.request("POST", "/v1/responses", {"model": MODEL, "input": "hi", "context_management": cm})
     assert st == 400 and out["error"]["param"] == param, out
+
+
+def test_background_is_queued_before_the_summary_is_made(big, schema):
+    """background: the reply comes at once, `queued`; the summary is made in the run (the
+    response is `in_progress` meanwhile), then the answer, under the same id; a run cancelled
+    while it summarizes ends `cancelled` and adds nothing to its conversation."""
+    from test_responses_background import _poll
+    c = _client(big)
+    big.worker.reply, big.worker.delay = ["slow "] * 40, 0.02
+    try:
+        n = len(big.worker.requests)
+        r = c.responses.create(model=MODEL, input=_long_history() + [{"role": "user", "content": "So what now?"}],
+                               background=True, extra_body={"context_management": CM})
+        assert r.status == "queued" and r.output == []
+        assert len(big.worker.requests) == n                  # no summary asked for before the reply
+        assert _poll(c, r.id, ("in_progress",)).status == "in_progress"
+        done = _poll(c, r.id)
+        assert done.status == "completed" and done.id == r.id
+        assert [o.type for o in done.output] == ["compaction", "message"]
+        assert done.usage.output_tokens == 80                 # the summary's 40 and the answer's 40
+        st, _, raw = big.request("GET", f"/v1/responses/{r.id}")
+        assert not schema("Response", raw), schema("Response", raw)
+
+        conv = c.conversations.create(items=_long_history())
+        r = c.responses.create(model=MODEL, conversation=conv.id, input="So what now?", background=True,
+                               extra_body={"context_management": CM})
+        _poll(c, r.id, ("in_progress",))
+        assert c.responses.cancel(r.id).status == "cancelled"
+        assert len(c.conversations.items.list(conv.id).data) == 4
+    finally:
+        big.worker.reply, big.worker.delay = list(REPLY), 0.001
