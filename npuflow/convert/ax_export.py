@@ -25,7 +25,6 @@ import pathlib
 from typing import Callable
 
 import ml_dtypes
-import numpy as np
 import onnx
 
 from ..engine.ax_ort import CAUSAL_MASK_KEY, SHAPE_GROUPS_KEY

@@ -9,7 +9,6 @@ Only the layers up to the selected feature layer are built.
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx
 
 from .graph import _Builder

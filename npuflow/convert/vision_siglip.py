@@ -8,7 +8,6 @@ give exactly 0..P-1, and so does this graph for every grid.
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx
 
 from .graph import _Builder
