@@ -103,7 +103,7 @@ def test_bad_context_management(big, cm, param):
     assert st == 400 and out["error"]["param"] == param, out
 
 
-def test_background_is_queued_before_the_summary_is_made(big, schema):
+def test_background_is_queued_before_the_summary_is_made(big):
     """background: the reply comes at once, `queued`; the summary is made in the run (the
     response is `in_progress` meanwhile), then the answer, under the same id; a run cancelled
     while it summarizes ends `cancelled` and adds nothing to its conversation."""
@@ -122,7 +122,8 @@ def test_background_is_queued_before_the_summary_is_made(big, schema):
         assert [o.type for o in done.output] == ["compaction", "message"]
         assert done.usage.output_tokens == 80                 # the summary's 40 and the answer's 40
         st, _, raw = big.request("GET", f"/v1/responses/{r.id}")
-        assert not schema("Response", raw), schema("Response", raw)
+        if openapi_spec.spec_path() is not None:     # the oldest openai package has no compaction item
+            assert not openapi_spec.errors("Response", raw), openapi_spec.errors("Response", raw)
 
         conv = c.conversations.create(items=_long_history())
         r = c.responses.create(model=MODEL, conversation=conv.id, input="So what now?", background=True,
