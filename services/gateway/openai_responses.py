@@ -113,6 +113,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 
 
 async def _ready(answer: Answer, params: GenerateParams, ticket):
+    """A background run's `make` when its prompt was prepared (and admitted) before the reply."""
     return answer, params, ticket
 
 
