@@ -101,23 +101,29 @@ def data_url(url: str, param: str, max_bytes: int) -> tuple[bytes, str]:
     payload = url[comma + 1:]
     # whitespace (line-wrapped encoders) is looked for only when the strict decode fails or the
     # size is over: scanning megabytes of base64 for it costs more than decoding them
-    for stripped in (False, True):
-        size = len(payload) // 4 * 3 - payload[-2:].count("=")
-        if size <= max_bytes:
-            try:
-                data = base64.b64decode(payload, validate=True)
-                break
-            except (binascii.Error, ValueError):
-                pass
-        if stripped or not any(c in payload for c in _SPACES):
-            if size > max_bytes:
-                raise _too_large(param, size, max_bytes)
-            raise bad_param(param, f"The image at '{param}' is not valid base64 data (it is cut short or holds "
-                                   "characters base64 does not use).", code="invalid_image_url")
-        payload = _WHITESPACE.sub("", payload)
+    data, size = _strict_base64(payload, max_bytes)
+    if data is None and any(c in payload for c in _SPACES):
+        data, size = _strict_base64(_WHITESPACE.sub("", payload), max_bytes)
+    if data is None:
+        if size > max_bytes:
+            raise _too_large(param, size, max_bytes)
+        raise bad_param(param, f"The image at '{param}' is not valid base64 data (it is cut short or holds "
+                               "characters base64 does not use).", code="invalid_image_url")
     if not data:
         raise bad_param(param, f"The image at '{param}' is empty.", code="invalid_image_format")
     return data, mime
+
+
+def _strict_base64(payload: str, max_bytes: int) -> tuple[bytes | None, int]:
+    """(the bytes, or None when they would be over max_bytes or the base64 is not strict; their
+    length as the payload's length says)."""
+    size = len(payload) // 4 * 3 - payload[-2:].count("=")
+    if size > max_bytes:
+        return None, size
+    try:
+        return base64.b64decode(payload, validate=True), size
+    except (binascii.Error, ValueError):
+        return None, size
 
 
 def from_bytes(data: bytes, mime: str, detail: str, param: str, max_bytes: int | None = None) -> ImagePart:

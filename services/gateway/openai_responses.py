@@ -21,16 +21,16 @@ from typing import Coroutine
 
 from aiohttp import web
 
-from npuflow.gateway.client import GenerateParams
+from npuflow.gateway.client import ChatTurn, GenerateParams
 from npuflow.gateway.errors import ApiError, bad_param
-from npuflow.gateway.generation import check_model, deadline_unix_ms
+from npuflow.gateway.generation import ChatPrompt, check_model, deadline_unix_ms
 from npuflow.gateway.item_pages import item_page
 from npuflow.gateway.model_state import model_states
 from npuflow.gateway.responses_answer import Answer, generate, prepared
 from npuflow.gateway.responses_background import STREAMABLE_S, EventLog
 from npuflow.gateway.responses_context import compact, over_threshold
 from npuflow.gateway.responses_prompt import context_of, encode, fits, history_of, truncated
-from npuflow.gateway.responses_request import parse_responses
+from npuflow.gateway.responses_request import ResponsesRequest, parse_responses
 from npuflow.gateway.sse import BoundedWriter, ClientStalled, open_stream
 from npuflow.gateway.state import STATE, GatewayState
 from npuflow.gateway.validation import read_json
@@ -79,7 +79,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         ticket = None
         if to_compact:      # the summary is made in the run: the request is answered `queued` at once
             answer = Answer(req, history, int(now), 0, False)
-            make = _compacting(st, answer, now, arrived, deadline_ms)
+            make = _made(st, req, history, now, arrived, deadline_ms, True, None, answer.id)
         else:
             answer, params, ticket = await prepared(st, req, history, now, deadline_ms, encoded)
             make = _ready(answer, params, ticket)
@@ -98,13 +98,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         if chat.stream:
             return await _follow(request, st, events, -1)
         return web.json_response(queued)
-    compaction = None
-    if to_compact:
-        history, compaction = await compact(st, req, history, now, arrived)
-        encoded = None
-    answer, params, ticket = await prepared(st, req, history, now, deadline_ms, encoded)
-    if compaction is not None:
-        answer.compacted(compaction.item, compaction.usage)
+    answer, params, ticket = await _made(st, req, history, now, arrived, deadline_ms, to_compact, encoded)
     with ticket:
         if chat.stream:
             return await _stream(request, st, answer, params, arrived)
@@ -117,10 +111,14 @@ async def _ready(answer: Answer, params: GenerateParams, ticket):
     return answer, params, ticket
 
 
-async def _compacting(st: GatewayState, first: Answer, now: float, arrived: float, deadline_ms: int):
-    """A background response's compaction, then its prompt prepared under first's id."""
-    history, compaction = await compact(st, first.req, first.history, now, arrived)
-    answer, params, ticket = await prepared(st, first.req, history, now, deadline_ms, rid=first.id)
+async def _made(st: GatewayState, req: ResponsesRequest, history: tuple[ChatTurn, ...], now: float, arrived: float,
+                deadline_ms: int, to_compact: bool, encoded: ChatPrompt | None, rid: str | None = None):
+    """`prepared` (with the id `rid` when given), after compacting the context first when
+    over_threshold said `to_compact` (the compaction item then leads the answer's output)."""
+    if not to_compact:
+        return await prepared(st, req, history, now, deadline_ms, encoded, rid)
+    history, compaction = await compact(st, req, history, now, arrived)
+    answer, params, ticket = await prepared(st, req, history, now, deadline_ms, rid=rid)
     answer.compacted(compaction.item, compaction.usage)
     return answer, params, ticket
 
