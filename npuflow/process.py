@@ -1,10 +1,12 @@
-"""What every service process does first: name itself, die with its parent, log its start."""
+"""What every service process does first: name itself, die with its parent, log its start; and
+how a threaded service stops on SIGTERM/SIGINT (stop_on_signals)."""
 from __future__ import annotations
 
 import ctypes
 import os
 import signal
 import sys
+import threading
 
 from npuflow.logs import get_logger, setup_logging
 
@@ -34,3 +36,28 @@ def start_process(role: str, log_level: str = "info", detail: str = "") -> None:
     if os.environ.get("NPUFLOW_SUPERVISED") == "1":
         die_with_parent()
     get_logger(role).info("starting", pid=os.getpid(), detail=detail)
+
+
+def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> threading.Event:
+    """An event that is set when one of `signals` arrives. The handler only writes a byte to a
+    pipe and a thread sets the event: Event.set takes a lock, so a handler calling it deadlocks
+    when a second signal comes while the first is inside set() (a tokenizer hung so, sent SIGTERM
+    by its dying parent and again by a stop)."""
+    stop = threading.Event()
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+
+    def handler(*_) -> None:
+        try:
+            os.write(w, b"\0")
+        except BlockingIOError:     # the pipe is full: the relay has bytes enough to wake on
+            pass
+
+    def relay() -> None:
+        os.read(r, 1)
+        stop.set()
+
+    threading.Thread(target=relay, name="signal-relay", daemon=True).start()
+    for sig in signals:
+        signal.signal(sig, handler)
+    return stop

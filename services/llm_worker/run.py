@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 from npuflow.logs import get_logger
 from npuflow.memory import limit_arenas
-from npuflow.process import start_process
+from npuflow.process import start_process, stop_on_signals
 
 from .priority import lower_priority, restore_priority
 
@@ -251,10 +251,7 @@ def _import_quietly(names: tuple[str, ...]) -> None:
 
 def serve_until_signalled(link: WorkerLink) -> None:
     """Serve until SIGTERM/SIGINT; then finish or end in-flight requests and return."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    link.serve(stop)
+    link.serve(stop_on_signals())
 
 
 def _exit_on_signal(*_) -> None:
@@ -349,8 +346,5 @@ def _serve_start_failure(model: ModelSettings, e: Exception) -> None:
         sys.exit(1)
     log.error("model failed to start; serving its failure until stopped", model=model.id, reason=reason)
     from .link import serve_failed
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    serve_failed(model.id, model.engine, model.endpoint, reason, stop)
+    serve_failed(model.id, model.engine, model.endpoint, reason, stop_on_signals())
     log.info("stopped", model=model.id)

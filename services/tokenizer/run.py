@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 
 from npuflow.config import ModelSettings, Settings
 from npuflow.logs import get_logger
 from npuflow.models.resolve import serving_package
-from npuflow.process import start_process
+from npuflow.process import start_process, stop_on_signals
 
 from .encoder import ModelTokenizer
 from .loading import Loader, UnknownModel, failure_reason
@@ -66,8 +65,5 @@ def run_tokenizer(settings: Settings) -> None:
     start_process("tokenizer", settings.server.log_level)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     models, failed = load_tokenizers(settings)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    TokenizerService(models, failed, loader(settings)).serve(settings.tokenizer.endpoint, stop)
+    TokenizerService(models, failed, loader(settings)).serve(settings.tokenizer.endpoint, stop_on_signals())
     log.info("stopped")
