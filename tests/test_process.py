@@ -5,13 +5,17 @@ import signal
 import subprocess
 import sys
 
+# it leaves with os._exit: the interpreter's own exit puts the default SIGTERM action back
+# while the last signals of the burst may still be arriving
 CHILD = """
+import os
 from npuflow.process import stop_on_signals
 stop = stop_on_signals()
 print("ready", flush=True)
 while not stop.wait(0.0005):
     pass
 print("stopped", flush=True)
+os._exit(0)
 """
 
 
